@@ -1,0 +1,124 @@
+"""A content-addressed disk cache of tensors under ``cache/``.
+
+Entries are safetensors files named by a digest of everything that determines their content (for a
+decomposition: the weight, the importance and the method; for Fisher: the model's weights, the data, the
+sample count, the seed ...). Each file also records its key and a checksum of its tensors, so a file that
+is truncated, corrupted or written for another key is detected, reported and recomputed — never used.
+Writes go to a temporary file in the same folder and are renamed into place, so a crash never leaves a
+half-written entry under the real name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+CACHE_ENV_VAR = "FWSVD_CACHE_DIR"
+_KEY_FIELD = "fwsvd_key"
+_CHECKSUM_FIELD = "fwsvd_checksum"
+
+
+def default_cache_dir() -> Path:
+    """``$FWSVD_CACHE_DIR`` if set, else ``cache/`` in the working directory (the repository's cache/)."""
+    return Path(os.environ.get(CACHE_ENV_VAR, "cache"))
+
+
+def _update_with_tensor(digest: "hashlib._Hash", tensor: torch.Tensor) -> None:
+    tensor = tensor.detach().contiguous().cpu()
+    digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+    # Hash the raw bytes (through uint8) so every dtype, bfloat16 included, hashes without conversion.
+    digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """A hex digest of a tensor's dtype, shape and exact values."""
+    digest = hashlib.blake2b(digest_size=16)
+    _update_with_tensor(digest, tensor)
+    return digest.hexdigest()
+
+
+def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """A hex digest of named tensors (order-independent: names are sorted)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name in sorted(tensors):
+        digest.update(name.encode())
+        _update_with_tensor(digest, tensors[name])
+    return digest.hexdigest()
+
+
+def model_digest(model: nn.Module) -> str:
+    """A hex digest of every parameter and buffer of a model: changes when any weight changes."""
+    return tensors_digest(dict(model.state_dict()))
+
+
+def key_digest(key: Mapping[str, Any]) -> str:
+    """A hex digest of a JSON-serialisable key (canonical: sorted keys)."""
+    return hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=16).hexdigest()
+
+
+class TensorCache:
+    """Named groups of tensors on disk, one safetensors file per key."""
+
+    def __init__(self, directory: str | os.PathLike[str] | None = None, namespace: str = "") -> None:
+        root = Path(directory) if directory is not None else default_cache_dir()
+        self.directory = root / namespace if namespace else root
+
+    def path_for(self, key: Mapping[str, Any]) -> Path:
+        return self.directory / f"{key_digest(key)}.safetensors"
+
+    def get(self, key: Mapping[str, Any]) -> dict[str, torch.Tensor] | None:
+        """The tensors stored under ``key``, or None when absent or unusable (a warning says why)."""
+        path = self.path_for(key)
+        if not path.exists():
+            return None
+        try:
+            tensors = load_file(str(path))
+            metadata = _read_metadata(path)
+        except Exception as error:  # safetensors raises several types for truncated/garbled files
+            logger.warning("cache file %s is corrupt (%s); it will be recomputed", path, error)
+            return None
+        if metadata.get(_KEY_FIELD) != json.dumps(key, sort_keys=True):
+            logger.warning("cache file %s was written for another key; it will be recomputed", path)
+            return None
+        if metadata.get(_CHECKSUM_FIELD) != tensors_digest(tensors):
+            logger.warning("cache file %s fails its checksum; it will be recomputed", path)
+            return None
+        return tensors
+
+    def put(self, key: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> Path:
+        """Store ``tensors`` under ``key`` atomically; returns the file's path."""
+        path = self.path_for(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        contiguous = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
+        metadata = {
+            _KEY_FIELD: json.dumps(key, sort_keys=True),
+            _CHECKSUM_FIELD: tensors_digest(contiguous),
+        }
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
+        os.close(handle)
+        try:
+            save_file(contiguous, temporary, metadata=metadata)
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        return path
+
+
+def _read_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})

@@ -1,0 +1,73 @@
+"""Which layers are compressed: every Linear (or GPT-2 style Conv1D) inside the transformer blocks.
+
+The blocks are found by structure, never by model name: a transformer stacks identical layers in an
+``nn.ModuleList`` (``bert.encoder.layer``, ``distilbert.transformer.layer``, ``transformer.h`` ...).
+Embeddings, poolers and task heads live outside such lists, so they are left alone — as in the paper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+#: Modules whose weight we know how to factorize.
+FACTORIZABLE = (nn.Linear, Conv1D)
+
+TargetFilter = Callable[[str, nn.Module], bool]
+
+
+def dense_weight(module: nn.Module) -> torch.Tensor:
+    """The weight as nn.Linear stores it, (out_features, in_features), for Linear and Conv1D alike.
+
+    Conv1D (GPT-2) stores its weight transposed, (in, out); this is the one place that knows it.
+    """
+    if isinstance(module, nn.Linear):
+        return module.weight
+    if isinstance(module, Conv1D):
+        return module.weight.t()
+    raise TypeError(f"expected nn.Linear or transformers Conv1D, got {type(module).__name__}")
+
+
+def _contains_factorizable(module: nn.Module) -> bool:
+    return any(isinstance(m, FACTORIZABLE) for m in module.modules())
+
+
+def find_blocks(model: nn.Module) -> list[str]:
+    """Qualified names of the transformer block stacks: outermost ModuleLists of same-type children
+    that hold Linear/Conv1D layers. An encoder-decoder model has two such stacks."""
+    blocks: list[str] = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if any(name.startswith(outer + ".") for outer in blocks):
+            continue  # a list nested inside a block already found
+        child_types = {type(child) for child in module}
+        if len(child_types) == 1 and _contains_factorizable(module[0]):
+            blocks.append(name)
+    return blocks
+
+
+def find_targets(model: nn.Module, filter_fn: TargetFilter | None = None) -> dict[str, nn.Module]:
+    """{qualified name: layer} for every Linear / Conv1D inside the transformer blocks, in model order.
+
+    ``filter_fn(name, module)`` narrows the default set (e.g. only the FFN layers).
+    Raises ValueError when the model has no recognisable transformer blocks.
+    """
+    blocks = find_blocks(model)
+    if not blocks:
+        raise ValueError(
+            f"{type(model).__name__} has no transformer blocks (an nn.ModuleList of identical layers "
+            "holding Linear or Conv1D modules); fwsvd compresses the Linear layers inside such blocks"
+        )
+    prefixes = tuple(block + "." for block in blocks)
+    targets = {
+        name: module
+        for name, module in model.named_modules()
+        if name.startswith(prefixes) and isinstance(module, FACTORIZABLE)
+    }
+    if filter_fn is not None:
+        targets = {name: module for name, module in targets.items() if filter_fn(name, module)}
+    return targets
