@@ -56,6 +56,8 @@ def find_targets(model: nn.Module, filter_fn: TargetFilter | None = None) -> dic
     ``filter_fn(name, module)`` narrows the default set (e.g. only the FFN layers).
     Raises ValueError when the model has no recognisable transformer blocks.
     """
+    from fwsvd.lowrank import LowRankLinear  # here, not at the top: lowrank imports this module
+
     blocks = find_blocks(model)
     if not blocks:
         raise ValueError(
@@ -63,10 +65,13 @@ def find_targets(model: nn.Module, filter_fn: TargetFilter | None = None) -> dic
             "holding Linear or Conv1D modules); fwsvd compresses the Linear layers inside such blocks"
         )
     prefixes = tuple(block + "." for block in blocks)
+    # The two halves of an already factorized layer are not targets of their own.
+    factorized = tuple(name + "." for name, module in model.named_modules() if isinstance(module, LowRankLinear))
     targets = {
         name: module
         for name, module in model.named_modules()
         if name.startswith(prefixes) and isinstance(module, FACTORIZABLE)
+        and not (factorized and name.startswith(factorized))
     }
     if filter_fn is not None:
         targets = {name: module for name, module in targets.items() if filter_fn(name, module)}

@@ -1,0 +1,332 @@
+"""compress_: the one place where a model's Linear layers are swapped for low-rank pairs.
+
+One tree walk finds the targets (fwsvd.targets), resolves the requested ranks, takes each layer's
+decomposition from a DecompositionStore (computed once, then truncated for any rank) and replaces the layer
+by a LowRankLinear. The returned report carries, per layer, the shape, rank, parameter counts, the
+reconstruction errors and a flag where the rank is at or above break-even.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Union
+
+import torch
+from torch import nn
+
+from fwsvd.factorize import METHODS, ErrorCurves, Method, validate_rank
+from fwsvd.lowrank import LowRankLinear, source_kind_of
+from fwsvd.store import DecompositionStore
+from fwsvd.targets import TargetFilter, dense_weight, find_targets
+
+#: An int (the same rank everywhere), a float in (0, 1] (a share of each layer's full rank; the paper keeps
+#: 0.33), or {qualified layer name: rank} (layers not named stay dense).
+Ranks = Union[int, float, Mapping[str, int]]
+Fisher = Mapping[str, torch.Tensor]
+
+_default_store: DecompositionStore | None = None
+
+
+def default_store() -> DecompositionStore:
+    """The process-wide store used when none is passed: decompositions persist across compress_ calls."""
+    global _default_store
+    if _default_store is None:
+        _default_store = DecompositionStore()
+    return _default_store
+
+
+def break_even_rank(out_features: int, in_features: int) -> float:
+    """The rank m·n/(m+n) at which rank·(m+n) factor weights equal the m·n dense weights."""
+    return out_features * in_features / (out_features + in_features)
+
+
+def rank_for_ratio(ratio: float, full_rank: int) -> int:
+    """A share of the full rank, rounded, at least 1."""
+    return max(1, min(full_rank, round(ratio * full_rank)))
+
+
+def _unknown_names_error(unknown: list[str], known: list[str], what: str) -> ValueError:
+    hints = []
+    for name in unknown[:5]:
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hints.append(f"{name!r}" + (f" (did you mean {', '.join(map(repr, close))}?)" if close else ""))
+    more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+    return ValueError(
+        f"{what} names layers that are not compression targets: {', '.join(hints)}{more}. "
+        f"Targets are {len(known)} layers such as {known[0]!r}"
+    )
+
+
+def resolve_ranks(targets: Mapping[str, nn.Module], ranks: Ranks) -> dict[str, int]:
+    """{layer name: rank} for the layers to compress, checked against each layer's 1..min(out, in)."""
+    shapes = {name: tuple(dense_weight(module).shape) for name, module in targets.items()}
+    if isinstance(ranks, Mapping):
+        unknown = [name for name in ranks if name not in shapes]
+        if unknown:
+            raise _unknown_names_error(unknown, list(shapes), "ranks")
+        return {name: validate_rank(rank, shapes[name], name) for name, rank in ranks.items()}
+    if isinstance(ranks, bool):
+        raise ValueError(f"ranks must be an int, a float in (0, 1] or a dict of layer names, got {ranks!r}")
+    if isinstance(ranks, int):
+        return {name: validate_rank(ranks, shape, name) for name, shape in shapes.items()}
+    if isinstance(ranks, float):
+        if not (0.0 < ranks <= 1.0) or math.isnan(ranks):
+            raise ValueError(f"a rank ratio must lie in (0, 1], got {ranks}")
+        return {name: rank_for_ratio(ranks, min(shape)) for name, shape in shapes.items()}
+    raise ValueError(f"ranks must be an int, a float in (0, 1] or a dict of layer names, got {type(ranks).__name__}")
+
+
+def ranks_for_param_fraction(targets: Mapping[str, nn.Module], fraction: float) -> dict[str, int]:
+    """Per-layer ranks that keep about ``fraction`` of each target layer's weight parameters."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"a parameter fraction must lie in (0, 1], got {fraction}")
+    ranks = {}
+    for name, module in targets.items():
+        out_features, in_features = dense_weight(module).shape
+        rank = math.floor(fraction * break_even_rank(out_features, in_features))
+        ranks[name] = max(1, min(rank, min(out_features, in_features)))
+    return ranks
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """One compressed layer: its shape, rank, parameters and reconstruction errors (Frobenius norms)."""
+
+    name: str
+    method: str
+    out_features: int
+    in_features: int
+    rank: int
+    full_rank: int
+    params_before: int
+    params_after: int
+    error: float
+    relative_error: float
+    weighted_error: float | None
+    relative_weighted_error: float | None
+
+    @property
+    def break_even_rank(self) -> float:
+        return break_even_rank(self.out_features, self.in_features)
+
+    @property
+    def above_break_even(self) -> bool:
+        """True where the factorization does not save parameters (rank ≥ m·n/(m+n))."""
+        return self.rank >= self.break_even_rank
+
+    def to_dict(self) -> dict[str, Any]:
+        row = asdict(self)
+        row["break_even_rank"] = self.break_even_rank
+        row["above_break_even"] = self.above_break_even
+        return row
+
+
+@dataclass
+class CompressionReport:
+    """What compress_ did, layer by layer, and the model's parameter counts before and after."""
+
+    method: str
+    layers: list[LayerReport] = field(default_factory=list)
+    model_params_before: int = 0
+    model_params_after: int = 0
+
+    @property
+    def ranks(self) -> dict[str, int]:
+        return {layer.name: layer.rank for layer in self.layers}
+
+    @property
+    def params_before(self) -> int:
+        """Parameters of the compressed layers before compression."""
+        return sum(layer.params_before for layer in self.layers)
+
+    @property
+    def params_after(self) -> int:
+        return sum(layer.params_after for layer in self.layers)
+
+    @property
+    def above_break_even(self) -> list[str]:
+        return [layer.name for layer in self.layers if layer.above_break_even]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "model_params_before": self.model_params_before,
+            "model_params_after": self.model_params_after,
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "layers": [layer.to_dict() for layer in self.layers],
+        }
+
+    def to_dataframe(self):  # -> pandas.DataFrame; imported lazily to keep import time low
+        import pandas as pd
+
+        return pd.DataFrame([layer.to_dict() for layer in self.layers])
+
+
+def _check_method(method: str) -> Method:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    return method  # type: ignore[return-value]
+
+
+def _check_fisher(fisher: Fisher | None, names: list[str], method: str) -> None:
+    if method == "fwsvd" and fisher is None:
+        raise ValueError("method='fwsvd' needs Fisher importances: pass fisher=estimate_fisher(model, batches)")
+    if fisher is None:
+        return
+    missing = [name for name in names if name not in fisher]
+    if missing:
+        raise ValueError(
+            f"fisher has no importance for {len(missing)} layer(s) to compress, e.g. {missing[0]!r}; "
+            "estimate it for the same model and targets"
+        )
+
+
+def _parent_and_attribute(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    parent_name, _, attribute = name.rpartition(".")
+    return (model.get_submodule(parent_name) if parent_name else model), attribute
+
+
+def _count_parameters(model: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def _layer_report(name: str, method: str, module: nn.Module, rank: int, curves: ErrorCurves) -> LayerReport:
+    out_features, in_features = dense_weight(module).shape
+    bias = 0 if module.bias is None else module.bias.numel()
+    relative_weighted = curves.relative_weighted()
+    return LayerReport(
+        name=name,
+        method=method,
+        out_features=out_features,
+        in_features=in_features,
+        rank=rank,
+        full_rank=min(out_features, in_features),
+        params_before=out_features * in_features + bias,
+        params_after=rank * (out_features + in_features) + bias,
+        error=float(curves.plain[rank]),
+        relative_error=float(curves.relative_plain()[rank]),
+        weighted_error=None if curves.weighted is None else float(curves.weighted[rank]),
+        relative_weighted_error=None if relative_weighted is None else float(relative_weighted[rank]),
+    )
+
+
+def compress_(
+    model: nn.Module,
+    ranks: Ranks,
+    *,
+    method: str = "fwsvd",
+    fisher: Fisher | None = None,
+    filter_fn: TargetFilter | None = None,
+    store: DecompositionStore | None = None,
+) -> CompressionReport:
+    """Replace the target Linear / Conv1D layers of ``model``, in place, by rank-r LowRankLinear pairs.
+
+    Targets: every Linear / Conv1D inside the transformer blocks (narrowed by ``filter_fn(name, module)``).
+    ``method``: "fwsvd" (needs ``fisher``: {layer name: (in_features,) importance}) or "svd"; with "svd",
+    a given ``fisher`` is used only to report Fisher-weighted errors. Decompositions come from ``store``
+    (default: a process-wide store over the disk cache), so a second call with other ranks runs no SVD.
+    """
+    method = _check_method(method)
+    targets = find_targets(model, filter_fn)
+    if not targets:
+        raise ValueError(
+            "no layers to compress: every Linear in the transformer blocks is already low-rank or excluded "
+            "by filter_fn; compress the dense model instead"
+        )
+    layer_ranks = resolve_ranks(targets, ranks)
+    _check_fisher(fisher, list(layer_ranks), method)
+    store = store if store is not None else default_store()
+    report = CompressionReport(method=method, model_params_before=_count_parameters(model))
+    for name, rank in layer_ranks.items():
+        module = targets[name]
+        importance = fisher[name] if fisher is not None else None
+        decomposition_importance = importance if method == "fwsvd" else None
+        decomposition = store.get(module, decomposition_importance)
+        curves = store.curves(module, decomposition_importance, importance)
+        report.layers.append(_layer_report(name, method, module, rank, curves))
+        weight = dense_weight(module)
+        low_rank = LowRankLinear.from_decomposition(decomposition, rank, module.bias, source_kind_of(module))
+        low_rank = low_rank.to(device=weight.device, dtype=weight.dtype)
+        parent, attribute = _parent_and_attribute(model, name)
+        setattr(parent, attribute, low_rank)
+    report.model_params_after = _count_parameters(model)
+    return report
+
+
+def compressed_copy(model: nn.Module, ranks: Ranks, **kwargs: Any) -> tuple[nn.Module, CompressionReport]:
+    """A compressed copy of ``model``; the original is left untouched.
+
+    The target layers are about to be replaced, so the copy shares them instead of copying their weights
+    first (for BERT-base, 85M of 110M parameters): this keeps a rank change fast and light.
+    """
+    targets = find_targets(model, kwargs.get("filter_fn"))
+    memo: dict[int, Any] = {id(module): module for module in targets.values()}
+    duplicate = copy.deepcopy(model, memo)
+    report = compress_(duplicate, ranks, **kwargs)
+    return duplicate, report
+
+
+def densify_(model: nn.Module) -> nn.Module:
+    """Replace every LowRankLinear by the dense layer of the type it replaced (factors multiplied back),
+    so that the model loads with plain ``from_pretrained``. In place; returns the model."""
+    low_rank_layers = [(name, module) for name, module in model.named_modules() if isinstance(module, LowRankLinear)]
+    for name, module in low_rank_layers:
+        parent, attribute = _parent_and_attribute(model, name)
+        setattr(parent, attribute, module.to_original())
+    return model
+
+
+@dataclass(frozen=True)
+class LayerAnalysis:
+    """Everything the rank explorer plots for one layer, for every rank at once."""
+
+    name: str
+    out_features: int
+    in_features: int
+    singular_values: dict[str, torch.Tensor]  # method -> (k,) singular values of W (svd) or W·D (fwsvd)
+    curves: dict[str, ErrorCurves]  # method -> errors at ranks 0..k
+
+    @property
+    def full_rank(self) -> int:
+        return min(self.out_features, self.in_features)
+
+    @property
+    def break_even_rank(self) -> float:
+        return break_even_rank(self.out_features, self.in_features)
+
+    def params_at(self, rank: int, bias: bool = True) -> int:
+        return rank * (self.out_features + self.in_features) + (self.out_features if bias else 0)
+
+
+def analyze_layers(
+    model: nn.Module,
+    fisher: Fisher | None = None,
+    *,
+    methods: tuple[str, ...] = METHODS,
+    filter_fn: TargetFilter | None = None,
+    store: DecompositionStore | None = None,
+) -> dict[str, LayerAnalysis]:
+    """Singular values and error curves of every target layer for each method, without changing the model.
+
+    FWSVD needs ``fisher``; without it only "svd" is analysed. Weighted curves use ``fisher`` when given.
+    """
+    store = store if store is not None else default_store()
+    methods = tuple(_check_method(method) for method in methods if method == "svd" or fisher is not None)
+    targets = find_targets(model, filter_fn)
+    _check_fisher(fisher, list(targets), "svd")
+    analyses = {}
+    for name, module in targets.items():
+        importance = fisher[name] if fisher is not None else None
+        singular_values, curves = {}, {}
+        for method in methods:
+            decomposition_importance = importance if method == "fwsvd" else None
+            singular_values[method] = store.get(module, decomposition_importance).s
+            curves[method] = store.curves(module, decomposition_importance, importance)
+        out_features, in_features = dense_weight(module).shape
+        analyses[name] = LayerAnalysis(name, out_features, in_features, singular_values, curves)
+    return analyses

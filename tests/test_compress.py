@@ -1,0 +1,247 @@
+"""compress_ on every supported family: parity at full rank, targets, ranks, reports, store reuse."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification
+from transformers.pytorch_utils import Conv1D
+
+from conftest import random_batch, tiny_bert, tiny_models
+from fwsvd import (
+    DecompositionStore,
+    LowRankLinear,
+    analyze_layers,
+    compress_,
+    compressed_copy,
+    densify_,
+    find_targets,
+    ranks_for_param_fraction,
+    resolve_ranks,
+)
+
+FAMILIES = ["bert", "distilbert", "roberta", "electra", "gpt2"]
+#: Linear layers per transformer block: Q, K, V, attention output, two FFN (GPT-2 fuses QKV into c_attn).
+LAYERS_PER_BLOCK = {"bert": 6, "distilbert": 6, "roberta": 6, "electra": 6, "gpt2": 4}
+
+
+def _random_fisher(model: torch.nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    fisher = {}
+    for name, module in find_targets(model).items():
+        in_features = module.weight.shape[0] if isinstance(module, Conv1D) else module.weight.shape[1]
+        fisher[name] = torch.rand(in_features, generator=generator).pow(3) + 1e-3
+    return fisher
+
+
+def _logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+@pytest.fixture
+def store():
+    return DecompositionStore(use_disk=False)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_targets_are_the_block_linears_only(family):
+    model = tiny_models()[family]
+    targets = find_targets(model)
+    assert len(targets) == 2 * LAYERS_PER_BLOCK[family]
+    for name in targets:
+        assert not any(part in name for part in ("embeddings", "pooler", "classifier", "score", "wte", "wpe"))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", ["svd", "fwsvd"])
+def test_full_rank_reproduces_the_dense_logits(family, method, store):
+    model = tiny_models()[family]
+    batch = random_batch(ragged=family != "gpt2")
+    expected = _logits(model, batch)
+    fisher = _random_fisher(model)
+    report = compress_(model, 1.0, method=method, fisher=fisher, store=store)
+    assert all(isinstance(module, LowRankLinear) for module in _low_rank_layers(model))
+    assert len(_low_rank_layers(model)) == len(report.layers) == 2 * LAYERS_PER_BLOCK[family]
+    torch.testing.assert_close(_logits(model, batch), expected, rtol=1e-4, atol=1e-4)
+
+
+def _low_rank_layers(model):
+    return [m for m in model.modules() if isinstance(m, LowRankLinear)]
+
+
+def test_low_rank_changes_the_logits_and_counts_parameters(store):
+    model = tiny_bert()
+    batch = random_batch()
+    dense_logits = _logits(model, batch)
+    before = sum(p.numel() for p in model.parameters())
+    report = compress_(model, 4, method="svd", store=store)
+    after = sum(p.numel() for p in model.parameters())
+    assert report.model_params_before == before and report.model_params_after == after
+    for layer in report.layers:
+        bias = layer.out_features
+        assert layer.params_before == layer.out_features * layer.in_features + bias
+        assert layer.params_after == 4 * (layer.out_features + layer.in_features) + bias
+    assert before - after == report.params_before - report.params_after
+    assert (_logits(model, batch) - dense_logits).abs().max() > 1e-5
+
+
+def test_report_errors_equal_the_explicit_reconstruction_errors(store):
+    model = tiny_bert()
+    fisher = _random_fisher(model)
+    dense = {name: module.weight.detach().clone() for name, module in find_targets(model).items()}
+    report = compress_(model, 5, method="fwsvd", fisher=fisher, store=store)
+    for layer in report.layers:
+        module = model.get_submodule(layer.name)
+        residual = dense[layer.name] - module.second.weight @ module.first.weight
+        assert layer.error == pytest.approx(residual.norm().item(), rel=1e-3)
+        assert layer.relative_error == pytest.approx(residual.norm().item() / dense[layer.name].norm().item(), rel=1e-3)
+        weighted = (residual * fisher[layer.name].sqrt()).norm().item()
+        assert layer.weighted_error == pytest.approx(weighted, rel=1e-3)
+
+
+def test_break_even_flag():
+    model = tiny_bert()  # query: 32x32 → break-even 16; FFN 48x32 → 19.2
+    report = compress_(model, {"bert.encoder.layer.0.attention.self.query": 16,
+                               "bert.encoder.layer.0.intermediate.dense": 19,
+                               "bert.encoder.layer.1.intermediate.dense": 20},
+                       method="svd", store=DecompositionStore(use_disk=False))
+    flags = {layer.name.split("layer.")[1]: layer.above_break_even for layer in report.layers}
+    assert flags == {"0.attention.self.query": True, "0.intermediate.dense": False, "1.intermediate.dense": True}
+    assert report.above_break_even == ["bert.encoder.layer.0.attention.self.query",
+                                       "bert.encoder.layer.1.intermediate.dense"]
+    query = next(layer for layer in report.layers if "query" in layer.name)
+    assert query.params_after >= query.params_before
+
+
+def test_rank_forms():
+    targets = find_targets(tiny_bert())
+    assert set(resolve_ranks(targets, 3).values()) == {3}
+    by_ratio = resolve_ranks(targets, 0.33)
+    assert set(by_ratio.values()) == {round(0.33 * 32)}
+    assert resolve_ranks(targets, 1.0) == {name: 32 for name in targets}
+    name = next(iter(targets))
+    assert resolve_ranks(targets, {name: 2}) == {name: 2}
+    fraction = ranks_for_param_fraction(targets, 0.5)
+    assert fraction["bert.encoder.layer.0.attention.self.query"] == 8  # floor(0.5 * 32*32/64)
+
+
+@pytest.mark.parametrize(
+    ("ranks", "message"),
+    [
+        (0, "from 1 to 32"),
+        (33, "from 1 to 32"),
+        (0.0, "in \\(0, 1\\]"),
+        (1.5, "in \\(0, 1\\]"),
+        ({"bert.encoder.layer.0.attention.self.querry": 2}, "did you mean 'bert.encoder.layer.0.attention.self.query'"),
+        ({"bert.encoder.layer.0.attention.self.query": 40}, "query of shape \\(32, 32\\).*from 1 to 32"),
+        ("half", "ranks must be"),
+    ],
+)
+def test_bad_ranks_raise(ranks, message):
+    with pytest.raises(ValueError, match=message):
+        compress_(tiny_bert(), ranks, method="svd", store=DecompositionStore(use_disk=False))
+
+
+def test_bad_method_and_fisher_raise():
+    model = tiny_bert()
+    with pytest.raises(ValueError, match="method must be one of svd, fwsvd"):
+        compress_(model, 2, method="pca")
+    with pytest.raises(ValueError, match="needs Fisher"):
+        compress_(model, 2, method="fwsvd")
+    fisher = _random_fisher(model)
+    fisher.pop("bert.encoder.layer.1.output.dense")
+    with pytest.raises(ValueError, match="layer.1.output.dense"):
+        compress_(model, 2, method="fwsvd", fisher=fisher)
+    assert not _low_rank_layers(model)  # nothing was swapped before the errors
+
+
+def test_already_compressed_model_is_refused(store):
+    model = tiny_bert()
+    compress_(model, 2, method="svd", store=store)
+    with pytest.raises(ValueError, match="already low-rank"):
+        compress_(model, 2, method="svd", store=store)
+
+
+def test_new_ranks_reuse_the_decompositions(store):
+    model = tiny_bert()
+    fisher = _random_fisher(model)
+    first, _ = compressed_copy(model, 4, method="fwsvd", fisher=fisher, store=store)
+    computed = store.computed
+    assert computed == len(find_targets(model))
+    second, report = compressed_copy(model, 0.5, method="fwsvd", fisher=fisher, store=store)
+    assert store.computed == computed  # a truncation, not a new SVD
+    assert {layer.rank for layer in report.layers} == {16}
+    compressed_copy(model, 4, method="svd", store=store)
+    assert store.computed == 2 * computed  # the other method is another decomposition
+
+
+def test_compressed_copy_leaves_the_original_untouched(store):
+    model = tiny_bert()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    batch = random_batch()
+    logits = _logits(model, batch)
+    copy, _ = compressed_copy(model, 2, method="svd", store=store)
+    assert _low_rank_layers(copy) and not _low_rank_layers(model)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, state[key])
+    torch.testing.assert_close(_logits(model, batch), logits)
+
+
+def test_disk_cache_serves_a_new_store_and_survives_corruption(tmp_path, caplog):
+    model = tiny_bert()
+    fisher = _random_fisher(model)
+    writer = DecompositionStore(tmp_path)
+    expected, _ = compressed_copy(model, 3, method="fwsvd", fisher=fisher, store=writer)
+    reader = DecompositionStore(tmp_path)
+    reloaded, _ = compressed_copy(model, 3, method="fwsvd", fisher=fisher, store=reader)
+    assert reader.computed == 0
+    batch = random_batch()
+    torch.testing.assert_close(_logits(reloaded, batch), _logits(expected, batch))
+    files = sorted((tmp_path / "decompositions").glob("*.safetensors"))
+    files[0].write_bytes(files[0].read_bytes()[:100])
+    recovering = DecompositionStore(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        recovered, _ = compressed_copy(model, 3, method="fwsvd", fisher=fisher, store=recovering)
+    assert recovering.computed == 1 and "corrupt" in caplog.text
+    torch.testing.assert_close(_logits(recovered, batch), _logits(expected, batch))
+
+
+def test_changed_weight_gets_a_new_decomposition(store):
+    model = tiny_bert()
+    compressed_copy(model, 3, method="svd", store=store)
+    with torch.no_grad():
+        model.bert.encoder.layer[0].attention.self.query.weight.mul_(2)
+    computed = store.computed
+    compressed_copy(model, 3, method="svd", store=store)
+    assert store.computed == computed + 1
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_densified_model_loads_with_from_pretrained(family, tmp_path, store):
+    model = tiny_models()[family]
+    compress_(model, 5, method="svd", store=store)
+    batch = random_batch(ragged=False)
+    expected = _logits(model, batch)
+    densify_(model)
+    assert not _low_rank_layers(model)
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    torch.testing.assert_close(_logits(reloaded, batch), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_analysis_matches_the_compression_report(store):
+    model = tiny_bert()
+    fisher = _random_fisher(model)
+    analyses = analyze_layers(model, fisher, store=store)
+    assert list(analyses) == list(find_targets(model))
+    report = compress_(model, 6, method="fwsvd", fisher=fisher, store=store)
+    for layer in report.layers:
+        curves = analyses[layer.name].curves["fwsvd"]
+        assert layer.error == pytest.approx(curves.plain[6].item())
+        assert layer.weighted_error == pytest.approx(curves.weighted[6].item())
+        assert (analyses[layer.name].curves["fwsvd"].weighted <= analyses[layer.name].curves["svd"].weighted + 1e-5).all()
+    assert set(analyze_layers(tiny_bert(), store=store)["bert.encoder.layer.0.output.dense"].curves) == {"svd"}

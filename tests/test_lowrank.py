@@ -1,0 +1,69 @@
+"""LowRankLinear built from Linear and GPT-2's Conv1D, and turned back into dense layers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from fwsvd import LowRankLinear
+
+
+def _conv1d(in_features: int, out_features: int) -> Conv1D:
+    torch.manual_seed(0)
+    layer = Conv1D(out_features, in_features)
+    nn.init.normal_(layer.weight)
+    nn.init.normal_(layer.bias)
+    return layer
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_full_rank_linear_parity_and_parameter_count(bias):
+    torch.manual_seed(0)
+    dense = nn.Linear(12, 8, bias=bias)
+    x = torch.randn(5, 12)
+    for importance in (None, torch.rand(12) + 0.1):
+        low_rank = LowRankLinear.from_linear(dense, 8, importance)
+        torch.testing.assert_close(low_rank(x), dense(x), rtol=1e-4, atol=1e-5)
+    low_rank = LowRankLinear.from_linear(dense, 3)
+    assert low_rank.rank == 3 and low_rank.first.bias is None
+    assert sum(p.numel() for p in low_rank.parameters()) == 3 * (12 + 8) + (8 if bias else 0)
+
+
+def test_conv1d_parity_and_round_trip():
+    conv = _conv1d(in_features=10, out_features=6)
+    x = torch.randn(2, 4, 10)
+    low_rank = LowRankLinear.from_linear(conv, 6, torch.rand(10) + 0.1)
+    assert low_rank.source_kind == "conv1d"
+    torch.testing.assert_close(low_rank(x), conv(x), rtol=1e-4, atol=1e-4)
+    back = low_rank.to_original()
+    assert isinstance(back, Conv1D) and back.weight.shape == conv.weight.shape
+    torch.testing.assert_close(back(x), conv(x), rtol=1e-4, atol=1e-4)
+
+
+def test_to_dense_multiplies_the_factors_back():
+    torch.manual_seed(1)
+    dense = nn.Linear(9, 7)
+    low_rank = LowRankLinear.from_linear(dense, 2)
+    restored = low_rank.to_original()
+    assert isinstance(restored, nn.Linear)
+    torch.testing.assert_close(restored.weight, low_rank.second.weight @ low_rank.first.weight)
+    x = torch.randn(3, 9)
+    torch.testing.assert_close(restored(x), low_rank(x), rtol=1e-5, atol=1e-6)
+
+
+def test_keeps_dtype():
+    dense = nn.Linear(6, 4).to(torch.float64)
+    low_rank = LowRankLinear.from_linear(dense, 2)
+    assert low_rank.first.weight.dtype == torch.float64 and low_rank.second.bias.dtype == torch.float64
+
+
+def test_mismatched_factors_raise():
+    with pytest.raises(ValueError, match="do not chain"):
+        LowRankLinear.from_factors(torch.randn(3, 5), torch.randn(4, 2), None)
+
+
+def test_rank_out_of_range_raises():
+    with pytest.raises(ValueError, match="from 1 to 4"):
+        LowRankLinear.from_linear(nn.Linear(6, 4), 5)
