@@ -1,0 +1,206 @@
+"""save_compressed / load_compressed: identical logits after a round trip, size in proportion to the
+parameters, a dense export plain transformers loads, no pickles, and clear errors for damaged folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (
+    AutoModelForSequenceClassification,
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+)
+
+from conftest import VOCAB, random_batch, tiny_models
+from fwsvd import DecompositionStore, LowRankLinear, compress_, dense_weight, find_targets
+from fwsvd.persistence import (
+    FORMAT_VERSION,
+    INFO_FILE,
+    WEIGHTS_FILE,
+    load_compressed,
+    read_compressed_info,
+    save_compressed,
+)
+
+PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
+
+
+def _compressed(model: torch.nn.Module, ratio: float = 0.5, method: str = "svd") -> torch.nn.Module:
+    fisher = None
+    if method == "fwsvd":
+        generator = torch.Generator().manual_seed(1)
+        fisher = {name: torch.rand(dense_weight(module).shape[1], generator=generator)
+                  for name, module in find_targets(model).items()}
+    compress_(model, ratio, method=method, fisher=fisher, store=DecompositionStore(use_disk=False))
+    return model
+
+
+def _logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+def _assert_no_pickles(directory: Path) -> None:
+    for path in directory.rglob("*"):
+        if path.is_file():
+            assert path.suffix not in PICKLE_SUFFIXES, path
+            head = path.read_bytes()[:2]
+            assert head[:1] != b"\x80" and head != b"PK", f"{path} looks like a pickle / torch.save archive"
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "distilbert", "roberta", "electra"])
+@pytest.mark.parametrize("method", ["svd", "fwsvd"])
+def test_round_trip_gives_identical_logits(family, method, tmp_path):
+    model = _compressed(tiny_models()[family], method=method)
+    batch = random_batch()
+    save_compressed(model, tmp_path / "out", method=method)
+    loaded = load_compressed(tmp_path / "out")
+    assert type(loaded) is type(model)
+    assert not loaded.training
+    assert torch.equal(_logits(loaded, batch), _logits(model, batch))
+    ranks = {name: module.rank for name, module in loaded.named_modules() if isinstance(module, LowRankLinear)}
+    assert ranks == read_compressed_info(tmp_path / "out")["ranks"]
+    _assert_no_pickles(tmp_path / "out")
+
+
+def test_info_records_structure_method_and_provenance(tmp_path):
+    model = _compressed(tiny_models()["gpt2"], 0.25)
+    provenance = {"data_id": "demo:train", "num_examples": 64, "mode": "per_example"}
+    save_compressed(model, tmp_path, method="svd", fisher_provenance=provenance, extra={"note": "x"})
+    info = read_compressed_info(tmp_path)
+    assert info["format_version"] == FORMAT_VERSION
+    assert info["architecture"] == "GPT2ForSequenceClassification"
+    assert info["method"] == "svd" and info["fisher_provenance"] == provenance and info["extra"] == {"note": "x"}
+    assert info["base_config"]["model_type"] == "gpt2"
+    assert {layer["source_kind"] for layer in info["layers"].values()} == {"conv1d"}
+    assert set(info["ranks"]) == set(info["layers"]) and len(info["ranks"]) == 8
+    assert (tmp_path / "config.json").is_file() and (tmp_path / WEIGHTS_FILE).is_file()
+
+
+def test_tied_weights_are_stored_once_and_reloaded(tmp_path):
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64)).eval()
+    _compressed(model)
+    save_compressed(model, tmp_path)
+    loaded = load_compressed(tmp_path)
+    assert loaded.lm_head.weight.data_ptr() == loaded.transformer.wte.weight.data_ptr()
+    batch = random_batch(ragged=False)
+    assert torch.equal(_logits(loaded, batch), _logits(model, batch))
+
+
+def _size(directory: Path) -> int:
+    return sum(path.stat().st_size for path in directory.rglob("*") if path.is_file())
+
+
+def test_directory_size_is_in_proportion_to_the_parameters(tmp_path):
+    # Wide enough that the weights, not the JSON, fill the folder.
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=VOCAB, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=512, max_position_embeddings=64)
+    model = BertForSequenceClassification(config).eval()
+    model.save_pretrained(tmp_path / "dense")
+    params_before = sum(p.numel() for p in model.parameters())
+    report = compress_(model, 0.25, method="svd", store=DecompositionStore(use_disk=False))
+    save_compressed(model, tmp_path / "compressed")
+    expected = report.model_params_after / params_before
+    assert expected < 0.7
+    assert _size(tmp_path / "compressed") / _size(tmp_path / "dense") == pytest.approx(expected, rel=0.05)
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+def test_dense_export_loads_with_plain_from_pretrained(family, tmp_path):
+    model = _compressed(tiny_models()[family])
+    save_compressed(model, tmp_path, method="svd", dense=True)
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert not any(isinstance(module, LowRankLinear) for module in plain.modules())
+    batch = random_batch()
+    torch.testing.assert_close(_logits(plain, batch), _logits(model, batch), rtol=1e-4, atol=1e-5)
+    # the model given to save_compressed is still factorized
+    assert any(isinstance(module, LowRankLinear) for module in model.modules())
+    assert read_compressed_info(tmp_path)["dense"] is True
+    torch.testing.assert_close(_logits(load_compressed(tmp_path), batch), _logits(plain, batch))
+    _assert_no_pickles(tmp_path)
+
+
+def test_tokenizer_is_saved_alongside(tmp_path):
+    from tiny_task import minilm_tokenizer
+
+    model = _compressed(tiny_models()["bert"])
+    save_compressed(model, tmp_path, tokenizer=minilm_tokenizer())
+    assert (tmp_path / "tokenizer.json").is_file() or (tmp_path / "vocab.txt").is_file()
+
+
+# ------------------------------------------------------------------------------------------------
+# Errors
+
+
+@pytest.fixture
+def saved(tmp_path) -> Path:
+    save_compressed(_compressed(tiny_models()["bert"]), tmp_path / "model", method="svd")
+    return tmp_path / "model"
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_compressed(tmp_path / "absent")
+
+
+def test_a_file_is_not_a_directory(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="not a directory"):
+        load_compressed(tmp_path / "file")
+
+
+def test_missing_json(saved):
+    (saved / INFO_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match=INFO_FILE):
+        load_compressed(saved)
+
+
+def test_garbled_json(saved):
+    (saved / INFO_FILE).write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_compressed(saved)
+
+
+def test_future_format_version(saved):
+    info = json.loads((saved / INFO_FILE).read_text())
+    info["format_version"] = FORMAT_VERSION + 1
+    (saved / INFO_FILE).write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="newer than this fwsvd reads"):
+        load_compressed(saved)
+
+
+def test_weights_not_matching_the_recorded_rank_name_the_layer(saved):
+    info = json.loads((saved / INFO_FILE).read_text())
+    name = next(iter(info["layers"]))
+    info["layers"][name]["rank"] -= 1
+    (saved / INFO_FILE).write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=f"{name}.first.weight"):
+        load_compressed(saved)
+
+
+def test_weights_of_a_layer_not_recorded_as_factorized(saved):
+    info = json.loads((saved / INFO_FILE).read_text())
+    name = next(iter(info["layers"]))
+    del info["layers"][name]
+    (saved / INFO_FILE).write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=f"{name}"):
+        load_compressed(saved)
+
+
+def test_missing_weights_file(saved):
+    (saved / WEIGHTS_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match=WEIGHTS_FILE):
+        load_compressed(saved)
+
+
+def test_unserialisable_extra_is_refused_before_writing(tmp_path):
+    with pytest.raises(ValueError, match="JSON-serialisable"):
+        save_compressed(_compressed(tiny_models()["bert"]), tmp_path / "out", extra={"tensor": torch.ones(1)})
+    assert not (tmp_path / "out" / INFO_FILE).exists()
