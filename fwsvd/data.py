@@ -1,0 +1,141 @@
+"""Tokenised, dynamically padded batches of a task split, labels included.
+
+Each split is tokenised once per (tokenizer, data, max_length) — with the fast tokenizer on the whole
+column at once — and kept in memory, so Fisher estimation, evaluation and fine-tuning of the same split
+do not tokenise it again. Batches are padded only to their own longest example (dynamic padding), which
+on short texts halves the cost of a forward pass compared with padding to ``max_length``.
+
+For token classification the word-level tags are aligned to word pieces: the first piece of each word
+carries the word's tag, every other position (special tokens, later pieces, padding) carries -100, which
+both the loss and the metrics ignore.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from fwsvd.tasks import Role, Task
+
+#: Label value ignored by the cross-entropy loss and by the NER metrics.
+IGNORE_INDEX = -100
+
+_Encoded = dict[str, list[Any]]
+# Tokenised splits, per tokenizer; a weak key so a discarded tokenizer frees its entries.
+_ENCODED: "weakref.WeakKeyDictionary[PreTrainedTokenizerBase, dict[tuple[str, str, int], _Encoded]]" = (
+    weakref.WeakKeyDictionary())
+
+
+def make_batches(
+    task: Task,
+    tokenizer: PreTrainedTokenizerBase,
+    role: Role,
+    *,
+    batch_size: int = 32,
+    max_length: int = 128,
+    limit: int | None = None,
+    seed: int = 0,
+    shuffle: bool = False,
+) -> list[dict[str, torch.Tensor]]:
+    """Batches of the ``role`` split: ``input_ids``, ``attention_mask`` (``token_type_ids`` when the
+    tokenizer makes them) and ``labels`` — long class ids, float scores for regression, or word-piece
+    aligned tag ids for NER.
+
+    ``shuffle`` permutes the examples with ``seed`` first; ``limit`` then keeps the first ``limit``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1 or None, got {limit}")
+    encoded = _encode_split(task, tokenizer, role, max_length)
+    count = len(encoded["input_ids"])
+    order = np.random.default_rng(seed).permutation(count) if shuffle else np.arange(count)
+    if limit is not None:
+        order = order[:limit]
+    pad_id = _pad_token_id(tokenizer)
+    label_dtype = torch.float32 if task.kind == "regression" else torch.long
+    batches = []
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        batch = {key: _pad([values[i] for i in rows], _pad_value(key, pad_id), tokenizer.padding_side)
+                 for key, values in encoded.items() if key != "labels"}
+        labels = [encoded["labels"][i] for i in rows]
+        if task.kind == "token_classification":
+            batch["labels"] = _pad(labels, IGNORE_INDEX, tokenizer.padding_side)
+        else:
+            batch["labels"] = torch.tensor(labels, dtype=label_dtype)
+        batches.append(batch)
+    return batches
+
+
+def _encode_split(task: Task, tokenizer: PreTrainedTokenizerBase, role: Role, max_length: int) -> _Encoded:
+    key = (task.data_id(role), task.kind, max_length)
+    per_tokenizer = _ENCODED.setdefault(tokenizer, {})
+    if key not in per_tokenizer:
+        dataset = task.load_split(role)
+        if task.kind == "token_classification":
+            per_tokenizer[key] = _encode_tokens(task, tokenizer, dataset, max_length)
+        else:
+            per_tokenizer[key] = _encode_texts(task, tokenizer, dataset, max_length)
+    return per_tokenizer[key]
+
+
+def _encode_texts(task: Task, tokenizer: PreTrainedTokenizerBase, dataset: Any, max_length: int) -> _Encoded:
+    texts = list(dataset[task.text_column])
+    pairs = list(dataset[task.text_pair_column]) if task.text_pair_column else None
+    encoded = dict(tokenizer(texts, pairs, truncation=True, max_length=max_length))
+    encoded["labels"] = list(dataset[task.label_column])
+    return encoded
+
+
+def _encode_tokens(task: Task, tokenizer: PreTrainedTokenizerBase, dataset: Any, max_length: int) -> _Encoded:
+    if not tokenizer.is_fast:
+        raise ValueError("token classification needs a fast tokenizer (word_ids() aligns tags to word pieces); "
+                         f"{type(tokenizer).__name__} is not one")
+    words = list(dataset[task.text_column])
+    encoding = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
+    encoded = dict(encoding)
+    encoded["labels"] = [align_labels(tags, encoding.word_ids(i))
+                         for i, tags in enumerate(dataset[task.label_column])]
+    return encoded
+
+
+def align_labels(word_labels: list[int], word_ids: list[int | None]) -> list[int]:
+    """Word-level tags -> one tag per word piece: the word's tag on its first piece, -100 elsewhere."""
+    aligned = []
+    previous = None
+    for word_id in word_ids:
+        if word_id is None or word_id == previous:
+            aligned.append(IGNORE_INDEX)
+        else:
+            aligned.append(int(word_labels[word_id]))
+        previous = word_id
+    return aligned
+
+
+def _pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    # GPT-2 style tokenizers have no pad token; the attention mask hides whatever fills the gap.
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return candidate
+    return 0
+
+
+def _pad_value(key: str, pad_id: int) -> int:
+    return pad_id if key == "input_ids" else 0
+
+
+def _pad(sequences: list[list[int]], value: int, side: str) -> torch.Tensor:
+    """A (batch, longest) long tensor of ``sequences`` padded with ``value`` on ``side``."""
+    longest = max(len(sequence) for sequence in sequences)
+    out = torch.full((len(sequences), longest), value, dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        if side == "left":
+            out[row, longest - len(sequence):] = torch.tensor(sequence, dtype=torch.long)
+        else:
+            out[row, :len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+    return out
