@@ -92,13 +92,14 @@ class Decomposition:
         return self.s.numel()
 
     def factors(self, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(first, second)`` with first = V_rᵀ D⁻¹ (rank, in) and second = U_r S_r (out, rank)."""
+        """``(first, second)`` with first = V_rᵀ D⁻¹ (rank, in) and second = U_r S_r (out, rank).
+
+        Always new tensors, never views of this decomposition, so callers may train them in place.
+        """
         validate_rank(rank, self.shape)
         second = self.u[:, :rank] * self.s[:rank]
-        first = self.vh[:rank]
-        if self.scale is not None:
-            first = first / self.scale.to(first.dtype)
-        return first.contiguous(), second.contiguous()
+        first = self.vh[:rank].clone() if self.scale is None else self.vh[:rank] / self.scale
+        return first, second
 
     def reconstruct(self, rank: int) -> torch.Tensor:
         first, second = self.factors(rank)

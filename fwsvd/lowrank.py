@@ -60,22 +60,36 @@ class LowRankLinear(nn.Module):
         if second_rank != rank:
             raise ValueError(f"factor shapes do not chain: first {tuple(first.shape)}, second {tuple(second.shape)}")
         reference = bias if bias is not None else second
-        layer = cls(in_features, out_features, rank, bias=bias is not None,
-                    device=reference.device, dtype=reference.dtype, source_kind=source_kind)
-        with torch.no_grad():
-            layer.first.weight.copy_(first)
-            layer.second.weight.copy_(second)
-            if bias is not None:
-                layer.second.bias.copy_(bias)
+        options = dict(device=reference.device, dtype=reference.dtype)
+        # Copies, never views: the caller's tensors (or a kept decomposition) must not change when this
+        # layer is trained.
+        return cls._from_owned(first.detach().to(**options, copy=True), second.detach().to(**options, copy=True),
+                               None if bias is None else bias.detach().to(**options, copy=True), source_kind)
+
+    @classmethod
+    def _from_owned(cls, first: torch.Tensor, second: torch.Tensor, bias: torch.Tensor | None,
+                    source_kind: str) -> "LowRankLinear":
+        """Wrap tensors that nothing else references as the parameters. The layer is built on the meta
+        device: a regular init would draw random weights only to overwrite them, which on large layers
+        costs more than the truncation itself."""
+        rank, in_features = first.shape
+        layer = cls(in_features, second.shape[0], rank, bias=bias is not None, device="meta", source_kind=source_kind)
+        layer.first.weight = nn.Parameter(first)
+        layer.second.weight = nn.Parameter(second)
+        if bias is not None:
+            layer.second.bias = nn.Parameter(bias)
         return layer
 
     @classmethod
     def from_decomposition(cls, decomposition: Decomposition, rank: int, bias: torch.Tensor | None,
                            source_kind: str = "linear") -> "LowRankLinear":
-        """Truncate a kept decomposition: no SVD is computed."""
-        first, second = decomposition.factors(rank)
-        reference = bias if bias is not None else second
-        return cls.from_factors(first.to(reference.device), second.to(reference.device), bias, source_kind)
+        """Truncate a kept decomposition: no SVD is computed. Device and dtype follow ``bias`` when given."""
+        first, second = decomposition.factors(rank)  # fresh tensors, not views of the decomposition
+        if bias is None:
+            return cls._from_owned(first, second, None, source_kind)
+        options = dict(device=bias.device, dtype=bias.dtype)
+        return cls._from_owned(first.to(**options), second.to(**options),
+                               bias.detach().to(**options, copy=True), source_kind)
 
     @classmethod
     def from_linear(cls, module: nn.Module, rank: int,

@@ -245,3 +245,16 @@ def test_analysis_matches_the_compression_report(store):
         assert layer.weighted_error == pytest.approx(curves.weighted[6].item())
         assert (analyses[layer.name].curves["fwsvd"].weighted <= analyses[layer.name].curves["svd"].weighted + 1e-5).all()
     assert set(analyze_layers(tiny_bert(), store=store)["bert.encoder.layer.0.output.dense"].curves) == {"svd"}
+
+
+def test_training_a_compressed_layer_leaves_the_kept_decomposition_alone(store):
+    model = tiny_bert()
+    first, _ = compressed_copy(model, 4, method="svd", store=store)
+    with torch.no_grad():
+        for module in _low_rank_layers(first):
+            module.first.weight.add_(1.0)
+            module.second.weight.mul_(3.0)
+    second, _ = compressed_copy(model, 4, method="svd", store=store)
+    again, _ = compressed_copy(model, 4, method="svd", store=DecompositionStore(use_disk=False))
+    batch = random_batch()
+    torch.testing.assert_close(_logits(second, batch), _logits(again, batch))

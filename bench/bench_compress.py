@@ -1,0 +1,103 @@
+"""Speed of decomposition and of a rank change, on a BERT-base-shaped model (random weights).
+
+Targets (issue 2):
+  1. decomposing all 72 block Linears for one method costs at most 1.1x the summed time of bare
+     torch.linalg.svd on those matrices as they are stored;
+  2. after that, a new set of per-layer ranks gives a compressed model and all error curves in < 200 ms.
+
+Every figure is measured in this one process against its baseline, interleaved, median of --repeats.
+Run:  python bench/bench_compress.py [--repeats 3] [--layers 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import tempfile
+import time
+
+import torch
+import transformers
+from transformers import BertConfig, BertForSequenceClassification
+
+from fwsvd import DecompositionStore, analyze_layers, compressed_copy, dense_weight, find_targets
+
+transformers.logging.set_verbosity_error()
+
+
+def bert_base_shaped(layers: int) -> BertForSequenceClassification:
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=768, num_hidden_layers=layers, num_attention_heads=12,
+                        intermediate_size=3072, num_labels=2)
+    return BertForSequenceClassification(config).eval()
+
+
+def random_fisher(targets: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return {name: torch.rand(dense_weight(m).shape[1], generator=generator).pow(4) + 1e-4
+            for name, m in targets.items()}
+
+
+def time_bare_svd(targets: dict[str, torch.nn.Module]) -> float:
+    """The baseline: torch.linalg.svd on each weight exactly as nn.Linear stores it, (out, in)."""
+    start = time.perf_counter()
+    for module in targets.values():
+        torch.linalg.svd(module.weight.detach(), full_matrices=False)
+    return time.perf_counter() - start
+
+
+def time_decompose_all(targets, fisher, method: str, use_disk: bool) -> float:
+    with tempfile.TemporaryDirectory() as directory:
+        store = DecompositionStore(directory, use_disk=use_disk)
+        start = time.perf_counter()
+        for name, module in targets.items():
+            store.get(module, fisher[name] if method == "fwsvd" else None)
+        return time.perf_counter() - start
+
+
+def time_rank_change(model, fisher, store, targets, seed: int) -> float:
+    """A fresh random per-layer rank setting → compressed FWSVD model + every layer's curves, both methods."""
+    rng = random.Random(seed)
+    ranks = {name: rng.randint(1, min(dense_weight(m).shape)) for name, m in targets.items()}
+    start = time.perf_counter()
+    compressed_copy(model, ranks, method="fwsvd", fisher=fisher, store=store)
+    analyze_layers(model, fisher, store=store)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--layers", type=int, default=12)
+    args = parser.parse_args()
+
+    model = bert_base_shaped(args.layers)
+    targets = find_targets(model)
+    fisher = random_fisher(targets)
+    print(f"model: BERT-base shape, {args.layers} layers, {len(targets)} target Linears; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+
+    bare, timings = [], {("svd", False): [], ("fwsvd", False): [], ("svd", True): [], ("fwsvd", True): []}
+    for _ in range(args.repeats):  # interleaved, so that load changes hit every variant alike
+        bare.append(time_bare_svd(targets))
+        for (method, use_disk), values in timings.items():
+            values.append(time_decompose_all(targets, fisher, method, use_disk))
+    bare_median = statistics.median(bare)
+    print(f"\nbare torch.linalg.svd on all {len(targets)} weights as stored: {bare_median:.2f} s (median of {args.repeats})")
+    print(f"{'method':<8}{'disk cache':<12}{'seconds':>9}{'ratio to bare':>15}   target <= 1.10")
+    for (method, use_disk), values in timings.items():
+        median = statistics.median(values)
+        print(f"{method:<8}{('written' if use_disk else 'off'):<12}{median:>9.2f}{median / bare_median:>15.2f}")
+
+    store = DecompositionStore(use_disk=False)
+    analyze_layers(model, fisher, store=store)  # warm: decompositions and curves for both methods
+    changes = [time_rank_change(model, fisher, store, targets, seed) for seed in range(5 * args.repeats)]
+    print(f"\nrank change -> compressed model + all error curves (both methods): "
+          f"median {1000 * statistics.median(changes):.0f} ms, max {1000 * max(changes):.0f} ms "
+          f"over {len(changes)} random rank settings; target < 200 ms; SVDs run during them: 0 "
+          f"(store computed {store.computed} = 2 x {len(targets)} up front)")
+
+
+if __name__ == "__main__":
+    main()
