@@ -1,0 +1,132 @@
+"""Accuracy against size: compress fresh copies over methods × rank ratios and evaluate each.
+
+The paper's main figure. The evaluation split is tokenised once for every run, each run compresses a copy
+of the dense model (the decompositions come from the store, so a method's SVDs run once for all ratios)
+and, optionally, fine-tunes the copy before scoring it. The dense model itself is never modified.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from fwsvd.compress import compressed_copy
+from fwsvd.data import make_batches
+from fwsvd.evaluation import EvalResult, evaluate_model
+from fwsvd.factorize import METHODS
+from fwsvd.finetune import finetune_
+from fwsvd.fisher import FisherResult
+from fwsvd.store import DecompositionStore
+from fwsvd.tasks import Role, Task
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """One compressed model of a sweep: how it was made and what it scored."""
+
+    method: str
+    rank_ratio: float
+    params: int
+    metrics: dict[str, float]
+    latency_s_per_batch: float
+    finetuned: bool
+
+
+@dataclass
+class SweepResult:
+    """The dense model's evaluation and one run per (method, rank ratio), in sweep order."""
+
+    dense: EvalResult
+    runs: list[SweepRun] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"dense": {...}, "runs": [{"method", "rank_ratio", "params", "metrics", ...}, ...]}``."""
+        return {"dense": self.dense.to_dict(), "runs": [asdict(run) for run in self.runs]}
+
+    def to_dataframe(self):  # -> pandas.DataFrame; imported lazily to keep import time low
+        """One row per model, the dense one first: method, rank_ratio, params, params_fraction,
+        latency_s_per_batch, finetuned, then one column per metric."""
+        import pandas as pd
+
+        rows = [{"method": "dense", "rank_ratio": 1.0, "params": self.dense.params, "params_fraction": 1.0,
+                 "latency_s_per_batch": self.dense.latency_s_per_batch, "finetuned": False, **self.dense.metrics}]
+        rows += [{"method": run.method, "rank_ratio": run.rank_ratio, "params": run.params,
+                  "params_fraction": run.params / self.dense.params,
+                  "latency_s_per_batch": run.latency_s_per_batch, "finetuned": run.finetuned, **run.metrics}
+                 for run in self.runs]
+        return pd.DataFrame(rows)
+
+
+def check_rank_ratio(ratio: float) -> float:
+    """``ratio`` as a float if it lies in (0, 1]; else ValueError."""
+    ratio = float(ratio)
+    if math.isnan(ratio) or not 0.0 < ratio <= 1.0:
+        raise ValueError(f"a rank ratio must lie in (0, 1] (a share of each layer's full rank), got {ratio}")
+    return ratio
+
+
+def run_sweep(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    *,
+    methods: Iterable[str] = ("svd", "fwsvd"),
+    rank_ratios: Iterable[float] = (0.5, 0.33, 0.25),
+    fisher: Mapping[str, torch.Tensor] | FisherResult | None = None,
+    role: Role = "test",
+    limit: int | None = None,
+    batch_size: int = 32,
+    max_length: int = 128,
+    finetune_epochs: int = 0,
+    finetune_kwargs: Mapping[str, Any] | None = None,
+    store: DecompositionStore | None = None,
+    progress: Progress | None = None,
+    on_run: Callable[[SweepRun], None] | None = None,
+) -> SweepResult:
+    """Evaluate the dense ``model``, then for each method and rank ratio a compressed copy of it.
+
+    ``fisher`` ({layer: importance} or a FisherResult) is needed for "fwsvd"; estimate it on the train split
+    (``fwsvd.pipeline.task_fisher``). ``finetune_epochs`` > 0 fine-tunes each copy on the train split first
+    (the paper's recipe — Adam, lr 2e-5, batch 32 — unless ``finetune_kwargs`` says otherwise).
+    ``progress(done, total)`` counts models evaluated (dense included); ``on_run(run)`` sees each run as it
+    finishes, for live tables.
+    """
+    methods, ratios = tuple(methods), tuple(check_rank_ratio(ratio) for ratio in rank_ratios)
+    unknown = [method for method in methods if method not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"methods must be among {', '.join(METHODS)}, got {', '.join(methods) or 'none'}")
+    if not ratios:
+        raise ValueError("give at least one rank ratio")
+    if finetune_epochs < 0:
+        raise ValueError(f"finetune_epochs must be >= 0, got {finetune_epochs}")
+    importances = fisher.importances if isinstance(fisher, FisherResult) else fisher
+    if "fwsvd" in methods and importances is None:
+        raise ValueError("method 'fwsvd' needs Fisher importances: pass fisher=task_fisher(model, tokenizer, task)")
+
+    batches = make_batches(task, tokenizer, role, batch_size=batch_size, max_length=max_length, limit=limit)
+    total = 1 + len(methods) * len(ratios)
+    result = SweepResult(dense=evaluate_model(model, tokenizer, task, role, batches=batches))
+    if progress is not None:
+        progress(1, total)
+    tuning = {"max_length": max_length, **(finetune_kwargs or {})}
+    for method in methods:
+        for ratio in ratios:
+            compressed, _ = compressed_copy(model, ratio, method=method, fisher=importances, store=store)
+            if finetune_epochs:
+                finetune_(compressed, tokenizer, task, epochs=finetune_epochs, **tuning)
+            evaluation = evaluate_model(compressed, tokenizer, task, role, batches=batches)
+            run = SweepRun(method=method, rank_ratio=ratio, params=evaluation.params, metrics=evaluation.metrics,
+                           latency_s_per_batch=evaluation.latency_s_per_batch, finetuned=finetune_epochs > 0)
+            result.runs.append(run)
+            if on_run is not None:
+                on_run(run)
+            if progress is not None:
+                progress(1 + len(result.runs), total)
+    return result

@@ -1,0 +1,86 @@
+"""run_sweep: full-rank SVD equals the dense model, fresh copies, decompositions reused across ratios."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fwsvd import DecompositionStore, find_targets
+from fwsvd.pipeline import task_fisher
+from fwsvd.sweep import SweepRun, run_sweep
+from fwsvd.tasks import local_task
+from tiny_task import minilm_tokenizer, tiny_text_classifier, write_reviews
+
+
+@pytest.fixture
+def task(tmp_path):
+    return local_task(write_reviews(tmp_path / "reviews.csv", rows=80), text_column="review",
+                      label_column="sentiment")
+
+
+@pytest.fixture
+def model():
+    return tiny_text_classifier()
+
+
+@pytest.fixture
+def tokenizer():
+    return minilm_tokenizer()
+
+
+def test_full_rank_svd_equals_the_dense_model(model, tokenizer, task):
+    result = run_sweep(model, tokenizer, task, methods=["svd"], rank_ratios=[1.0], max_length=32,
+                       store=DecompositionStore(use_disk=False))
+    (run,) = result.runs
+    assert run.method == "svd" and run.rank_ratio == 1.0 and not run.finetuned
+    assert run.metrics == result.dense.metrics
+    assert run.params > result.dense.params  # full rank is above break-even: more parameters, same function
+
+
+def test_sweep_shapes_copies_and_store_reuse(model, tokenizer, task, cache_dir):
+    fisher = task_fisher(model, tokenizer, task, num_examples=32, batch_size=16, max_length=32)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    store = DecompositionStore(use_disk=False)
+    seen: list[SweepRun] = []
+    progress: list[tuple[int, int]] = []
+    result = run_sweep(model, tokenizer, task, methods=("svd", "fwsvd"), rank_ratios=(0.5, 0.25), fisher=fisher,
+                       max_length=32, store=store, on_run=seen.append,
+                       progress=lambda done, total: progress.append((done, total)))
+    assert [(run.method, run.rank_ratio) for run in result.runs] == [
+        ("svd", 0.5), ("svd", 0.25), ("fwsvd", 0.5), ("fwsvd", 0.25)]
+    assert seen == result.runs and progress[-1] == (5, 5)
+    # one decomposition per layer and method, whatever the number of ratios
+    assert store.computed == 2 * len(find_targets(model))
+    assert result.runs[0].params > result.runs[1].params
+    for name, tensor in model.state_dict().items():  # the dense model is never touched
+        assert torch.equal(tensor, before[name]), name
+    as_dict = result.to_dict()
+    assert set(as_dict) == {"dense", "runs"}
+    assert set(as_dict["dense"]) >= {"metrics", "params"} and "accuracy" in as_dict["dense"]["metrics"]
+    assert set(as_dict["runs"][0]) >= {"method", "rank_ratio", "params", "metrics"}
+    frame = result.to_dataframe()
+    assert list(frame["method"]) == ["dense", "svd", "svd", "fwsvd", "fwsvd"]
+    assert "accuracy" in frame.columns and frame["params_fraction"].iloc[0] == 1.0
+
+
+def test_finetuning_after_compression(model, tokenizer, task):
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    result = run_sweep(model, tokenizer, task, methods=["svd"], rank_ratios=[0.5], max_length=32,
+                       finetune_epochs=1, finetune_kwargs={"limit": 16, "batch_size": 8, "learning_rate": 1e-3},
+                       store=DecompositionStore(use_disk=False))
+    assert result.runs[0].finetuned
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"methods": ["fwsvd"]}, "needs Fisher"),
+    ({"methods": ["pca"]}, "methods must be among"),
+    ({"rank_ratios": [0.0]}, r"\(0, 1\]"),
+    ({"rank_ratios": [1.5]}, r"\(0, 1\]"),
+    ({"rank_ratios": []}, "at least one"),
+    ({"finetune_epochs": -1}, "finetune_epochs"),
+])
+def test_bad_arguments_fail_before_any_work(model, tokenizer, task, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        run_sweep(model, tokenizer, task, **kwargs)
