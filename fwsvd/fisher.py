@@ -226,26 +226,33 @@ def per_example_losses(logits: torch.Tensor, labels: torch.Tensor, config: Any) 
     return losses, losses.mean()
 
 
-def squared_gradient_sum(inputs: torch.Tensor, output_grads: torch.Tensor) -> torch.Tensor:
+def squared_gradient_sum(inputs: torch.Tensor, output_grads: torch.Tensor,
+                         keep: torch.Tensor | None = None) -> torch.Tensor:
     """Σ_i Σ_o (Σ_t g[i, t, o] · x[i, t, j])², shape (in,): per-example weight gradients of a Linear,
     squared and summed over examples i and output features o, without materialising all of them.
 
-    ``inputs`` (B, ..., in) and ``output_grads`` (B, ..., out); the middle dimensions are the tokens.
+    ``inputs`` (B, T, in) and ``output_grads`` (B, T, out); ``keep`` (B, T) is False at tokens that must
+    contribute nothing (padding).
     """
-    batch_size = inputs.shape[0]
-    x = inputs.reshape(batch_size, -1, inputs.shape[-1]).float()
-    g = output_grads.reshape(batch_size, -1, output_grads.shape[-1]).float()
-    tokens, in_features, out_features = x.shape[1], x.shape[2], g.shape[2]
+    x, g = inputs.float(), output_grads.float()
+    batch_size, tokens, in_features = x.shape
+    out_features = g.shape[2]
     if tokens * (in_features + out_features) <= in_features * out_features:
         # Short sequences: Σ_o G[o, j]² = Σ_t ((g gᵀ) x)[t, j] x[t, j], costing T²(in+out) per example.
+        # Masking the small T×T Gram matrix drops padded tokens more cheaply than masking x.
         gram = torch.bmm(g, g.transpose(1, 2))
-        return (torch.bmm(gram, x) * x).sum((0, 1))
+        if keep is not None:
+            gram.mul_(keep[:, :, None] & keep[:, None, :])
+        return torch.bmm(gram, x).mul_(x).sum((0, 1))
     # Long sequences: forming G = gᵀ x (out × in) is cheaper; a few examples at a time bounds the memory
     # to about the size of the layer's input.
     chunk = max(1, x.numel() // (in_features * out_features))
     total = x.new_zeros(in_features)
     for first in range(0, batch_size, chunk):
-        grads = torch.bmm(g[first:first + chunk].transpose(1, 2), x[first:first + chunk])
+        x_part = x[first:first + chunk]
+        if keep is not None:
+            x_part = x_part * keep[first:first + chunk, :, None]
+        grads = torch.bmm(g[first:first + chunk].transpose(1, 2), x_part)
         total += grads.pow(2).sum((0, 1))
     return total
 
@@ -305,21 +312,36 @@ class _GradientCapture:
         inputs = self._inputs[name]
         if len(grads) < len(inputs):
             return
-        x = torch.cat([self._mask_padding(t).reshape(self._batch_size, -1, t.shape[-1]) for t in inputs], dim=1)
-        g = torch.cat([grads[c].reshape(self._batch_size, -1, grads[c].shape[-1]) for c in range(len(inputs))],
-                      dim=1)
+        calls = range(len(inputs))
+        x = _join_tokens([inputs[c] for c in calls], self._batch_size)
+        g = _join_tokens([grads[c] for c in calls], self._batch_size)
+        keep = None
+        if self._keep is not None:
+            keep = _join_tokens([_token_keep(self._keep, inputs[c]) for c in calls], self._batch_size,
+                                features=False)
         if not self.per_example:
             # The batch shortcut squares the gradient of the whole batch: one "example" holding every token.
             x, g = x.reshape(1, -1, x.shape[-1]), g.reshape(1, -1, g.shape[-1])
-        self.sums[name] += squared_gradient_sum(x, g)
+            keep = keep.reshape(1, -1) if keep is not None else None
+        self.sums[name] += squared_gradient_sum(x, g, keep)
         # Free the activations now, as a plain backward pass would.
         inputs.clear()
         grads.clear()
 
-    def _mask_padding(self, inputs: torch.Tensor) -> torch.Tensor:
-        if self._keep is None or inputs.dim() != 3 or inputs.shape[:2] != self._keep.shape:
-            return inputs
-        return inputs.masked_fill(~self._keep[..., None], 0)
+
+def _token_keep(keep: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """The (B, T) attention mask where a layer's tokens are the model's input positions, else all True
+    (e.g. a decoder's own positions)."""
+    if inputs.dim() == 3 and inputs.shape[:2] == keep.shape:
+        return keep
+    return keep.new_ones(inputs.shape[:-1])
+
+
+def _join_tokens(tensors: list[torch.Tensor], batch_size: int, features: bool = True) -> torch.Tensor:
+    """Batch-first tensors as (B, tokens, features) — (B, tokens) for masks — joined along the tokens of
+    all calls of a layer; a single call is only reshaped, not copied."""
+    shaped = [t.reshape(batch_size, -1, t.shape[-1]) if features else t.reshape(batch_size, -1) for t in tensors]
+    return shaped[0] if len(shaped) == 1 else torch.cat(shaped, dim=1)
 
 
 def _estimate(
@@ -388,7 +410,9 @@ def _backward_batch(model: nn.Module, batch: Mapping[str, torch.Tensor], capture
     if labels.numel() == 0:
         return 0
     mask = inputs.get("attention_mask")
-    capture.start_batch(labels.shape[0], mask.bool() if isinstance(mask, torch.Tensor) else None)
+    keep = mask.bool() if isinstance(mask, torch.Tensor) else None
+    # Without padding there is nothing to mask: skip the work.
+    capture.start_batch(labels.shape[0], None if keep is None or keep.all() else keep)
     try:
         outputs = model(**inputs)
         logits = outputs.logits if hasattr(outputs, "logits") else outputs[0]
