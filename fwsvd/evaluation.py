@@ -1,0 +1,127 @@
+"""Metrics, parameter count and latency of a (possibly compressed) model on a task split.
+
+Only the model's ``logits`` are used, so any model works whose forward takes the tokenizer's batch and
+returns logits — including models whose Linear layers were swapped for low-rank modules.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from fwsvd.data import IGNORE_INDEX, make_batches
+from fwsvd.metrics import compute_metrics
+from fwsvd.tasks import Role, Task
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class EvalResult:
+    """What :func:`evaluate_model` measured."""
+
+    metrics: dict[str, float]
+    params: int
+    #: median wall-clock seconds of one forward pass over a batch
+    latency_s_per_batch: float
+    num_examples: int
+    batch_size: int
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (shared / tied weights counted once)."""
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def predict(
+    model: nn.Module,
+    batches: Sequence[dict[str, torch.Tensor]],
+    *,
+    progress: Progress | None = None,
+) -> tuple[list[torch.Tensor], list[float]]:
+    """(logits per batch, seconds per batch), in inference mode; the model's train/eval mode is restored.
+
+    ``labels`` are not passed to the model, so no loss is computed and timed.
+    """
+    device = _device_of(model)
+    was_training = model.training
+    model.eval()
+    logits, seconds = [], []
+    try:
+        with torch.inference_mode():
+            for done, batch in enumerate(batches, start=1):
+                inputs = {key: value.to(device) for key, value in batch.items() if key != "labels"}
+                start = time.perf_counter()
+                output = model(**inputs)
+                seconds.append(time.perf_counter() - start)
+                logits.append(output.logits.float().cpu())
+                if progress is not None:
+                    progress(done, len(batches))
+    finally:
+        model.train(was_training)
+    return logits, seconds
+
+
+def evaluate_model(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase | None,
+    task: Task,
+    role: Role = "validation",
+    *,
+    limit: int | None = None,
+    batch_size: int = 32,
+    max_length: int = 128,
+    progress: Progress | None = None,
+    batches: Sequence[dict[str, torch.Tensor]] | None = None,
+) -> EvalResult:
+    """Score ``model`` on the ``role`` split of ``task`` (or on ready-made ``batches``, which makes the
+    tokenizer unnecessary and lets a sweep tokenise once for many models).
+
+    Latency is the median over batches, robust to the first (warm-up) batch and to a shorter last one.
+    """
+    if batches is None:
+        if tokenizer is None:
+            raise ValueError("evaluate_model needs a tokenizer, or ready-made batches")
+        batches = make_batches(task, tokenizer, role, batch_size=batch_size, max_length=max_length, limit=limit)
+    if not batches:
+        raise ValueError(f"no examples to evaluate in the {role} split of task {task.name!r}")
+    logits, seconds = predict(model, batches, progress=progress)
+    predictions, references = _collect(task, logits, [batch["labels"] for batch in batches])
+    return EvalResult(
+        metrics=compute_metrics(task, predictions, references),
+        params=count_parameters(model),
+        latency_s_per_batch=statistics.median(seconds),
+        num_examples=sum(len(batch["labels"]) for batch in batches),
+        batch_size=max(len(batch["labels"]) for batch in batches),
+    )
+
+
+def _collect(task: Task, logits: list[torch.Tensor], labels: list[torch.Tensor]) -> tuple[list, list]:
+    """Predictions and references in the form compute_metrics takes for the task's kind."""
+    if task.kind == "token_classification":
+        # One sequence per sentence, without the -100 positions (padding differs between batches).
+        predictions, references = [], []
+        for batch_logits, batch_labels in zip(logits, labels):
+            for sentence_logits, sentence_labels in zip(batch_logits.argmax(-1), batch_labels):
+                keep = sentence_labels != IGNORE_INDEX
+                predictions.append(sentence_logits[keep].numpy())
+                references.append(sentence_labels[keep].numpy())
+        return predictions, references
+    stacked = torch.cat(logits).numpy()
+    predictions = stacked[:, 0] if task.kind == "regression" else stacked.argmax(-1)
+    return predictions, np.concatenate([label.numpy() for label in labels])
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
