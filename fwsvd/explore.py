@@ -420,13 +420,15 @@ def evaluate_methods(model: nn.Module, tokenizer: Any, task: Any, ranks: Mapping
     return results
 
 
-def results_frame(records: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-    """Flatten remembered evaluations {label: {"method", "metrics", "params", ...}} into one table."""
+def evaluations_frame(entries: Sequence[tuple[Mapping[str, Any], Mapping[str, Mapping[str, Any]]]]) -> pd.DataFrame:
+    """One row per (rank setting, method) from ``[(context, {method: result of evaluate_methods})]``:
+    the context's columns (e.g. ranks digest, subset size), method, parameters, latency, then the metrics."""
     rows = []
-    for label, record in records.items():
-        row = {"setting": label, **{key: value for key, value in record.items() if key != "metrics"}}
-        row.update(record.get("metrics", {}))
-        rows.append(row)
+    for context, results in entries:
+        for method, result in results.items():
+            rows.append({**context, "method": method, "params": result["params"],
+                         "num_examples": result["num_examples"],
+                         "latency_s_per_batch": result["latency_s_per_batch"], **result["metrics"]})
     return pd.DataFrame(rows)
 
 

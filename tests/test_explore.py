@@ -229,6 +229,9 @@ def test_evaluate_methods_and_archive(tiny_task, tmp_path):
     assert results["fwsvd"]["num_examples"] == 10 and "accuracy" in results["fwsvd"]["metrics"]
     assert calls[-1] == (9, 9)
     assert all(torch.equal(model.state_dict()[name], value) for name, value in before.items())
+    table = explore.evaluations_frame([({"setting": "half", "examples": 10}, results)])
+    assert list(table["method"]) == ["dense", "svd", "fwsvd"]
+    assert {"setting", "examples", "params", "accuracy"} <= set(table.columns)
 
     archive = explore.compressed_archive(model, 0.5, method="fwsvd", fisher=fisher, tokenizer=tokenizer)
     with zipfile.ZipFile(io.BytesIO(archive)) as opened:

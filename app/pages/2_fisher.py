@@ -1,0 +1,107 @@
+"""Fisher: estimate (or load) how much each input feature of each layer matters to the task."""
+
+import streamlit as st
+import ui_charts as charts
+import ui_state as ui
+
+from fwsvd import explore
+
+MODES = {"per_example": "Exact (per example)", "batch": "Batch shortcut"}
+EXAMPLE_COUNTS = [64, 128, 256, 512, 1024, 2048, 4096]
+
+st.title("Fisher importance")
+st.caption("FWSVD weighs each input feature of a layer by its Fisher importance: the squared gradient of the "
+           "task loss, summed over training examples. Features the task relies on are reconstructed more "
+           "faithfully; unimportant ones absorb the error.")
+
+
+def settings_widgets(settings: ui.FisherSettings) -> ui.FisherSettings:
+    left, middle, right = st.columns(3)
+    mode = left.radio("Mode", list(MODES), index=list(MODES).index(settings.mode), format_func=MODES.get,
+                      key="fisher_mode", horizontal=True,
+                      help="Exact: each example's own squared gradient (the paper's definition). Batch: the "
+                           "squared gradient of each mini-batch, the shortcut public code takes.")
+    count = middle.select_slider("Training examples", EXAMPLE_COUNTS, value=settings.num_examples
+                                 if settings.num_examples in EXAMPLE_COUNTS else 1024, key="fisher_examples")
+    seed = right.number_input("Seed", min_value=0, value=settings.seed, step=1, key="fisher_seed")
+    return ui.FisherSettings(mode=mode, num_examples=int(count), seed=int(seed), max_length=settings.max_length)
+
+
+def compute(loaded: ui.Loaded, settings: ui.FisherSettings) -> None:
+    bar, progress = ui.progress_bar(f"Estimating the {MODES[settings.mode].lower()} Fisher over "
+                                    f"{settings.num_examples} training examples")
+    ui.compute_fisher(loaded, settings, progress)
+    bar.empty()
+
+
+def show_importance(loaded: ui.Loaded, fisher) -> None:
+    frame = explore.fisher_frame(fisher.importances, loaded.blocks)
+    st.plotly_chart(charts.fisher_layers_figure(frame), key="fisher_layers")
+    widths = sorted(frame["in_features"].unique())
+    left, right = st.columns([1, 3])
+    width = left.selectbox("Layers with input width", widths, key="heatmap_width",
+                           help="Rows of one heatmap must have the same number of input features.")
+    rows = frame[frame["in_features"] == width]
+    matrix = explore.importance_matrix(fisher.importances, list(rows["layer"]))
+    right.plotly_chart(charts.fisher_heatmap(matrix, rows), key="fisher_heatmap")
+    blocks = list(dict.fromkeys(frame["block"]))
+    block = left.selectbox("Concentration curves of block", blocks,
+                           format_func=lambda name: f"block {name.rsplit('.', 1)[-1]}", key="curve_block")
+    part = frame[frame["block"] == block]
+    curves = {name: explore.cumulative_share(fisher.importances[layer])
+              for layer, name in zip(part["layer"], part["name_in_block"])}
+    right.plotly_chart(charts.cumulative_figure(curves), key="fisher_curves")
+    st.dataframe(frame[["layer", "in_features", "share_of_model", "top1_share", "top10_share", "gini",
+                        "effective_share"]], hide_index=True, width="stretch", key="fisher_table",
+                 column_config={
+                     "share_of_model": st.column_config.NumberColumn("share of model", format="percent"),
+                     "top1_share": st.column_config.NumberColumn("top 1% hold", format="percent"),
+                     "top10_share": st.column_config.NumberColumn("top 10% hold", format="percent"),
+                     "gini": st.column_config.NumberColumn("Gini", format="%.2f",
+                                                           help="0: spread evenly; 1: all on one feature"),
+                     "effective_share": st.column_config.NumberColumn(
+                         "effective share", format="percent",
+                         help="exp(entropy)/n: the share of features that would carry the same mass evenly"),
+                 })
+
+
+def show_exact_vs_batch(loaded: ui.Loaded, settings: ui.FisherSettings, fisher) -> None:
+    st.subheader("Exact vs batch Fisher")
+    other_mode = "batch" if settings.mode == "per_example" else "per_example"
+    other_settings = ui.FisherSettings(other_mode, settings.num_examples, settings.seed, settings.max_length)
+    other = ui.fisher_for(loaded, other_settings)
+    if other is None:
+        st.caption(f"Compare with the {MODES[other_mode].lower()} Fisher over the same examples.")
+        if st.button(f"Compute the {MODES[other_mode].lower()} Fisher to compare", key="compute_other_fisher"):
+            compute(loaded, other_settings)
+            st.rerun()
+        return
+    exact, batch = (fisher, other) if settings.mode == "per_example" else (other, fisher)
+    comparison = explore.compare_fisher(exact.importances, batch.importances)
+    comparison = comparison.merge(explore.fisher_frame(exact.importances, loaded.blocks)[["layer", "block",
+                                                                                         "name_in_block"]])
+    cols = st.columns(3)
+    cols[0].metric("Median cosine similarity", f"{comparison['cosine'].median():.3f}")
+    cols[1].metric("Median Spearman correlation", f"{comparison['spearman'].median():.3f}")
+    cols[2].metric("Median top-10% overlap", f"{comparison['top10_overlap'].median():.0%}")
+    st.plotly_chart(charts.exact_vs_batch_figure(comparison), key="fisher_exact_vs_batch")
+
+
+with ui.error_box():
+    loaded = ui.require_model()
+    settings = settings_widgets(ui.fisher_settings())
+    if settings != ui.fisher_settings():
+        ui.set_fisher_settings(mode=settings.mode, num_examples=settings.num_examples, seed=settings.seed)
+    fisher = ui.fisher_for(loaded, settings)
+    if fisher is None:
+        st.info(f"No {MODES[settings.mode].lower()} Fisher over {settings.num_examples} examples (seed "
+                f"{settings.seed}) is cached for this model and task yet.", icon=":material/info:")
+        if st.button("Compute Fisher", type="primary", key="compute_fisher"):
+            compute(loaded, settings)
+            st.rerun()
+        st.stop()
+    source = "loaded from the cache" if fisher.from_cache else f"computed in {fisher.seconds:.1f} s"
+    st.success(f"{MODES[settings.mode]} Fisher over {fisher.provenance['num_examples']} training examples, "
+               f"{source}.", icon=":material/check_circle:")
+    show_importance(loaded, fisher)
+    show_exact_vs_batch(loaded, settings, fisher)

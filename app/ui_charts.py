@@ -1,0 +1,197 @@
+"""Plotly figures of the dashboard: data frames from ``fwsvd.explore`` in, figures out.
+
+No streamlit here, so the benchmark can time figure building on its own. SVD and FWSVD keep the same two
+colours in every figure; the dense model is a black dashed line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+COLORS = {"svd": "#E8710A", "fwsvd": "#1A73E8", "dense": "#000000"}
+LABELS = {"svd": "SVD", "fwsvd": "FWSVD", "dense": "dense model"}
+KEPT_COLOR, REMOVED_COLOR, WARNING_COLOR = "#5F6368", "#DADCE0", "#D93025"
+METHODS = ("svd", "fwsvd")
+
+
+def layer_labels(frame: pd.DataFrame) -> list[str]:
+    """Short x-axis labels: block index and the layer's name inside its block (``3 · attention.self.query``)."""
+    return [f"{block.rsplit('.', 1)[-1]} · {name}" for block, name in zip(frame["block"], frame["name_in_block"])]
+
+
+def _layout(figure: go.Figure, title: str, height: int) -> go.Figure:
+    figure.update_layout(title=dict(text=title, x=0.0, xanchor="left"), height=height,
+                         margin=dict(l=60, r=20, t=60, b=40), legend=dict(orientation="h", y=1.02, x=1,
+                                                                          xanchor="right", yanchor="bottom"))
+    return figure
+
+
+def error_figure(frame: pd.DataFrame) -> go.Figure:
+    """Per-layer relative reconstruction error at the current ranks, SVD vs FWSVD: plain on top,
+    Fisher-weighted below (SVD minimises the first, FWSVD the second — the one accuracy follows)."""
+    labels = layer_labels(frame)
+    figure = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                           subplot_titles=("Plain error ‖W − Ŵ‖ / ‖W‖",
+                                           "Fisher-weighted error ‖(W − Ŵ)·D‖ / ‖W·D‖  (what the task feels)"))
+    for row, column in ((1, "{}_error"), (2, "{}_weighted_error")):
+        for method in METHODS:
+            figure.add_trace(go.Bar(
+                x=labels, y=frame[column.format(method)], name=LABELS[method], marker_color=COLORS[method],
+                legendgroup=method, showlegend=row == 1, customdata=frame["rank"],
+                hovertemplate="%{x}<br>rank %{customdata}<br>relative error %{y:.3f}<extra>" + LABELS[method]
+                              + "</extra>"), row=row, col=1)
+    figure.update_yaxes(title_text="relative error (0–1)", rangemode="tozero")
+    figure.update_xaxes(title_text="layer (block · name)", tickangle=-60, row=2, col=1)
+    figure.update_layout(barmode="group", bargap=0.2)
+    return _layout(figure, "Reconstruction error per layer at the current ranks", 620)
+
+
+def params_figure(frame: pd.DataFrame) -> go.Figure:
+    """Weight parameters kept and removed per layer (stacked: their sum is the dense layer); a layer at or
+    past break-even is outlined in red, since its factorization is no smaller than the layer."""
+    labels = layer_labels(frame)
+    removed = frame["removed_params"].clip(lower=0)
+    outline = [WARNING_COLOR if flag else KEPT_COLOR for flag in frame["above_break_even"]]
+    figure = go.Figure()
+    figure.add_trace(go.Bar(x=labels, y=frame["kept_params"] / 1e3, name="kept", marker_color=KEPT_COLOR,
+                            marker_line_color=outline, marker_line_width=2,
+                            hovertemplate="%{x}<br>kept %{y:.1f}k weights<extra></extra>"))
+    figure.add_trace(go.Bar(x=labels, y=removed / 1e3, name="removed", marker_color=REMOVED_COLOR,
+                            hovertemplate="%{x}<br>removed %{y:.1f}k weights<extra></extra>"))
+    figure.update_layout(barmode="stack")
+    figure.update_yaxes(title_text="weight parameters (thousands)")
+    figure.update_xaxes(title_text="layer (block · name); red outline: rank at or past break-even", tickangle=-60)
+    return _layout(figure, "Parameters kept and removed per layer", 420)
+
+
+def spectrum_figure(spectra: Mapping[str, pd.DataFrame], rows: pd.DataFrame, columns: int = 3) -> go.Figure:
+    """Normalised singular values of each layer in ``rows`` (a slice of the layer frame), SVD vs FWSVD,
+    with the current cut (solid) and the break-even rank (dotted)."""
+    names = list(rows["layer"])
+    grid_rows = max(1, -(-len(names) // columns))
+    figure = make_subplots(rows=grid_rows, cols=columns, subplot_titles=list(rows["name_in_block"]),
+                           horizontal_spacing=0.06, vertical_spacing=0.16)
+    for position, (_, row) in enumerate(rows.iterrows()):
+        r, c = position // columns + 1, position % columns + 1
+        spectrum = spectra[row["layer"]]
+        for method in METHODS:
+            part = spectrum[spectrum["method"] == method]
+            figure.add_trace(go.Scatter(
+                x=part["index"], y=part["value"], mode="lines", name=LABELS[method], legendgroup=method,
+                line=dict(color=COLORS[method], width=2), showlegend=position == 0,
+                hovertemplate="σ%{x}: %{y:.3g} of σ1<extra>" + LABELS[method] + "</extra>"), row=r, col=c)
+        figure.add_vline(x=row["rank"], line=dict(color=WARNING_COLOR if row["above_break_even"] else "#202124",
+                                                   width=2), row=r, col=c)
+        figure.add_vline(x=row["break_even_rank"], line=dict(color="#9AA0A6", dash="dot", width=1), row=r, col=c)
+    figure.update_yaxes(type="log", title_text="σ / σ1")
+    figure.update_xaxes(title_text="singular value index")
+    height = 300 * grid_rows + 80
+    return _layout(figure, "Singular-value spectra (solid line: current rank; dotted: break-even)", height)
+
+
+def fisher_layers_figure(frame: pd.DataFrame) -> go.Figure:
+    """Where the importance lies per layer (share of the model's total Fisher) and how concentrated it is
+    inside each layer (share held by the top 10% of input features)."""
+    labels = layer_labels(frame)
+    figure = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.1,
+                           subplot_titles=("Share of the model's total Fisher importance",
+                                           "Share held by the layer's top 10% input features"))
+    figure.add_trace(go.Bar(x=labels, y=frame["share_of_model"], marker_color=COLORS["fwsvd"], showlegend=False,
+                            hovertemplate="%{x}<br>%{y:.1%} of the model's importance<extra></extra>"), row=1, col=1)
+    figure.add_trace(go.Bar(x=labels, y=frame["top10_share"], marker_color="#5F6368", showlegend=False,
+                            hovertemplate="%{x}<br>top 10%% of features hold %{y:.1%}<extra></extra>"), row=2, col=1)
+    figure.add_hline(y=0.1, line=dict(color="#9AA0A6", dash="dot"), row=2, col=1,
+                     annotation_text="uniform (10%)", annotation_position="top left")
+    figure.update_yaxes(tickformat=".0%", title_text="share", rangemode="tozero")
+    figure.update_xaxes(title_text="layer (block · name)", tickangle=-60, row=2, col=1)
+    return _layout(figure, "Fisher importance per layer", 560)
+
+
+def fisher_heatmap(matrix: np.ndarray, frame: pd.DataFrame) -> go.Figure:
+    """Importance of every input feature (columns) of layers sharing one input width (rows), as log10 of
+    the feature's importance relative to its layer's mean: red features are the ones FWSVD protects."""
+    labels = layer_labels(frame)
+    limit = float(max(1.0, np.nanpercentile(np.abs(matrix), 99)))
+    figure = go.Figure(go.Heatmap(
+        z=matrix, y=labels, x=np.arange(matrix.shape[1]), colorscale="RdBu_r", zmid=0, zmin=-limit, zmax=limit,
+        colorbar=dict(title=dict(text="log10(I / mean)")),
+        hovertemplate="%{y}<br>input feature %{x}<br>log10(I/mean) = %{z:.2f}<extra></extra>"))
+    figure.update_xaxes(title_text="input feature index")
+    figure.update_yaxes(title_text="layer", autorange="reversed")
+    return _layout(figure, "Fisher importance per input feature (relative to each layer's mean)",
+                   max(300, 26 * len(labels) + 140))
+
+
+def cumulative_figure(curves: Mapping[str, pd.DataFrame]) -> go.Figure:
+    """Lorenz-style curves: the top x% of a layer's input features hold y% of its importance."""
+    figure = go.Figure()
+    for label, curve in curves.items():
+        figure.add_trace(go.Scatter(x=curve["feature_share"], y=curve["importance_share"], mode="lines", name=label,
+                                    hovertemplate="top %{x:.0%} of features: %{y:.1%}<extra>" + label + "</extra>"))
+    figure.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="uniform",
+                                line=dict(color="#9AA0A6", dash="dot")))
+    figure.update_xaxes(title_text="share of input features (most important first)", tickformat=".0%")
+    figure.update_yaxes(title_text="share of the layer's importance", tickformat=".0%")
+    return _layout(figure, "How concentrated the importance is", 420)
+
+
+def exact_vs_batch_figure(frame: pd.DataFrame) -> go.Figure:
+    """Agreement of exact per-example Fisher and the batch shortcut, per layer (1 = the same ranking)."""
+    labels = layer_labels(frame)
+    figure = go.Figure()
+    for column, name, color in (("cosine", "cosine similarity", COLORS["fwsvd"]),
+                                ("spearman", "Spearman rank correlation", "#5F6368"),
+                                ("top10_overlap", "top-10% feature overlap", "#9AA0A6")):
+        figure.add_trace(go.Bar(x=labels, y=frame[column], name=name, marker_color=color,
+                                hovertemplate="%{x}<br>" + name + " %{y:.3f}<extra></extra>"))
+    figure.update_layout(barmode="group")
+    figure.update_yaxes(title_text="agreement (1 = identical)", range=[0, 1.05])
+    figure.update_xaxes(title_text="layer (block · name)", tickangle=-60)
+    return _layout(figure, "Exact per-example Fisher vs the batch shortcut", 440)
+
+
+def compare_figure(frame: pd.DataFrame, metric: str) -> go.Figure:
+    """The paper's figure: the task metric against the model's parameters for SVD and FWSVD over the
+    swept rank ratios, with the dense model as a black dashed line."""
+    figure = go.Figure()
+    dense = frame[frame["method"] == "dense"]
+    for method in METHODS:
+        part = frame[frame["method"] == method].sort_values("params")
+        if part.empty:
+            continue
+        figure.add_trace(go.Scatter(
+            x=part["params"] / 1e6, y=part[metric], mode="lines+markers", name=LABELS[method],
+            line=dict(color=COLORS[method], width=3), marker=dict(size=9), customdata=part["rank_ratio"],
+            hovertemplate="rank ratio %{customdata:.2f}<br>%{x:.2f}M parameters<br>" + metric
+                          + " %{y:.4f}<extra>" + LABELS[method] + "</extra>"))
+    if not dense.empty:
+        figure.add_hline(y=float(dense[metric].iloc[0]), line=dict(color=COLORS["dense"], dash="dash", width=2),
+                         annotation_text=f"dense model ({float(dense['params'].iloc[0]) / 1e6:.1f}M)",
+                         annotation_position="bottom right")
+    figure.update_xaxes(title_text="model parameters (millions)")
+    figure.update_yaxes(title_text=metric.replace("_", " "))
+    return _layout(figure, f"{metric.replace('_', ' ').capitalize()} against model size: SVD vs FWSVD", 460)
+
+
+def evaluation_figure(frame: pd.DataFrame, metric: str) -> go.Figure:
+    """The task metric of the evaluated models at the current ranks (dense, SVD, FWSVD) as bars."""
+    order = [method for method in ("dense", *METHODS) if method in set(frame["method"])]
+    frame = frame.set_index("method").loc[order].reset_index()
+    figure = go.Figure(go.Bar(
+        x=[LABELS[method] for method in frame["method"]], y=frame[metric],
+        marker_color=[COLORS[method] for method in frame["method"]],
+        text=[f"{value:.3f}" for value in frame[metric]], textposition="outside",
+        hovertemplate="%{x}: %{y:.4f}<extra></extra>"))
+    figure.update_yaxes(title_text=metric.replace("_", " "), range=[0, max(1.0, float(frame[metric].max()) * 1.15)])
+    figure.update_xaxes(title_text="model")
+    return _layout(figure, f"{metric.replace('_', ' ').capitalize()} at the current ranks", 360)
+
+
+def labels_for(methods: Sequence[str]) -> list[str]:
+    """Display names of methods."""
+    return [LABELS.get(method, method) for method in methods]

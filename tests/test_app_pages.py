@@ -1,0 +1,232 @@
+"""Every dashboard page under AppTest: it runs without exception, its key widgets are there, and changing
+them changes what it shows. The app runs on a tiny random BERT and a small CSV task (FWSVD_APP_* env)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from app_support import save_tiny_classifier, write_review_csv
+
+APP = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
+TIMEOUT = 180  # seconds per run: the CPU is shared and the first run imports torch and transformers
+
+
+@pytest.fixture(scope="module")
+def app_env(tmp_path_factory):
+    """A tiny model, a CSV task and a cache with the default Fisher already in it, named by the env."""
+    root = tmp_path_factory.mktemp("app")
+    env = {
+        "FWSVD_APP_MODEL": str(save_tiny_classifier(root / "model")),
+        "FWSVD_APP_TASK": str(write_review_csv(root / "reviews.csv")),
+        "FWSVD_APP_TEXT_COLUMN": "review",
+        "FWSVD_APP_LABEL_COLUMN": "sentiment",
+        "FWSVD_CACHE_DIR": str(root / "cache"),
+    }
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    from fwsvd.models import load_model
+    from fwsvd.pipeline import task_fisher
+    from fwsvd.tasks import local_task
+
+    task = local_task(env["FWSVD_APP_TASK"], text_column="review", label_column="sentiment")
+    model, tokenizer = load_model(env["FWSVD_APP_MODEL"], task)
+    task_fisher(model, tokenizer, task)  # the default settings the pages look up
+    yield env
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture
+def app(app_env) -> AppTest:
+    st.cache_resource.clear()  # models and stores of other tests' environments
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def _open(at: AppTest, page: str) -> AppTest:
+    at.switch_page(f"pages/{page}").run()
+    assert not at.exception, at.exception
+    assert not at.error, [error.value for error in at.error]
+    return at
+
+
+def _chart(at: AppTest, key_part: str) -> dict:
+    """The plotly figure (as JSON) of the chart whose element id contains ``key_part``."""
+    for chart in at.get("plotly_chart"):
+        if key_part in chart.proto.id:
+            return json.loads(chart.proto.spec)
+    raise AssertionError(f"no plotly chart with key {key_part!r}")
+
+
+def _table(at: AppTest, column: str):
+    """The first read-only table (as a DataFrame) with a column named ``column``."""
+    for frame in at.dataframe:
+        if frame.editing_mode == "read_only" and column in frame.value.columns:
+            return frame.value
+    raise AssertionError(f"no table with a {column!r} column")
+
+
+def _metric(at: AppTest, label: str) -> str:
+    return next(metric.value for metric in at.metric if metric.label == label)
+
+
+RANK_KEY = "rank::bert.encoder.layer.0.attention.self.query"
+
+
+def test_rank_explorer_is_the_default_page_and_reacts_to_ranks(app):
+    at = app
+    assert at.title[0].value == "Rank explorer"
+    assert not at.error
+    rank_sliders = [slider for slider in at.slider if slider.key and slider.key.startswith("rank::")]
+    assert len(rank_sliders) == 12  # 2 blocks × 6 layers
+    assert {"Per-layer sliders", "Table", "Block 0", "Block 1"} <= {tab.label for tab in at.tabs}
+    assert at.slider(key=RANK_KEY).value == 11  # 0.33 of 32
+    kept = _metric(at, "Weights kept")
+    errors = _chart(at, "error_chart")["data"][0]["y"]
+
+    at.slider(key=RANK_KEY).set_value(24).run()  # past break-even (16)
+    assert not at.exception
+    assert _metric(at, "Weights kept") != kept
+    assert _chart(at, "error_chart")["data"][0]["y"] != errors
+    assert any("break-even" in warning.value for warning in at.warning)
+    table = at.data_editor[0].value.set_index("layer")
+    assert table.loc["bert.encoder.layer.0.attention.self.query", "rank"] == 24
+
+    at.slider(key="global_rank_ratio").set_value(0.4).run()
+    assert at.slider(key=RANK_KEY).value == 13
+    assert at.slider(key="rank::bert.encoder.layer.1.intermediate.dense").value == 13
+    assert not any("break-even" in warning.value for warning in at.warning)
+
+    at.radio(key="global_mode").set_value("param_budget").run()
+    at.slider(key="global_param_budget").set_value(0.5).run()
+    assert at.slider(key=RANK_KEY).value == 8  # half of break-even
+
+
+def test_rank_explorer_table_edits_set_ranks(app):
+    at = app
+    key = at.data_editor[0].key
+    at.session_state[key] = {"edited_rows": {"1": {"rank": 5}}, "added_rows": [], "deleted_rows": []}
+    at.run()
+    assert not at.exception
+    assert at.slider(key="rank::bert.encoder.layer.0.attention.self.key").value == 5
+
+
+def test_rank_explorer_spectra_follow_block_and_rank(app):
+    at = app
+    spectrum = _chart(at, "spectrum_chart")
+    assert "Singular-value spectra" in spectrum["layout"]["title"]["text"]
+    assert {trace["name"] for trace in spectrum["data"]} == {"SVD", "FWSVD"}
+    at.slider(key=RANK_KEY).set_value(3).run()
+    lines = [shape["x0"] for shape in _chart(at, "spectrum_chart")["layout"]["shapes"]]
+    assert 3 in lines
+    at.selectbox(key="spectrum_block").set_value("bert.encoder.layer.1").run()
+    assert "bert.encoder.layer.1" in at.selectbox(key="spectrum_block").value
+
+
+def test_rank_explorer_evaluates_and_remembers(app):
+    at = app
+    assert any("Not evaluated" in info.value for info in at.info)
+    at.number_input(key="eval_limit").set_value(16).run()
+    at.button(key="evaluate").click().run()
+    assert not at.exception and not at.error
+    methods = list(_table(at, "latency_s_per_batch")["method"])
+    assert methods == ["dense", "svd", "fwsvd"]
+    at.slider(key=RANK_KEY).set_value(20).run()
+    assert any("Not evaluated" in info.value for info in at.info)
+    at.slider(key=RANK_KEY).set_value(11).run()  # back to the evaluated setting: remembered
+    assert list(_table(at, "latency_s_per_batch")["method"]) == ["dense", "svd", "fwsvd"]
+
+
+def test_model_page_shows_the_architecture_and_reports_bad_input(app):
+    at = _open(app, "1_model_and_task.py")
+    assert at.title[0].value == "Model & task"
+    assert _metric(at, "Target layers") == "12 in 2 blocks"
+    table = _table(at, "out_features")
+    assert len(table) == 12 and set(table["out_features"]) == {32, 48}
+    assert at.selectbox(key="task_name").value == "local file"
+    assert at.selectbox(key="label_column").value == "sentiment"
+    assert at.button(key="apply_source").disabled  # nothing changed yet
+
+    at.text_input(key="data_file").set_value("/nowhere/data.csv").run()
+    assert not at.exception
+    assert any("not found" in error.value for error in at.error)
+
+    at.text_input(key="data_file").set_value(os.environ["FWSVD_APP_TASK"]).run()
+    at.selectbox(key="label_column").set_value("review").run()
+    at.button(key="apply_source").click().run()
+    assert not at.exception
+    assert at.error  # a text column is no label space for a 2-label model
+    at.selectbox(key="label_column").set_value("sentiment").run()
+    at.radio(key="model_kind").set_value("local").run()
+    at.text_input(key="model_path").set_value("/nowhere/model").run()
+    at.button(key="apply_source").click().run()
+    assert not at.exception
+    assert any("not found" in error.value for error in at.error)
+    assert _metric(at, "Target layers") == "12 in 2 blocks"  # the working model stays in use
+
+
+def test_fisher_page_shows_importance_and_compares_modes(app):
+    at = _open(app, "2_fisher.py")
+    assert "Exact" in at.success[0].value and "cache" in at.success[0].value
+    assert "Fisher importance per layer" in _chart(at, "fisher_layers")["layout"]["title"]["text"]
+    heatmap = _chart(at, "fisher_heatmap")
+    assert len(heatmap["data"][0]["y"]) == 10  # the 10 layers with 32 input features
+    at.selectbox(key="heatmap_width").set_value(48).run()
+    assert len(_chart(at, "fisher_heatmap")["data"][0]["y"]) == 2  # the two FFN output layers
+    assert len(_table(at, "gini")) == 12
+
+    at.button(key="compute_other_fisher").click().run()
+    assert not at.exception and not at.error
+    assert "Exact per-example Fisher vs the batch shortcut" in _chart(at, "fisher_exact_vs_batch")["layout"]["title"]["text"]
+    assert -1 <= float(_metric(at, "Median Spearman correlation")) <= 1
+
+    at.radio(key="fisher_mode").set_value("batch").run()
+    assert "Batch" in at.success[0].value  # just computed for the comparison
+    at.select_slider(key="fisher_examples").set_value(64).run()
+    assert any("No batch shortcut Fisher over 64" in info.value for info in at.info)
+    at.button(key="compute_fisher").click().run()
+    assert not at.exception
+    assert "64 training examples, computed" in at.success[0].value
+
+
+def test_compare_page_sweeps_ratios(app):
+    at = _open(app, "4_compare.py")
+    assert any("No sweep yet" in info.value for info in at.info)
+    at.multiselect(key="sweep_ratios").set_value([0.25, 0.5]).run()
+    at.number_input(key="sweep_limit").set_value(16).run()
+    at.button(key="run_sweep").click().run()
+    assert not at.exception and not at.error
+    table = _table(at, "rank_ratio")
+    assert list(table["method"]) == ["dense", "svd", "svd", "fwsvd", "fwsvd"]
+    figure = _chart(at, "compare_chart")
+    assert {trace["name"] for trace in figure["data"]} == {"SVD", "FWSVD"}
+    assert figure["layout"]["xaxis"]["title"]["text"] == "model parameters (millions)"
+    assert any(shape.get("line", {}).get("dash") == "dash" for shape in figure["layout"]["shapes"])  # dense
+
+
+def test_export_page_offers_ranks_model_and_results(app):
+    at = app
+    at.slider(key=RANK_KEY).set_value(7).run()
+    at = _open(at, "5_export.py")
+    buttons = {button.proto.label for button in at.get("download_button")}
+    assert "Download ranks (JSON)" in buttons
+    assert any("model at the current ranks" in label for label in buttons)
+    assert "Per-layer errors at the current ranks (CSV)" in buttons
+    assert at.get("file_uploader")
+    assert any("No evaluations yet" in caption.value for caption in at.caption)
+    at.radio(key="export_method").set_value("svd").run()
+    assert any("SVD model" in button.proto.label for button in at.get("download_button"))
+    # Ranks survive the page switch: back on the explorer the slider is where it was left.
+    at = _open(at, "3_rank_explorer.py")
+    assert at.slider(key=RANK_KEY).value == 7
