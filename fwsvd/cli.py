@@ -1,0 +1,515 @@
+"""``python -m fwsvd`` / ``fwsvd``: the library's steps as subcommands.
+
+Every subcommand prints a short summary on stdout, draws progress bars on stderr and, with ``--json PATH``,
+writes its result there for scripts. Bad input — a missing file, an absent column, an unknown task, a rank
+out of range — ends with one line, ``fwsvd: error: ...``, and exit code 2; tracebacks are for bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+import transformers
+from tqdm import tqdm
+
+from fwsvd.compress import compress_
+from fwsvd.demo import demo_info, ensure_demo_model
+from fwsvd.evaluation import count_parameters, evaluate_model
+from fwsvd.factorize import METHODS
+from fwsvd.finetune import finetune_
+from fwsvd.fisher import MODES
+from fwsvd.persistence import save_compressed
+from fwsvd.pipeline import importance_agreement, load_any_model, task_fisher
+from fwsvd.sweep import check_rank_ratio, run_sweep
+from fwsvd.tasks import ROLES, TASK_NAMES, Task, get_task, local_task
+
+PROG = "fwsvd"
+#: Library errors that mean "the input is wrong", shown as one line; anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError, ConnectionError, ModuleNotFoundError)
+APP_FILE = Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py"
+
+Handler = Callable[[argparse.Namespace], dict[str, Any]]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the usage block would bury it) and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
+
+
+class UserError(ValueError):
+    """Bad command-line input found after parsing (argument combinations)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Argument types and groups
+
+
+def _rank_ratio(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid rank ratio {text!r}: give a number in (0, 1]") from None
+    try:
+        return check_rank_ratio(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _rank_ratios(text: str) -> list[float]:
+    return [_rank_ratio(part) for part in text.split(",") if part.strip()]
+
+
+def _methods(text: str) -> list[str]:
+    methods = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [method for method in methods if method not in METHODS]
+    if unknown or not methods:
+        raise argparse.ArgumentTypeError(f"unknown method(s) {', '.join(unknown) or '(none)'}; "
+                                         f"choose from {', '.join(METHODS)}")
+    return methods
+
+
+def _integer_from(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive_int = _integer_from(1)
+_non_negative_int = _integer_from(0)
+
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", metavar="PATH", type=Path, help="also write the result as JSON to PATH")
+
+
+def _add_model(parser: argparse.ArgumentParser, what: str = "model") -> None:
+    parser.add_argument("--model", required=True, metavar="SOURCE",
+                        help=f"{what}: 'demo', a model directory (save_pretrained or fwsvd compress output) "
+                             "or a hub id (needs the hub)")
+
+
+def _add_task(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("task (default: demo with --model demo)")
+    group.add_argument("--task", metavar="NAME", help=f"one of {', '.join(TASK_NAMES)}")
+    group.add_argument("--data-files", nargs="+", metavar="FILE",
+                       help="local CSV/TSV/JSON(L)/parquet data instead of --task: one file (split into "
+                            "train/validation/test) or ROLE=FILE items, e.g. train=a.csv test=b.csv")
+    group.add_argument("--text-column", help="text column of --data-files")
+    group.add_argument("--label-column", help="label column of --data-files")
+    group.add_argument("--text-pair-column", help="second text column of --data-files (sentence pairs)")
+
+
+def _add_evaluation(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("evaluation")
+    group.add_argument("--split", choices=[role for role in ROLES if role != "train"], default="test",
+                       help="split to score (default: test)")
+    group.add_argument("--limit", type=_positive_int, help="score only the first N examples")
+    _add_batching(group)
+
+
+def _add_batching(group: argparse._ActionsContainer) -> None:
+    group.add_argument("--batch-size", type=_positive_int, default=32, help="default: 32")
+    group.add_argument("--max-length", type=_positive_int, default=128, help="tokens per example; default: 128")
+
+
+def _add_fisher(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Fisher (fwsvd only; estimated on the train split, cached)")
+    group.add_argument("--fisher-examples", type=_positive_int, default=1024, help="default: 1024")
+    group.add_argument("--fisher-mode", choices=MODES, default="per_example",
+                       help="per_example: exact Fisher (default); batch: squared mini-batch gradients")
+    group.add_argument("--seed", type=int, default=0, help="seed of the example draw; default: 0")
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared steps
+
+
+def _task(args: argparse.Namespace, required: bool = True) -> Task | None:
+    """The task from --task or --data-files; demo by default for --model demo."""
+    columns = {"--text-column": args.text_column, "--label-column": args.label_column,
+               "--text-pair-column": args.text_pair_column}
+    if args.task and args.data_files:
+        raise UserError("give --task or --data-files, not both")
+    if args.data_files:
+        if not args.text_column or not args.label_column:
+            raise UserError("--data-files needs --text-column and --label-column")
+        return local_task(_data_files(args.data_files), text_column=args.text_column,
+                          label_column=args.label_column, text_pair_column=args.text_pair_column)
+    given = [flag for flag, value in columns.items() if value]
+    if given:
+        raise UserError(f"{', '.join(given)} only apply with --data-files")
+    if args.task:
+        return get_task(args.task)
+    if args.model == "demo":
+        return get_task("demo")
+    if required:
+        raise UserError("give --task NAME or --data-files FILE --text-column C --label-column C")
+    return None
+
+
+def _data_files(items: Sequence[str]) -> str | dict[str, str]:
+    if len(items) == 1 and "=" not in items[0]:
+        return items[0]
+    files = {}
+    for item in items:
+        role, separator, path = item.partition("=")
+        if not separator or role not in ROLES:
+            raise UserError(f"--data-files item {item!r}: with several files give ROLE=FILE, ROLE one of "
+                            f"{', '.join(ROLES)}")
+        files[role] = path
+    return files
+
+
+@contextlib.contextmanager
+def _progress(description: str, unit: str) -> Iterator[Callable[[int, int], None]]:
+    """A ``progress(done, total)`` callback drawing a tqdm bar on stderr."""
+    bar = tqdm(desc=description, unit=unit, file=sys.stderr, dynamic_ncols=True)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total or None
+        bar.n = done
+        bar.refresh()
+
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
+def _fisher(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any, task: Task, mode: str,
+            examples: int):
+    with _progress(f"Fisher ({mode})", "batch") as progress:
+        return task_fisher(model, tokenizer, task, num_examples=examples, seed=args.seed,
+                           max_length=args.max_length, batch_size=args.batch_size, mode=mode, progress=progress)
+
+
+def _metrics_text(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.4f}" for name, value in metrics.items())
+
+
+def _directory_bytes(directory: Path) -> int:
+    return sum(path.stat().st_size for path in directory.rglob("*") if path.is_file())
+
+
+def _check_output(path: Path) -> Path:
+    path = path.expanduser()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--output {path} is a file; give a directory")
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Subcommands
+
+
+def _cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
+    directory = ensure_demo_model(force=args.force)
+    metrics = demo_info(directory)["test_metrics"]
+    print(f"demo model: {directory}\ntest: {_metrics_text(metrics)}")
+    return {"model_dir": str(directory), "metrics": metrics}
+
+
+def _cmd_fisher(args: argparse.Namespace) -> dict[str, Any]:
+    task = _task(args)
+    model, tokenizer, _ = load_any_model(args.model, task)
+    result = _fisher(args, model, tokenizer, task, args.mode, args.num_examples)
+    layers = {name: {"features": values.numel(), "mean": values.mean().item(), "min": values.min().item(),
+                     "max": values.max().item()} for name, values in result.importances.items()}
+    origin = "loaded from cache" if result.from_cache else f"computed in {result.seconds:.1f} s"
+    print(f"Fisher ({args.mode}) of {len(layers)} layers over {result.provenance['num_examples']} train "
+          f"examples of task {task.name}: {origin}\ncache file: {result.path}")
+    output = {"mode": args.mode, "path": str(result.path), "from_cache": result.from_cache,
+              "seconds": result.seconds, "provenance": result.provenance, "layers": layers}
+    if args.compare:
+        other_mode = next(mode for mode in MODES if mode != args.mode)
+        other = _fisher(args, model, tokenizer, task, other_mode, args.num_examples)
+        agreement = importance_agreement(result.importances, other.importances)
+        summary = {measure: statistics.fmean(values[measure] for values in agreement.values())
+                   for measure in ("cosine", "spearman")}
+        minimum = {measure: min(values[measure] for values in agreement.values()) for measure in summary}
+        print(f"agreement with {other_mode} mode over {len(agreement)} layers: "
+              f"cosine mean {summary['cosine']:.4f} (min {minimum['cosine']:.4f}), "
+              f"Spearman mean {summary['spearman']:.4f} (min {minimum['spearman']:.4f})")
+        output["comparison"] = {"mode": other_mode, "path": str(other.path), "seconds": other.seconds,
+                                "mean": summary, "min": minimum, "layers": agreement}
+    return output
+
+
+def _ranks(args: argparse.Namespace) -> int | float | dict[str, int]:
+    if args.rank_ratio is not None:
+        return args.rank_ratio
+    if args.rank is not None:
+        return args.rank
+    path = args.ranks_json.expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"--ranks-json file not found: {path}")
+    try:
+        ranks = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise UserError(f"--ranks-json {path} is not valid JSON: {error}") from error
+    if not isinstance(ranks, dict) or not all(isinstance(rank, int) for rank in ranks.values()):
+        raise UserError(f"--ranks-json {path} must hold an object {{layer name: integer rank}}")
+    return ranks
+
+
+def _cmd_compress(args: argparse.Namespace) -> dict[str, Any]:
+    output = _check_output(args.output)
+    ranks = _ranks(args)
+    task = _task(args, required=args.method == "fwsvd")
+    model, tokenizer, _ = load_any_model(args.model, task)
+    fisher = _fisher(args, model, tokenizer, task, args.fisher_mode, args.fisher_examples) if task else None
+    report = compress_(model, ranks, method=args.method, fisher=fisher.importances if fisher else None)
+    provenance = fisher.provenance if fisher else None
+    save_compressed(model, output, tokenizer=tokenizer, method=args.method, fisher_provenance=provenance,
+                    dense=args.dense, extra={"source_model": str(args.model),
+                                             "task": task.name if task else None})
+    size = _directory_bytes(output)
+    fraction = report.model_params_after / report.model_params_before
+    print(f"{args.method}: {len(report.layers)} layers factorized, parameters {report.model_params_before:,} -> "
+          f"{report.model_params_after:,} ({fraction:.1%}); written to {output} "
+          f"({'dense export, ' if args.dense else ''}{size / 1e6:.1f} MB)")
+    if report.above_break_even:
+        print(f"note: {len(report.above_break_even)} layer(s) have a rank at or above break-even and save "
+              "no parameters")
+    return {"output": str(output), "method": args.method, "dense": args.dense,
+            "params_before": report.model_params_before, "params_after": report.model_params_after,
+            "size_bytes": size, "ranks": report.ranks, "fisher": provenance}
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    task = _task(args)
+    model, tokenizer, _ = load_any_model(args.model, task)
+    with _progress(f"evaluating ({args.split})", "batch") as progress:
+        result = evaluate_model(model, tokenizer, task, args.split, limit=args.limit, batch_size=args.batch_size,
+                                max_length=args.max_length, progress=progress)
+    print(f"{task.name} {args.split} ({result.num_examples} examples): {_metrics_text(result.metrics)}; "
+          f"{result.params:,} parameters; {result.latency_s_per_batch * 1000:.0f} ms per batch")
+    return {**result.to_dict(), "model": str(args.model), "task": task.name, "split": args.split}
+
+
+def _cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
+    task = _task(args)
+    model, tokenizer, _ = load_any_model(args.model, task)
+    fisher = (_fisher(args, model, tokenizer, task, args.fisher_mode, args.fisher_examples)
+              if "fwsvd" in args.methods else None)
+
+    def show(run: Any) -> None:
+        tqdm.write(f"{run.method:>5} ratio {run.rank_ratio:<5g} params {run.params:>11,}  "
+                   f"{_metrics_text(run.metrics)}", file=sys.stdout)
+
+    finetune = {"learning_rate": args.learning_rate, "batch_size": args.batch_size, "seed": args.seed,
+                "limit": args.finetune_limit}
+    with _progress("sweep", "model") as progress:
+        result = run_sweep(model, tokenizer, task, methods=args.methods, rank_ratios=args.rank_ratios,
+                           fisher=fisher, role=args.split, limit=args.limit, batch_size=args.batch_size,
+                           max_length=args.max_length, finetune_epochs=args.finetune_epochs,
+                           finetune_kwargs=finetune, progress=progress, on_run=show)
+    print(f"dense ({task.name} {args.split}): params {result.dense.params:,}  {_metrics_text(result.dense.metrics)}")
+    return {**result.to_dict(), "model": str(args.model), "task": task.name, "split": args.split,
+            "fisher": fisher.provenance if fisher else None,
+            "finetune": {"epochs": args.finetune_epochs, **finetune} if args.finetune_epochs else None}
+
+
+def _cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
+    output = _check_output(args.output)
+    task = _task(args)
+    model, tokenizer, info = load_any_model(args.model, task)
+    settings = {"epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size,
+                "max_length": args.max_length, "limit": args.limit, "seed": args.seed, "optimizer": args.optimizer}
+    training = finetune_(model, tokenizer, task, **settings)
+    if info is not None:
+        save_compressed(model, output, tokenizer=tokenizer, method=info.get("method"),
+                        fisher_provenance=info.get("fisher_provenance"), dense=info["dense"],
+                        extra={**info.get("extra", {}), "finetune": {**settings, "task": task.name}})
+    else:
+        model.save_pretrained(output)
+        tokenizer.save_pretrained(output)
+    print(f"fine-tuned {args.epochs} epoch(s) on {training['examples']} {task.name} train examples "
+          f"(final epoch loss {training['loss']:.4f}, {training['seconds']:.0f} s); written to {output}")
+    return {"output": str(output), "compressed": info is not None, "params": count_parameters(model),
+            "training": training, "settings": settings}
+
+
+def _cmd_app(args: argparse.Namespace) -> dict[str, Any]:
+    if not APP_FILE.is_file():
+        raise FileNotFoundError(f"the dashboard {APP_FILE} is missing: 'fwsvd app' runs from a source checkout "
+                                "of fwsvd (the app/ folder is not part of the installed package)")
+    if importlib.util.find_spec("streamlit") is None:
+        raise ModuleNotFoundError("the dashboard needs streamlit: pip install 'streamlit>=1.50'")
+    command = [sys.executable, "-m", "streamlit", "run", str(APP_FILE), "--server.address", args.address,
+               "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    if args.port is not None:
+        command += ["--server.port", str(args.port)]
+    port = args.port if args.port is not None else 8501
+    print(f"dashboard: http://{args.address}:{port} (Ctrl-C stops it)", flush=True)
+    return_code = subprocess.call(command)
+    return {"command": command, "url": f"http://{args.address}:{port}", "returncode": return_code}
+
+
+# --------------------------------------------------------------------------------------------------
+# Parser and entry point
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Compress fine-tuned transformers with Fisher-weighted SVD "
+                                            "(Hsu et al., ICLR 2022).")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = commands.add_parser("demo", help="build (once) the offline demo model and show its test metrics",
+                               description="Build, once, MiniLM-L6 fine-tuned on Rotten Tomatoes reviews "
+                                           "(about 6 minutes on 2 CPU cores), under the cache folder.")
+    demo.add_argument("--force", action="store_true", help="rebuild even if it exists")
+    _add_json(demo)
+    demo.set_defaults(handler=_cmd_demo)
+
+    fisher = commands.add_parser("fisher", help="estimate (or load from cache) the Fisher importances",
+                                 description="Fisher importance of every target layer, over examples of the "
+                                             "task's train split; cached.")
+    _add_model(fisher)
+    _add_task(fisher)
+    fisher.add_argument("--mode", choices=MODES, default="per_example",
+                        help="per_example: exact Fisher (default); batch: squared mini-batch gradients")
+    fisher.add_argument("--num-examples", type=_positive_int, default=1024, help="default: 1024")
+    fisher.add_argument("--seed", type=int, default=0, help="seed of the example draw; default: 0")
+    _add_batching(fisher)
+    fisher.add_argument("--compare", action="store_true",
+                        help="also estimate the other mode and report the per-layer agreement "
+                             "(cosine, Spearman)")
+    _add_json(fisher)
+    fisher.set_defaults(handler=_cmd_fisher)
+
+    compress = commands.add_parser("compress", help="factorize a model and save it",
+                                   description="Replace the Linear layers of the transformer blocks by low-rank "
+                                               "pairs (SVD or FWSVD) and save the result.")
+    _add_model(compress)
+    _add_task(compress)
+    compress.add_argument("--method", choices=METHODS, default="fwsvd", help="default: fwsvd")
+    ranks = compress.add_mutually_exclusive_group(required=True)
+    ranks.add_argument("--rank-ratio", type=_rank_ratio, metavar="R",
+                       help="share of each layer's full rank, in (0, 1]; the paper keeps 0.33")
+    ranks.add_argument("--rank", type=_positive_int, metavar="N", help="the same rank for every layer")
+    ranks.add_argument("--ranks-json", type=Path, metavar="FILE", help="JSON {layer name: rank}")
+    compress.add_argument("--output", type=Path, required=True, metavar="DIR", help="directory to write")
+    compress.add_argument("--dense", action="store_true",
+                          help="multiply the factors back: a plain model for runtimes without custom layers")
+    _add_fisher(compress)
+    _add_batching(compress)
+    _add_json(compress)
+    compress.set_defaults(handler=_cmd_compress)
+
+    evaluate = commands.add_parser("evaluate", help="score a (compressed) model on a task split")
+    _add_model(evaluate)
+    _add_task(evaluate)
+    _add_evaluation(evaluate)
+    _add_json(evaluate)
+    evaluate.set_defaults(handler=_cmd_evaluate)
+
+    sweep = commands.add_parser("sweep", help="accuracy against size over methods and rank ratios",
+                                description="Evaluate the dense model and a compressed copy for every method "
+                                            "and rank ratio (optionally fine-tuned first).")
+    _add_model(sweep, "the dense fine-tuned model")
+    _add_task(sweep)
+    sweep.add_argument("--methods", type=_methods, default=list(METHODS), help="comma-separated; default: svd,fwsvd")
+    sweep.add_argument("--rank-ratios", type=_rank_ratios, default=[0.5, 0.33, 0.25],
+                       help="comma-separated, each in (0, 1]; default: 0.5,0.33,0.25")
+    sweep.add_argument("--finetune-epochs", type=_non_negative_int, default=0, metavar="N",
+                       help="fine-tune each compressed copy for N epochs first (Adam); default: 0")
+    sweep.add_argument("--learning-rate", type=float, default=2e-5, help="fine-tuning; default: 2e-5")
+    sweep.add_argument("--finetune-limit", type=_positive_int, metavar="N",
+                       help="fine-tune on the first N shuffled train examples only; default: all")
+    _add_evaluation(sweep)
+    _add_fisher(sweep)
+    _add_json(sweep)
+    sweep.set_defaults(handler=_cmd_sweep)
+
+    finetune = commands.add_parser("finetune", help="fine-tune a (compressed) model and save it",
+                                   description="Fine-tune on the task's train split (the paper: 3 epochs, "
+                                               "Adam, lr 2e-5, batch 32) and save in the input's format.")
+    _add_model(finetune, "a compressed directory or a dense model")
+    _add_task(finetune)
+    finetune.add_argument("--epochs", type=_positive_int, default=3, help="default: 3")
+    finetune.add_argument("--learning-rate", type=float, default=2e-5, help="default: 2e-5")
+    finetune.add_argument("--optimizer", choices=("adam", "adamw"), default="adam", help="default: adam")
+    finetune.add_argument("--limit", type=_positive_int, help="train on N examples only")
+    finetune.add_argument("--seed", type=int, default=0, help="default: 0")
+    _add_batching(finetune)
+    finetune.add_argument("--output", type=Path, required=True, metavar="DIR", help="directory to write")
+    _add_json(finetune)
+    finetune.set_defaults(handler=_cmd_finetune)
+
+    app = commands.add_parser("app", help="run the Streamlit dashboard",
+                              description="Run the dashboard with streamlit, headless, on a local address.")
+    app.add_argument("--port", type=_positive_int, help="default: streamlit's (8501)")
+    app.add_argument("--address", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
+    _add_json(app)
+    app.set_defaults(handler=_cmd_app)
+    return parser
+
+
+def _one_line(error: BaseException) -> str:
+    message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    return " ".join(str(message).split()) or type(error).__name__
+
+
+def _json_path(path: Path | None) -> Path | None:
+    """Checked before the work starts, so that a long run never ends unable to write its result."""
+    if path is None:
+        return None
+    path = path.expanduser()
+    if path.is_dir():
+        raise UserError(f"--json {path} is a directory; give a file path")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _to_json(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; returns the exit code (0, or 2 for bad input)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 0
+    # The CLI draws its own bars; those of datasets (per file) and transformers (per weight load) bury them.
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    try:
+        json_path = _json_path(args.json)
+        result = args.handler(args)
+    except USER_ERRORS as error:
+        print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    if json_path is not None:
+        json_path.write_text(json.dumps(result, indent=2, default=_to_json) + "\n")
+    return 0

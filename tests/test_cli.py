@@ -1,0 +1,189 @@
+"""The command line, in process: JSON result shapes of each subcommand, and one line + exit 2 for bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fwsvd import cli
+from fwsvd.cli import main
+from fwsvd.persistence import INFO_FILE, read_compressed_info
+from tiny_task import save_tiny_classifier, write_reviews
+
+DATA = ["--text-column", "review", "--label-column", "sentiment"]
+FAST = ["--max-length", "32", "--batch-size", "16"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return save_tiny_classifier(tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture
+def csv(tmp_path) -> Path:
+    return write_reviews(tmp_path / "reviews.csv", rows=60)
+
+
+def _run(args: list[str], tmp_path: Path) -> dict:
+    path = tmp_path / "result.json"
+    assert main([*args, "--json", str(path)]) == 0
+    return json.loads(path.read_text())
+
+
+def test_evaluate_json(model_dir, csv, tmp_path, cache_dir, capsys):
+    result = _run(["evaluate", "--model", str(model_dir), "--data-files", str(csv), *DATA, *FAST], tmp_path)
+    assert set(result["metrics"]) == {"accuracy"} and result["params"] > 0
+    assert result["split"] == "test" and result["num_examples"] == 6
+    assert "accuracy" in capsys.readouterr().out
+
+
+def test_sweep_json(model_dir, csv, tmp_path, cache_dir):
+    result = _run(["sweep", "--model", str(model_dir), "--data-files", str(csv), *DATA, *FAST,
+                   "--methods", "svd,fwsvd", "--rank-ratios", "0.5,0.25", "--fisher-examples", "32"], tmp_path)
+    assert set(result) >= {"dense", "runs"}
+    assert set(result["dense"]["metrics"]) == {"accuracy"}
+    assert [(run["method"], run["rank_ratio"]) for run in result["runs"]] == [
+        ("svd", 0.5), ("svd", 0.25), ("fwsvd", 0.5), ("fwsvd", 0.25)]
+    assert all(set(run) >= {"method", "rank_ratio", "params", "metrics"} for run in result["runs"])
+    assert result["fisher"]["num_examples"] == 32 and result["fisher"]["mode"] == "per_example"
+    assert result["fisher"]["data_id"].endswith(":train")
+
+
+def test_fisher_json_with_comparison(model_dir, csv, tmp_path, cache_dir, capsys):
+    result = _run(["fisher", "--model", str(model_dir), "--data-files", str(csv), *DATA, *FAST,
+                   "--num-examples", "24", "--compare"], tmp_path)
+    assert result["mode"] == "per_example" and not result["from_cache"]
+    assert Path(result["path"]).is_file() and len(result["layers"]) == 12
+    assert result["comparison"]["mode"] == "batch"
+    assert set(result["comparison"]["mean"]) == {"cosine", "spearman"}
+    assert "agreement with batch mode" in capsys.readouterr().out
+    assert _run(["fisher", "--model", str(model_dir), "--data-files", str(csv), *DATA, *FAST,
+                 "--num-examples", "24"], tmp_path)["from_cache"]
+
+
+def test_compress_then_evaluate_and_finetune(model_dir, csv, tmp_path, cache_dir):
+    output = tmp_path / "compressed"
+    compressed = _run(["compress", "--model", str(model_dir), "--data-files", str(csv), *DATA, *FAST,
+                       "--method", "fwsvd", "--rank-ratio", "0.25", "--fisher-examples", "16",
+                       "--output", str(output)], tmp_path)
+    assert compressed["params_after"] < compressed["params_before"] and len(compressed["ranks"]) == 12
+    info = read_compressed_info(output)
+    assert info["method"] == "fwsvd" and info["fisher_provenance"] == compressed["fisher"]
+    evaluated = _run(["evaluate", "--model", str(output), "--data-files", str(csv), *DATA, *FAST], tmp_path)
+    assert evaluated["params"] == compressed["params_after"]
+    tuned = _run(["finetune", "--model", str(output), "--data-files", str(csv), *DATA, *FAST,
+                  "--epochs", "1", "--limit", "16", "--output", str(tmp_path / "tuned")], tmp_path)
+    assert tuned["compressed"] and tuned["training"]["steps"] == 1
+    assert read_compressed_info(tmp_path / "tuned")["extra"]["finetune"]["epochs"] == 1
+
+
+def test_compress_svd_needs_no_task_and_dense_export(model_dir, tmp_path, cache_dir):
+    result = _run(["compress", "--model", str(model_dir), "--method", "svd", "--rank", "4", "--dense",
+                   "--output", str(tmp_path / "dense")], tmp_path)
+    assert result["fisher"] is None and set(result["ranks"].values()) == {4}
+    assert (tmp_path / "dense" / "config.json").is_file() and read_compressed_info(tmp_path / "dense")["dense"]
+
+
+def test_finetune_a_dense_model(model_dir, csv, tmp_path, cache_dir):
+    result = _run(["finetune", "--model", str(model_dir), "--data-files", str(csv), *DATA, *FAST,
+                   "--epochs", "1", "--limit", "16", "--output", str(tmp_path / "tuned")], tmp_path)
+    assert not result["compressed"] and (tmp_path / "tuned" / "config.json").is_file()
+    assert not (tmp_path / "tuned" / INFO_FILE).exists()
+
+
+def test_demo_json(monkeypatch, tmp_path):
+    monkeypatch.setattr(cli, "ensure_demo_model", lambda force=False: tmp_path)
+    monkeypatch.setattr(cli, "demo_info", lambda directory: {"test_metrics": {"accuracy": 0.8}})
+    assert _run(["demo"], tmp_path) == {"model_dir": str(tmp_path), "metrics": {"accuracy": 0.8}}
+
+
+def test_app_runs_streamlit_on_the_repository_app(monkeypatch, tmp_path):
+    app_file = tmp_path / "streamlit_app.py"
+    app_file.write_text("")
+    monkeypatch.setattr(cli, "APP_FILE", app_file)
+    calls = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda command: calls.append(command) or 0)
+    result = _run(["app", "--port", "8765"], tmp_path)
+    (command,) = calls
+    assert command[:5] == [sys.executable, "-m", "streamlit", "run", str(app_file)]
+    assert command[command.index("--server.address") + 1] == "127.0.0.1"
+    assert command[command.index("--server.port") + 1] == "8765"
+    assert command[command.index("--server.headless") + 1] == "true"
+    assert result["url"] == "http://127.0.0.1:8765"
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input: exactly one line on stderr, exit code 2
+
+
+def _bad_inputs(model_dir: Path, csv: Path, tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    garbled = tmp_path / "garbled"
+    garbled.mkdir()
+    (garbled / INFO_FILE).write_text("{")
+    ranks = tmp_path / "ranks.json"
+    ranks.write_text('{"no.such.layer": 3}')
+    model, data = ["--model", str(model_dir)], ["--data-files", str(csv), *DATA]
+    return {
+        "missing data file": (["evaluate", *model, "--data-files", str(tmp_path / "absent.csv"), *DATA],
+                              "not found"),
+        "absent column": (["evaluate", *model, "--data-files", str(csv), "--text-column", "body",
+                           "--label-column", "sentiment"], "column 'body' not found"),
+        "unknown task": (["evaluate", *model, "--task", "imdb"], "unknown task"),
+        "no task": (["evaluate", *model], "--task"),
+        "task and files": (["evaluate", *model, "--task", "sst2", *data], "not both"),
+        "columns without files": (["evaluate", *model, "--task", "sst2", "--text-column", "x"], "--data-files"),
+        "missing model": (["evaluate", "--model", str(tmp_path / "nope"), *data], "not found"),
+        "garbled compressed model": (["evaluate", "--model", str(garbled), *data], "not valid JSON"),
+        "rank ratio above 1": (["compress", *model, "--method", "svd", "--rank-ratio", "1.5",
+                                "--output", str(tmp_path / "o")], "(0, 1]"),
+        "rank ratio not a number": (["sweep", *model, *data, "--rank-ratios", "0.5,half"], "half"),
+        "rank ratio zero": (["sweep", *model, *data, "--rank-ratios", "0"], "(0, 1]"),
+        "rank above full rank": (["compress", *model, "--method", "svd", "--rank", "500",
+                                  "--output", str(tmp_path / "o")], "out of range"),
+        "unknown layer in ranks json": (["compress", *model, "--method", "svd", "--ranks-json", str(ranks),
+                                         "--output", str(tmp_path / "o")], "no.such.layer"),
+        "missing ranks json": (["compress", *model, "--method", "svd", "--ranks-json", str(tmp_path / "r.json"),
+                                "--output", str(tmp_path / "o")], "not found"),
+        "unknown method": (["sweep", *model, *data, "--methods", "svd,pca"], "pca"),
+        "no rank given": (["compress", *model, "--output", str(tmp_path / "o")], "--rank"),
+        "unknown subcommand": (["shrink"], "invalid choice"),
+        "missing app": (["app"], "streamlit_app.py"),
+        "json path is a directory": (["evaluate", *model, *data, "--json", str(tmp_path)], "directory"),
+    }
+
+
+BAD_INPUTS = ["missing data file", "absent column", "unknown task", "no task", "task and files",
+              "columns without files", "missing model", "garbled compressed model", "rank ratio above 1",
+              "rank ratio not a number", "rank ratio zero", "rank above full rank", "unknown layer in ranks json",
+              "missing ranks json", "unknown method", "no rank given", "unknown subcommand", "missing app",
+              "json path is a directory"]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_gives_one_line_and_exit_2(case, model_dir, csv, tmp_path, cache_dir, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "APP_FILE", tmp_path / "app" / "streamlit_app.py")
+    args, expected = _bad_inputs(model_dir, csv, tmp_path)[case]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("fwsvd: error: ") and expected in lines[0]
+    assert "Traceback" not in captured.err
+
+
+def test_help_of_every_subcommand(capsys):
+    for command in ["demo", "fisher", "compress", "evaluate", "sweep", "finetune", "app"]:
+        assert main([command, "--help"]) == 0
+        assert "--json" in capsys.readouterr().out
+
+
+def test_python_dash_m_help():
+    completed = subprocess.run([sys.executable, "-m", "fwsvd", "--help"], capture_output=True, text=True,
+                               timeout=300)
+    assert completed.returncode == 0
+    for command in ["demo", "fisher", "compress", "evaluate", "sweep", "finetune", "app"]:
+        assert command in completed.stdout
