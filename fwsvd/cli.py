@@ -22,13 +22,14 @@ import datasets
 import torch
 import transformers
 from tqdm import tqdm
+from transformers import PreTrainedTokenizerBase
 
 from fwsvd.compress import compress_
 from fwsvd.demo import demo_info, ensure_demo_model
 from fwsvd.evaluation import count_parameters, evaluate_model
 from fwsvd.factorize import METHODS
 from fwsvd.finetune import finetune_
-from fwsvd.fisher import MODES
+from fwsvd.fisher import MODES, FisherResult
 from fwsvd.persistence import save_compressed
 from fwsvd.pipeline import importance_agreement, load_any_model, task_fisher
 from fwsvd.sweep import check_rank_ratio, run_sweep
@@ -196,8 +197,8 @@ def _progress(description: str, unit: str) -> Iterator[Callable[[int, int], None
         bar.close()
 
 
-def _fisher(args: argparse.Namespace, model: torch.nn.Module, tokenizer: Any, task: Task, mode: str,
-            examples: int):
+def _fisher(args: argparse.Namespace, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, task: Task,
+            mode: str, examples: int) -> FisherResult:
     with _progress(f"Fisher ({mode})", "batch") as progress:
         return task_fisher(model, tokenizer, task, num_examples=examples, seed=args.seed,
                            max_length=args.max_length, batch_size=args.batch_size, mode=mode, progress=progress)
@@ -277,7 +278,8 @@ def _cmd_compress(args: argparse.Namespace) -> dict[str, Any]:
     ranks = _ranks(args)
     task = _task(args, required=args.method == "fwsvd")
     model, tokenizer, _ = load_any_model(args.model, task)
-    fisher = _fisher(args, model, tokenizer, task, args.fisher_mode, args.fisher_examples) if task else None
+    fisher = (_fisher(args, model, tokenizer, task, args.fisher_mode, args.fisher_examples)
+              if args.method == "fwsvd" else None)
     report = compress_(model, ranks, method=args.method, fisher=fisher.importances if fisher else None)
     provenance = fisher.provenance if fisher else None
     save_compressed(model, output, tokenizer=tokenizer, method=args.method, fisher_provenance=provenance,
