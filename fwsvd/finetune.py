@@ -40,6 +40,7 @@ def finetune_(
     warmup_ratio: float = 0.0,
     schedule: Literal["constant", "linear"] = "constant",
     freeze: Callable[[str, nn.Parameter], bool] | None = None,
+    group_by_length: bool = False,
     progress: Progress | None = None,
 ) -> dict[str, float]:
     """Fine-tune ``model`` on the task's train split, in place; returns loss, steps, examples and seconds.
@@ -48,6 +49,7 @@ def finetune_(
     seed. ``schedule`` "linear" decays the learning rate to 0 after a linear warm-up over ``warmup_ratio``
     of the steps; "constant" keeps it after the warm-up. ``freeze(name, parameter)`` -> True keeps a
     parameter fixed (e.g. the word embeddings, whose Adam update is a large share of a small model's step).
+    ``group_by_length`` batches examples of similar length together (less padding, faster steps).
     Progress is reported through ``progress(done, total)`` (steps) if given, else a tqdm bar.
     The model's train/eval mode is restored afterwards; the global RNG state is left untouched.
     """
@@ -60,7 +62,7 @@ def finetune_(
     # Batches are drawn once (a seeded shuffle, then the first `limit` examples); each later epoch visits
     # them in another seeded order. Re-batching every epoch would buy little and re-pad everything.
     batches = make_batches(task, tokenizer, "train", batch_size=batch_size, max_length=max_length,
-                           limit=limit, seed=seed, shuffle=True)
+                           limit=limit, seed=seed, shuffle=True, group_by_length=group_by_length)
     examples = sum(len(batch["labels"]) for batch in batches)
     total = len(batches) * epochs
     trainable = [p for name, p in model.named_parameters()

@@ -69,6 +69,22 @@ def test_limit_and_seeded_shuffle(sentiment, tokenizer):
     assert labels_of(batch_size=4, shuffle=True, seed=3, limit=6) == shuffled[:6]
 
 
+def test_group_by_length_covers_every_example_once_with_less_padding(tmp_path, tokenizer):
+    path = tmp_path / "mixed.csv"
+    texts = [" ".join(["very"] * (1 + i % 9)) + " good" for i in range(90)]
+    pd.DataFrame({"text": texts, "label": [i % 2 for i in range(90)]}).to_csv(path, index=False)
+    task = local_task({"train": path, "validation": path, "test": path}, text_column="text", label_column="label")
+    plain = make_batches(task, tokenizer, "train", batch_size=8, shuffle=True)
+    grouped = make_batches(task, tokenizer, "train", batch_size=8, shuffle=True, group_by_length=True)
+    assert sorted(len(b["labels"]) for b in grouped) == sorted(len(b["labels"]) for b in plain)
+    rows = sorted(tuple(ids[mask.bool()].tolist()) for b in grouped
+                  for ids, mask in zip(b["input_ids"], b["attention_mask"]))
+    assert rows == sorted(tuple(tokenizer(text)["input_ids"]) for text in texts)
+    assert sum(b["input_ids"].numel() for b in grouped) < 0.8 * sum(b["input_ids"].numel() for b in plain)
+    again = make_batches(task, tokenizer, "train", batch_size=8, shuffle=True, group_by_length=True)
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(grouped, again))
+
+
 def test_truncation_to_max_length(sentiment, tokenizer):
     batch = make_batches(sentiment, tokenizer, "test", max_length=4)[0]
     assert batch["input_ids"].shape[1] == 4

@@ -5,6 +5,7 @@ from __future__ import annotations
 import builtins
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -28,7 +29,7 @@ def test_builds_once_under_the_cache_dir_then_reuses(cache_dir, monkeypatch):
     assert demo_info(path)["test_metrics"]["accuracy"] == 0.9
     assert ensure_demo_model() == path and len(calls) == 1
     assert calls[0].parent == path.parent and calls[0] != path  # built beside it, then renamed
-    assert sorted(p.name for p in path.parent.iterdir()) == [DEMO_VERSION]
+    assert sorted(p.name for p in path.parent.iterdir() if not p.name.endswith(".lock")) == [DEMO_VERSION]
 
 
 def test_force_rebuilds(cache_dir, monkeypatch):
@@ -46,20 +47,21 @@ def test_failed_build_leaves_nothing_behind(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "_build", broken)
     with pytest.raises(RuntimeError, match="interrupted"):
         ensure_demo_model(tmp_path)
-    assert list((tmp_path / "demo").iterdir()) == []
+    assert [p.name for p in (tmp_path / "demo").iterdir()] == [f".{DEMO_VERSION}.lock"]
 
 
-def test_a_build_finished_meanwhile_by_another_process_is_kept(tmp_path, monkeypatch):
-    target = tmp_path / "demo" / DEMO_VERSION
+def test_concurrent_callers_share_one_build(tmp_path, monkeypatch):
+    calls = []
+    fake = _fake_build(calls)
 
-    def slower(directory, progress):
-        target.mkdir(parents=True)
-        (target / INFO_FILE).write_text(json.dumps({"by": "other"}))
-        (directory / INFO_FILE).write_text(json.dumps({"by": "us"}))
-    monkeypatch.setattr(demo, "_build", slower)
-    assert ensure_demo_model(tmp_path) == target
-    assert demo_info(target) == {"by": "other"}
-    assert [p.name for p in target.parent.iterdir()] == [DEMO_VERSION]
+    def slow(directory, progress):
+        time.sleep(0.5)
+        fake(directory, progress)
+    monkeypatch.setattr(demo, "_build", slow)
+    with ThreadPoolExecutor(2) as pool:
+        paths = list(pool.map(lambda _: ensure_demo_model(tmp_path), range(2)))
+    assert paths[0] == paths[1] == tmp_path / "demo" / DEMO_VERSION
+    assert len(calls) == 1
 
 
 def test_missing_minilm_package_says_how_to_install(monkeypatch):
