@@ -25,7 +25,7 @@ from torch import nn
 from fwsvd.cache import default_cache_dir
 from fwsvd.evaluation import evaluate_model
 from fwsvd.finetune import finetune_
-from fwsvd.models import _quiet_transformers
+from fwsvd.models import quiet_transformers
 from fwsvd.tasks import get_task
 
 #: Bump when the recipe changes, so an old build is not reused for a new recipe.
@@ -102,16 +102,16 @@ def _is_word_embedding(name: str, parameter: nn.Parameter) -> bool:
 
 
 def _build(directory: Path, progress: Callable[[int, int], None] | None) -> None:
+    started = time.perf_counter()
     task = get_task("demo")
     source = _minilm_path()
-    with _quiet_transformers():
+    with quiet_transformers():
         tokenizer = transformers.AutoTokenizer.from_pretrained(source)
         torch.manual_seed(RECIPE["seed"])  # the new head's initialisation
         model = transformers.AutoModelForSequenceClassification.from_pretrained(
             source, num_labels=task.num_labels,
             id2label=dict(enumerate(task.label_names)),
             label2id={name: i for i, name in enumerate(task.label_names)})
-    started = time.perf_counter()
     training = finetune_(
         model, tokenizer, task, epochs=RECIPE["epochs"], learning_rate=RECIPE["learning_rate"],
         batch_size=RECIPE["batch_size"], max_length=RECIPE["max_length"], seed=RECIPE["seed"],

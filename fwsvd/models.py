@@ -47,7 +47,7 @@ def load_model(
     ``trust_remote_code`` stays off unless asked for: it runs code shipped with the model.
     """
     location = _locate(source)
-    with _quiet_transformers():
+    with quiet_transformers():
         config = _load_config(location, source, trust_remote_code)
         head = _check_head(config, task, num_labels, source)
         model = _HEADS[head].from_pretrained(location, trust_remote_code=trust_remote_code)
@@ -59,7 +59,7 @@ def load_model(
 def _locate(source: str | os.PathLike[str]) -> str:
     """A local directory path, or the hub id unchanged."""
     if str(source) == "demo":
-        from fwsvd.demo import ensure_demo_model  # the demo imports this module's siblings, not at import
+        from fwsvd.demo import ensure_demo_model  # imported here: fwsvd.demo imports this module
 
         return str(ensure_demo_model())
     path = Path(source).expanduser()
@@ -114,7 +114,7 @@ def _ensure_padding(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) 
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """Silence transformers' long load report for the duration, then restore the verbosity."""
     level = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()

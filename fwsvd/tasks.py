@@ -197,14 +197,13 @@ def local_task(
             raise ValueError(f"{fraction_name} must be in [0, 1), got {fraction}")
     if validation_fraction + test_fraction >= 1.0:
         raise ValueError("validation_fraction + test_fraction must leave some training examples")
-    for file in files.values():
-        columns = _read_local_file(Path(file)).column_names
+    loaded = {role: _read_local_file(Path(file)) for role, file in files.items()}
+    for role, dataset in loaded.items():
         for column in (text_column, label_column, text_pair_column):
-            if column is not None and column not in columns:
-                raise ValueError(f"column {column!r} not found in {file}; "
-                                 f"available columns: {', '.join(columns)}")
-    train = _read_local_file(Path(files["train"]))
-    kind, num_labels, label_names = _infer_labels(train, label_column, kind)
+            if column is not None and column not in dataset.column_names:
+                raise ValueError(f"column {column!r} not found in {files[role]}; "
+                                 f"available columns: {', '.join(dataset.column_names)}")
+    kind, num_labels, label_names = _infer_labels(loaded["train"], label_column, kind)
     if kind == "regression":
         metrics = CORRELATIONS
     elif kind == "token_classification":
