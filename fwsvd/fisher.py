@@ -351,8 +351,8 @@ def _estimate(
     mode: str,
     targets: TargetSpec,
     progress: Progress | None,
-    total: int | None = None,
     show_progress: bool | None,
+    total: int | None = None,
 ) -> tuple[dict[str, torch.Tensor], int]:
     """estimate_fisher's work; also returns the number of examples seen (over all ranks)."""
     _check_mode(mode)
@@ -416,7 +416,7 @@ def _backward_batch(model: nn.Module, batch: Mapping[str, torch.Tensor], capture
     try:
         outputs = model(**inputs)
         logits = outputs.logits if hasattr(outputs, "logits") else outputs[0]
-        losses, batch_loss = per_example_losses(logits, labels, model.config)
+        losses, batch_loss = per_example_losses(logits, labels, getattr(model, "config", None))
         # Examples do not interact in eval mode, so the gradient of the summed losses holds each example's
         # own gradient in its row.
         (losses.sum() if mode == "per_example" else batch_loss).backward()
