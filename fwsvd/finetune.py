@@ -45,8 +45,8 @@ def finetune_(
 ) -> dict[str, float]:
     """Fine-tune ``model`` on the task's train split, in place; returns loss, steps, examples and seconds.
 
-    Each epoch reshuffles the (first ``limit``, after a ``seed`` shuffle) training examples with its own
-    seed. ``schedule`` "linear" decays the learning rate to 0 after a linear warm-up over ``warmup_ratio``
+    The training examples (the first ``limit`` after a ``seed`` shuffle) are batched once; every epoch after
+    the first visits the batches in a new seeded order. ``schedule`` "linear" decays the learning rate to 0 after a linear warm-up over ``warmup_ratio``
     of the steps; "constant" keeps it after the warm-up. ``freeze(name, parameter)`` -> True keeps a
     parameter fixed (e.g. the word embeddings, whose Adam update is a large share of a small model's step).
     ``group_by_length`` batches examples of similar length together (less padding, faster steps).
@@ -59,14 +59,17 @@ def finetune_(
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if not 0.0 <= warmup_ratio < 1.0:
         raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
+    if schedule not in ("constant", "linear"):
+        raise ValueError(f"unknown schedule {schedule!r}; valid: constant, linear")
     # Batches are drawn once (a seeded shuffle, then the first `limit` examples); each later epoch visits
     # them in another seeded order. Re-batching every epoch would buy little and re-pad everything.
     batches = make_batches(task, tokenizer, "train", batch_size=batch_size, max_length=max_length,
                            limit=limit, seed=seed, shuffle=True, group_by_length=group_by_length)
     examples = sum(len(batch["labels"]) for batch in batches)
     total = len(batches) * epochs
-    trainable = [p for name, p in model.named_parameters()
-                 if p.requires_grad and not (freeze is not None and freeze(name, p))]
+    # Frozen parameters get requires_grad off for the run, so their gradients are not even computed.
+    frozen = [p for name, p in model.named_parameters() if p.requires_grad and freeze is not None and freeze(name, p)]
+    trainable = [p for p in model.parameters() if p.requires_grad and not any(p is f for f in frozen)]
     opt = _OPTIMIZERS[optimizer](trainable, lr=learning_rate, weight_decay=weight_decay)
     scheduler = get_scheduler("linear" if schedule == "linear" else "constant_with_warmup", opt,
                               num_warmup_steps=round(warmup_ratio * total), num_training_steps=total)
@@ -74,6 +77,8 @@ def finetune_(
     bar = tqdm(total=total, desc="fine-tuning", unit="step", disable=progress is not None)
     was_training = model.training
     model.train()
+    for parameter in frozen:
+        parameter.requires_grad_(False)
     started = time.perf_counter()
     done, epoch_loss = 0, float("nan")
     try:
@@ -99,6 +104,8 @@ def finetune_(
     finally:
         bar.close()
         model.train(was_training)
+        for parameter in frozen:
+            parameter.requires_grad_(True)
     return {"loss": epoch_loss, "steps": done, "epochs": epochs, "examples": examples,
             "seconds": time.perf_counter() - started}
 

@@ -61,6 +61,7 @@ def test_mode_restored_and_frozen_parameters_stay(sentiment):
                         weight_decay=0.01, warmup_ratio=0.5, schedule="linear")
     assert summary["steps"] == 3 and not model.training
     assert torch.equal(model.bert.embeddings.word_embeddings.weight, embeddings)
+    assert all(parameter.requires_grad for parameter in model.parameters())  # unfrozen again
     assert not torch.equal(model.classifier.weight, classifier)
 
 
@@ -91,3 +92,5 @@ def test_bad_arguments(sentiment):
         finetune_(model, tokenizer, sentiment, epochs=0)
     with pytest.raises(ValueError, match="warmup_ratio"):
         finetune_(model, tokenizer, sentiment, warmup_ratio=1.0)
+    with pytest.raises(ValueError, match="unknown schedule 'cosine'"):
+        finetune_(model, tokenizer, sentiment, schedule="cosine")
