@@ -6,7 +6,9 @@ The real demo model takes minutes to build; the app takes its default model and 
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -52,3 +54,92 @@ def write_review_csv(path: Path, rows: int = 160, seed: int = 0) -> Path:
                         "sentiment": "pos" if positive else "neg"})
     pd.DataFrame(records).to_csv(path, index=False)
     return path
+
+
+def prepare_app_environment(root: Path) -> dict[str, str]:
+    """Save the tiny model and CSV task under ``root``, cache the Fisher the pages look up by default,
+    and return the environment variables that point the dashboard at them."""
+    from fwsvd.models import load_model
+    from fwsvd.pipeline import task_fisher
+    from fwsvd.tasks import local_task
+
+    env = {
+        "FWSVD_APP_MODEL": str(save_tiny_classifier(root / "model")),
+        "FWSVD_APP_TASK": str(write_review_csv(root / "reviews.csv")),
+        "FWSVD_APP_TEXT_COLUMN": "review",
+        "FWSVD_APP_LABEL_COLUMN": "sentiment",
+        "FWSVD_CACHE_DIR": str(root / "cache"),
+    }
+    task = local_task(env["FWSVD_APP_TASK"], text_column="review", label_column="sentiment")
+    model, tokenizer = load_model(env["FWSVD_APP_MODEL"], task)
+    task_fisher(model, tokenizer, task, cache_dir=env["FWSVD_CACHE_DIR"])  # the pages' default settings
+    return env
+
+
+APP_ENTRY = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def streamlit_server(env: dict[str, str], log_path: Path, timeout: float = 120.0) -> Iterator[str]:
+    """``streamlit run`` the dashboard on 127.0.0.1 with ``env``; yields its URL; always stops it."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    port = free_port()
+    command = [sys.executable, "-m", "streamlit", "run", str(APP_ENTRY), "--server.headless=true",
+               "--server.address=127.0.0.1", f"--server.port={port}", "--browser.gatherUsageStats=false",
+               "--server.fileWatcherType=none"]
+    url = f"http://127.0.0.1:{port}"
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(command, cwd=APP_ENTRY.parents[1], env={**os.environ, **env}, stdout=log,
+                                  stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
+                        if answer.read().decode().strip() == "ok":
+                            break
+                except (urllib.error.URLError, ConnectionError, TimeoutError):
+                    pass
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"streamlit did not become healthy; see {log_path}")
+                time.sleep(0.5)
+            yield url
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+
+
+def wait_for_rerun(page, timeout_ms: float = 120_000) -> None:
+    """Wait until the app has finished its current rerun (the script state reads ``notRunning``).
+
+    A rerun may start a moment after the action that caused it, so first give it a short chance to start.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    running = "document.querySelector(\"[data-testid='stApp']\")?.getAttribute('data-test-script-state')"
+    try:
+        page.wait_for_function(f"{running} === 'running'", timeout=1_500)
+    except PlaywrightTimeout:
+        pass  # already finished, or a rerun this quick was missed: either way, wait for idle below
+    page.wait_for_function(f"{running} === 'notRunning'", timeout=timeout_ms)

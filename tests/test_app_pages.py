@@ -11,7 +11,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from app_support import save_tiny_classifier, write_review_csv
+from app_support import prepare_app_environment
 
 APP = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
 TIMEOUT = 180  # seconds per run: the CPU is shared and the first run imports torch and transformers
@@ -20,23 +20,9 @@ TIMEOUT = 180  # seconds per run: the CPU is shared and the first run imports to
 @pytest.fixture(scope="module")
 def app_env(tmp_path_factory):
     """A tiny model, a CSV task and a cache with the default Fisher already in it, named by the env."""
-    root = tmp_path_factory.mktemp("app")
-    env = {
-        "FWSVD_APP_MODEL": str(save_tiny_classifier(root / "model")),
-        "FWSVD_APP_TASK": str(write_review_csv(root / "reviews.csv")),
-        "FWSVD_APP_TEXT_COLUMN": "review",
-        "FWSVD_APP_LABEL_COLUMN": "sentiment",
-        "FWSVD_CACHE_DIR": str(root / "cache"),
-    }
+    env = prepare_app_environment(tmp_path_factory.mktemp("app"))
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
-    from fwsvd.models import load_model
-    from fwsvd.pipeline import task_fisher
-    from fwsvd.tasks import local_task
-
-    task = local_task(env["FWSVD_APP_TASK"], text_column="review", label_column="sentiment")
-    model, tokenizer = load_model(env["FWSVD_APP_MODEL"], task)
-    task_fisher(model, tokenizer, task)  # the default settings the pages look up
     yield env
     for name, value in saved.items():
         if value is None:

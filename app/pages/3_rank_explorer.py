@@ -41,7 +41,8 @@ def global_control(loaded: ui.Loaded) -> None:
 def headline(summary: dict) -> None:
     cols = st.columns(4)
     cols[0].metric("Weights kept", ui.count(summary["kept_params"]),
-                   f"{summary['kept_share']:.0%} of {ui.count(summary['dense_params'])}", delta_color="off")
+                   f"{summary['kept_share']:.0%} of {ui.count(summary['dense_params'])}", delta_color="off",
+                   delta_arrow="off")
     cols[1].metric("Weights removed", ui.count(summary["removed_params"]))
     cols[2].metric("Mean Fisher-weighted error, SVD", f"{summary['svd_mean_weighted_error']:.3f}")
     cols[3].metric("Mean Fisher-weighted error, FWSVD", f"{summary['fwsvd_mean_weighted_error']:.3f}",
