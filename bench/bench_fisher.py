@@ -206,7 +206,8 @@ def main() -> None:
         timed = [f"{seconds[name]:.3f} ({seconds[name] / base:.2f}×)" if name in seconds else "—"
                  for name in ("exact", "batch", "loop")]
         peaks = [f"{memory[name]:.0f} ({memory[name] / memory['plain']:.2f}×)" for name in ("exact", "batch")]
-        print(f"| {shape} | {base:.3f} | " + " | ".join(timed) + f" | {memory['plain']:.0f} | " + " | ".join(peaks) + " |")
+        print(f"| {shape} | {base:.3f} | " + " | ".join(timed) + f" | {memory['plain']:.0f} | "
+              + " | ".join(peaks) + " |")
     if cache:
         print(f"\ncache, MiniLM-L6 shape, {args.cache_examples} examples: compute {cache['compute']:.2f} s, "
               f"hit {cache['hit']:.3f} s ({100 * cache['hit'] / cache['compute']:.1f}% of computing)")

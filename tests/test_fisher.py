@@ -199,13 +199,16 @@ def test_targets_and_progress():
     names = list(find_targets(model))[:2]
     calls = []
     batches = [random_batch(2, 8, seed=15), random_batch(2, 8, seed=16)]
-    importances = estimate_fisher(model, batches, targets=names, progress=lambda done, total: calls.append((done, total)))
+    def record(done: int, total: int) -> None:
+        calls.append((done, total))
+
+    importances = estimate_fisher(model, batches, targets=names, progress=record)
     assert list(importances) == names
     assert importances[names[0]].shape == (32,)
     assert calls == [(1, 2), (2, 2)]
     # An iterator has no length: total comes from the argument.
     calls.clear()
-    estimate_fisher(model, iter(batches), targets=names, total=2, progress=lambda done, total: calls.append((done, total)))
+    estimate_fisher(model, iter(batches), targets=names, total=2, progress=record)
     assert calls == [(1, 2), (2, 2)]
     # A mapping of the model's own modules works too.
     targets = {name: model.get_submodule(name) for name in names}
