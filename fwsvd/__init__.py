@@ -13,6 +13,7 @@ from fwsvd.compress import (
     resolve_ranks,
 )
 from fwsvd.factorize import Decomposition, ErrorCurves, decompose, error_curve, error_curves, low_rank_factors
+from fwsvd.fisher import FisherResult, estimate_fisher, load_or_estimate_fisher
 from fwsvd.lowrank import LowRankLinear
 from fwsvd.store import DecompositionStore
 from fwsvd.targets import dense_weight, find_blocks, find_targets
@@ -22,6 +23,7 @@ __all__ = [
     "Decomposition",
     "DecompositionStore",
     "ErrorCurves",
+    "FisherResult",
     "LayerAnalysis",
     "LayerReport",
     "LowRankLinear",
@@ -34,8 +36,10 @@ __all__ = [
     "densify_",
     "error_curve",
     "error_curves",
+    "estimate_fisher",
     "find_blocks",
     "find_targets",
+    "load_or_estimate_fisher",
     "low_rank_factors",
     "ranks_for_param_fraction",
     "resolve_ranks",
