@@ -24,31 +24,71 @@ def layer_labels(frame: pd.DataFrame) -> list[str]:
     return [f"{block.rsplit('.', 1)[-1]} · {name}" for block, name in zip(frame["block"], frame["name_in_block"])]
 
 
+def _base_layout(title: str, height: int) -> dict:
+    return dict(title=dict(text=title, x=0.0, xanchor="left"), height=height, margin=dict(l=60, r=20, t=60, b=40),
+                legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom"))
+
+
 def _layout(figure: go.Figure, title: str, height: int) -> go.Figure:
-    figure.update_layout(title=dict(text=title, x=0.0, xanchor="left"), height=height,
-                         margin=dict(l=60, r=20, t=60, b=40), legend=dict(orientation="h", y=1.02, x=1,
-                                                                          xanchor="right", yanchor="bottom"))
+    figure.update_layout(**_base_layout(title, height))
     return figure
+
+
+def _domain(start: float, end: float) -> list[float]:
+    return [min(1.0, max(0.0, round(start, 6))), min(1.0, max(0.0, round(end, 6)))]
+
+
+def _grid(rows: int, columns: int, titles: Sequence[str], *, horizontal: float, vertical: float,
+          shared_x: bool = False) -> dict:
+    """Axes domains and subplot titles of a rows × columns grid, as layout entries (axis n is ``x{n}``).
+
+    What make_subplots lays out, built as plain dicts so the whole figure is validated once: the rank
+    explorer redraws on every rank change, and plotly's per-call validation would dominate that redraw.
+    """
+    layout: dict = {}
+    annotations = []
+    width = (1 - horizontal * (columns - 1)) / columns
+    height = (1 - vertical * (rows - 1)) / rows
+    for position in range(rows * columns):
+        row, column = divmod(position, columns)
+        suffix = "" if position == 0 else str(position + 1)
+        x0 = column * (width + horizontal)
+        y1 = 1 - row * (height + vertical)
+        # Rounded and clipped: float error can put a domain end a hair outside [0, 1], which plotly rejects.
+        layout[f"xaxis{suffix}"] = dict(domain=_domain(x0, x0 + width), anchor=f"y{suffix}")
+        layout[f"yaxis{suffix}"] = dict(domain=_domain(y1 - height, y1), anchor=f"x{suffix}")
+        if shared_x and row < rows - 1:
+            layout[f"xaxis{suffix}"].update(matches=f"x{rows * columns if columns == 1 else ''}",
+                                            showticklabels=False)
+        if position < len(titles):
+            annotations.append(dict(text=titles[position], x=x0 + width / 2, y=y1, xref="paper", yref="paper",
+                                    xanchor="center", yanchor="bottom", showarrow=False, font=dict(size=14)))
+    layout["annotations"] = annotations
+    return layout
 
 
 def error_figure(frame: pd.DataFrame) -> go.Figure:
     """Per-layer relative reconstruction error at the current ranks, SVD vs FWSVD: plain on top,
     Fisher-weighted below (SVD minimises the first, FWSVD the second — the one accuracy follows)."""
     labels = layer_labels(frame)
-    figure = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                           subplot_titles=("Plain error ‖W − Ŵ‖ / ‖W‖",
-                                           "Fisher-weighted error ‖(W − Ŵ)·D‖ / ‖W·D‖  (what the task feels)"))
-    for row, column in ((1, "{}_error"), (2, "{}_weighted_error")):
+    traces = []
+    for axis, column in (("", "{}_error"), ("2", "{}_weighted_error")):
         for method in METHODS:
-            figure.add_trace(go.Bar(
-                x=labels, y=frame[column.format(method)], name=LABELS[method], marker_color=COLORS[method],
-                legendgroup=method, showlegend=row == 1, customdata=frame["rank"],
-                hovertemplate="%{x}<br>rank %{customdata}<br>relative error %{y:.3f}<extra>" + LABELS[method]
-                              + "</extra>"), row=row, col=1)
-    figure.update_yaxes(title_text="relative error (0–1)", rangemode="tozero")
-    figure.update_xaxes(title_text="layer (block · name)", tickangle=-60, row=2, col=1)
-    figure.update_layout(barmode="group", bargap=0.2)
-    return _layout(figure, "Reconstruction error per layer at the current ranks", 620)
+            traces.append(dict(
+                type="bar", x=labels, y=frame[column.format(method)].to_numpy(), name=LABELS[method],
+                marker_color=COLORS[method],
+                legendgroup=method, showlegend=axis == "", customdata=frame["rank"].to_numpy(), xaxis=f"x{axis}",
+                yaxis=f"y{axis}", hovertemplate="%{x}<br>rank %{customdata}<br>relative error %{y:.3f}<extra>"
+                                                + LABELS[method] + "</extra>"))
+    layout = _base_layout("Reconstruction error per layer at the current ranks", 620)
+    layout.update(_grid(2, 1, ("Plain error ‖W − Ŵ‖ / ‖W‖",
+                               "Fisher-weighted error ‖(W − Ŵ)·D‖ / ‖W·D‖  (what the task feels)"),
+                        horizontal=0.0, vertical=0.1, shared_x=True))
+    for axis in ("yaxis", "yaxis2"):
+        layout[axis].update(title=dict(text="relative error (0–1)"), rangemode="tozero")
+    layout["xaxis2"].update(title=dict(text="layer (block · name)"), tickangle=-60)
+    layout.update(barmode="group", bargap=0.2)
+    return go.Figure(data=traces, layout=layout)
 
 
 def params_figure(frame: pd.DataFrame) -> go.Figure:
@@ -57,41 +97,46 @@ def params_figure(frame: pd.DataFrame) -> go.Figure:
     labels = layer_labels(frame)
     removed = frame["removed_params"].clip(lower=0)
     outline = [WARNING_COLOR if flag else KEPT_COLOR for flag in frame["above_break_even"]]
-    figure = go.Figure()
-    figure.add_trace(go.Bar(x=labels, y=frame["kept_params"] / 1e3, name="kept", marker_color=KEPT_COLOR,
-                            marker_line_color=outline, marker_line_width=2,
-                            hovertemplate="%{x}<br>kept %{y:.1f}k weights<extra></extra>"))
-    figure.add_trace(go.Bar(x=labels, y=removed / 1e3, name="removed", marker_color=REMOVED_COLOR,
-                            hovertemplate="%{x}<br>removed %{y:.1f}k weights<extra></extra>"))
-    figure.update_layout(barmode="stack")
-    figure.update_yaxes(title_text="weight parameters (thousands)")
-    figure.update_xaxes(title_text="layer (block · name); red outline: rank at or past break-even", tickangle=-60)
-    return _layout(figure, "Parameters kept and removed per layer", 420)
+    layout = _base_layout("Parameters kept and removed per layer", 420)
+    layout.update(barmode="stack", yaxis=dict(title=dict(text="weight parameters (thousands)")),
+                  xaxis=dict(title=dict(text="layer (block · name); red outline: rank at or past break-even"),
+                             tickangle=-60))
+    return go.Figure(data=[
+        go.Bar(x=labels, y=frame["kept_params"] / 1e3, name="kept", marker_color=KEPT_COLOR,
+               marker_line_color=outline, marker_line_width=2,
+               hovertemplate="%{x}<br>kept %{y:.1f}k weights<extra></extra>"),
+        go.Bar(x=labels, y=removed / 1e3, name="removed", marker_color=REMOVED_COLOR,
+               hovertemplate="%{x}<br>removed %{y:.1f}k weights<extra></extra>"),
+    ], layout=layout)
 
 
 def spectrum_figure(spectra: Mapping[str, pd.DataFrame], rows: pd.DataFrame, columns: int = 3) -> go.Figure:
     """Normalised singular values of each layer in ``rows`` (a slice of the layer frame), SVD vs FWSVD,
     with the current cut (solid) and the break-even rank (dotted)."""
-    names = list(rows["layer"])
-    grid_rows = max(1, -(-len(names) // columns))
-    figure = make_subplots(rows=grid_rows, cols=columns, subplot_titles=list(rows["name_in_block"]),
-                           horizontal_spacing=0.06, vertical_spacing=0.16)
+    grid_rows = max(1, -(-len(rows) // columns))
+    layout = _base_layout("Singular-value spectra (solid line: current rank; dotted: break-even)", 300 * grid_rows + 80)
+    layout.update(_grid(grid_rows, columns, list(rows["name_in_block"]), horizontal=0.06, vertical=0.16))
+    # Traces as dicts: the figure validates them once, not once here and again in go.Figure.
+    traces, shapes = [], []
     for position, (_, row) in enumerate(rows.iterrows()):
-        r, c = position // columns + 1, position % columns + 1
+        axis = "" if position == 0 else str(position + 1)
         spectrum = spectra[row["layer"]]
         for method in METHODS:
             part = spectrum[spectrum["method"] == method]
-            figure.add_trace(go.Scatter(
-                x=part["index"], y=part["value"], mode="lines", name=LABELS[method], legendgroup=method,
-                line=dict(color=COLORS[method], width=2), showlegend=position == 0,
-                hovertemplate="σ%{x}: %{y:.3g} of σ1<extra>" + LABELS[method] + "</extra>"), row=r, col=c)
-        figure.add_vline(x=row["rank"], line=dict(color=WARNING_COLOR if row["above_break_even"] else "#202124",
-                                                   width=2), row=r, col=c)
-        figure.add_vline(x=row["break_even_rank"], line=dict(color="#9AA0A6", dash="dot", width=1), row=r, col=c)
-    figure.update_yaxes(type="log", title_text="σ / σ1")
-    figure.update_xaxes(title_text="singular value index")
-    height = 300 * grid_rows + 80
-    return _layout(figure, "Singular-value spectra (solid line: current rank; dotted: break-even)", height)
+            traces.append(dict(
+                type="scatter", x=part["index"].to_numpy(), y=part["value"].to_numpy(), mode="lines",
+                name=LABELS[method], legendgroup=method,
+                line=dict(color=COLORS[method], width=2), showlegend=position == 0, xaxis=f"x{axis}",
+                yaxis=f"y{axis}", hovertemplate="σ%{x}: %{y:.3g} of σ1<extra>" + LABELS[method] + "</extra>"))
+        cut_color = WARNING_COLOR if row["above_break_even"] else "#202124"
+        for x, line in ((row["rank"], dict(color=cut_color, width=2)),
+                        (row["break_even_rank"], dict(color="#9AA0A6", dash="dot", width=1))):
+            shapes.append(dict(type="line", x0=x, x1=x, y0=0, y1=1, xref=f"x{axis}", yref=f"y{axis} domain",
+                               line=line))
+        layout[f"xaxis{axis}"]["title"] = dict(text="singular value index")
+        layout[f"yaxis{axis}"].update(type="log", title=dict(text="σ / σ1"))
+    layout["shapes"] = shapes
+    return go.Figure(data=traces, layout=layout)
 
 
 def fisher_layers_figure(frame: pd.DataFrame) -> go.Figure:
@@ -191,7 +236,3 @@ def evaluation_figure(frame: pd.DataFrame, metric: str) -> go.Figure:
     figure.update_xaxes(title_text="model")
     return _layout(figure, f"{metric.replace('_', ' ').capitalize()} at the current ranks", 360)
 
-
-def labels_for(methods: Sequence[str]) -> list[str]:
-    """Display names of methods."""
-    return [LABELS.get(method, method) for method in methods]

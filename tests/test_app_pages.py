@@ -174,7 +174,8 @@ def test_fisher_page_shows_importance_and_compares_modes(app):
 
     at.button(key="compute_other_fisher").click().run()
     assert not at.exception and not at.error
-    assert "Exact per-example Fisher vs the batch shortcut" in _chart(at, "fisher_exact_vs_batch")["layout"]["title"]["text"]
+    title = _chart(at, "fisher_exact_vs_batch")["layout"]["title"]["text"]
+    assert "Exact per-example Fisher vs the batch shortcut" in title
     assert -1 <= float(_metric(at, "Median Spearman correlation")) <= 1
 
     at.radio(key="fisher_mode").set_value("batch").run()

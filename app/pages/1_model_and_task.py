@@ -8,7 +8,8 @@ import ui_state as ui
 from fwsvd import explore
 from fwsvd.tasks import TASK_NAMES
 
-MODEL_KINDS = {"demo": "Demo model (MiniLM-L6, Rotten Tomatoes)", "local": "Local directory", "hub": "Hugging Face hub id"}
+MODEL_KINDS = {"demo": "Demo model (MiniLM-L6, Rotten Tomatoes)", "local": "Local directory",
+               "hub": "Hugging Face hub id"}
 LOCAL_TASK = "local file"
 
 st.title("Model & task")
