@@ -22,7 +22,7 @@ from typing import Any
 
 import streamlit as st
 
-from fwsvd import DecompositionStore, analyze_layers, find_blocks
+from fwsvd import DecompositionStore, find_blocks
 from fwsvd import explore
 
 logger = logging.getLogger(__name__)
@@ -252,7 +252,7 @@ def fisher_key(fisher: Any) -> str:
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _analyses(_loaded: Loaded, _fisher: Any, key: tuple) -> dict:
     # ``key`` (source and Fisher identity) stands for the unhashable model and importances.
-    return analyze_layers(_loaded.model, _fisher.importances, store=decomposition_store())
+    return explore.cached_analyses(_loaded.model, _fisher.importances, store=decomposition_store())
 
 
 def analyses_for(loaded: Loaded, fisher: Any) -> dict:

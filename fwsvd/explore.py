@@ -23,14 +23,16 @@ import pandas as pd
 import torch
 from torch import nn
 
-from fwsvd.cache import default_cache_dir
+from fwsvd.cache import TensorCache, default_cache_dir, key_digest, tensor_digest
 from fwsvd.compress import (
     LayerAnalysis,
+    analyze_layers,
     compressed_copy,
     ranks_for_param_fraction,
     resolve_ranks,
 )
-from fwsvd.factorize import validate_rank
+from fwsvd.factorize import IMPORTANCE_FLOOR, ErrorCurves, validate_rank
+from fwsvd.store import FORMAT_VERSION as STORE_FORMAT
 from fwsvd.store import DecompositionStore
 from fwsvd.targets import dense_weight, find_blocks, find_targets
 
@@ -40,6 +42,9 @@ METHODS: tuple[str, ...] = ("svd", "fwsvd")
 #: Written into every exported rank configuration, checked when one is loaded back.
 RANK_CONFIG_FORMAT = "fwsvd-rank-config"
 RANK_CONFIG_VERSION = 1
+
+#: Bump when what :func:`cached_analyses` stores changes, so old files are recomputed.
+ANALYSIS_FORMAT = 1
 
 #: The two ways the rank explorer sets every layer at once.
 GLOBAL_MODES: tuple[str, ...] = ("rank_ratio", "param_budget")
@@ -172,6 +177,68 @@ def rank_config_from_json(text: str | bytes, analyses: Mapping[str, LayerAnalysi
         raise ValueError(f"not a rank configuration: format is {document.get('format')!r}, "
                          f"expected {RANK_CONFIG_FORMAT!r}")
     return check_ranks(analyses, document["ranks"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Analyses, cached
+
+
+def cached_analyses(model: nn.Module, importances: Mapping[str, torch.Tensor], *,
+                    store: DecompositionStore | None = None,
+                    cache_dir: str | Path | None = None) -> dict[str, LayerAnalysis]:
+    """:func:`fwsvd.analyze_layers` for SVD and FWSVD, kept in the disk cache.
+
+    The analyses hold only singular values and error curves (k numbers per layer and method), yet computing
+    the curves from the stored decompositions takes seconds on CPU; this cache makes opening the dashboard
+    on a known model and Fisher a matter of reading one small file. The key is the content of every target
+    weight and importance, so a changed weight or Fisher is never served stale.
+    """
+    targets = find_targets(model)
+    layers = {name: [tensor_digest(dense_weight(module)),
+                     tensor_digest(importances[name]) if name in importances else None]
+              for name, module in targets.items()}
+    key = {"kind": "layer-analysis", "format": ANALYSIS_FORMAT, "store_format": STORE_FORMAT,
+           "floor": IMPORTANCE_FLOOR, "layers": key_digest(layers)}
+    cache = TensorCache(cache_dir, namespace="analyses")
+    tensors = cache.get(key)
+    if tensors is not None:
+        return _analyses_from_tensors(tensors, targets)
+    analyses = analyze_layers(model, importances, store=store)
+    cache.put(key, _analyses_to_tensors(analyses))
+    return analyses
+
+
+def _analyses_to_tensors(analyses: Mapping[str, LayerAnalysis]) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for index, analysis in enumerate(analyses.values()):
+        for method, curves in analysis.curves.items():
+            prefix = f"{index}.{method}"
+            tensors[f"{prefix}.s"] = analysis.singular_values[method]
+            tensors[f"{prefix}.plain"] = curves.plain
+            norms = [curves.weight_norm, math.nan if curves.weighted_norm is None else curves.weighted_norm]
+            tensors[f"{prefix}.norms"] = torch.tensor(norms, dtype=torch.float64)
+            if curves.weighted is not None:
+                tensors[f"{prefix}.weighted"] = curves.weighted
+    return tensors
+
+
+def _analyses_from_tensors(tensors: Mapping[str, torch.Tensor],
+                           targets: Mapping[str, nn.Module]) -> dict[str, LayerAnalysis]:
+    analyses = {}
+    for index, (name, module) in enumerate(targets.items()):
+        singular_values, curves = {}, {}
+        for method in METHODS:
+            prefix = f"{index}.{method}"
+            if f"{prefix}.s" not in tensors:
+                continue
+            weight_norm, weighted_norm = tensors[f"{prefix}.norms"].tolist()
+            singular_values[method] = tensors[f"{prefix}.s"]
+            curves[method] = ErrorCurves(plain=tensors[f"{prefix}.plain"], weighted=tensors.get(f"{prefix}.weighted"),
+                                         weight_norm=weight_norm,
+                                         weighted_norm=None if math.isnan(weighted_norm) else weighted_norm)
+        out_features, in_features = dense_weight(module).shape
+        analyses[name] = LayerAnalysis(name, out_features, in_features, singular_values, curves)
+    return analyses
 
 
 # --------------------------------------------------------------------------------------------------

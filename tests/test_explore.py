@@ -240,3 +240,28 @@ def test_evaluate_methods_and_archive(tiny_task, tmp_path):
         opened.extractall(tmp_path / "unzipped")
     reloaded = load_compressed(tmp_path / "unzipped" / "model")
     assert sum(p.numel() for p in reloaded.parameters()) == results["fwsvd"]["params"]
+
+
+def test_cached_analyses_round_trip_and_follow_the_weights(cache_dir):
+    model = tiny_bert()
+    fisher = _fisher(model)
+    store = DecompositionStore(use_disk=False)
+    first = explore.cached_analyses(model, fisher, store=store)
+    computed = store.computed
+    again = explore.cached_analyses(model, fisher, store=store)
+    assert store.computed == computed  # read back, nothing decomposed
+    for name, analysis in first.items():
+        other = again[name]
+        assert (other.out_features, other.in_features) == (analysis.out_features, analysis.in_features)
+        for method in ("svd", "fwsvd"):
+            assert torch.equal(other.singular_values[method], analysis.singular_values[method])
+            assert torch.equal(other.curves[method].weighted, analysis.curves[method].weighted)
+            assert other.curves[method].weight_norm == analysis.curves[method].weight_norm
+    ranks = explore.global_ranks(model, "rank_ratio", 0.3)
+    assert explore.layer_frame(first, ranks).equals(explore.layer_frame(again, ranks))
+    with torch.no_grad():
+        next(iter(find_targets(model).values())).weight.mul_(2)
+    changed = explore.cached_analyses(model, fisher, store=store)
+    assert store.computed > computed
+    name = next(iter(first))
+    assert changed[name].curves["svd"].weight_norm == pytest.approx(2 * first[name].curves["svd"].weight_norm)
