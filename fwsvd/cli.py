@@ -224,7 +224,7 @@ def _check_output(path: Path) -> Path:
 
 
 def _cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
-    directory = ensure_demo_model(force=args.force)
+    directory = ensure_demo_model(force=args.force).resolve()
     metrics = demo_info(directory)["test_metrics"]
     print(f"demo model: {directory}\ntest: {_metrics_text(metrics)}")
     return {"model_dir": str(directory), "metrics": metrics}

@@ -95,10 +95,12 @@ def test_finetune_a_dense_model(model_dir, csv, tmp_path, cache_dir):
     assert not (tmp_path / "tuned" / INFO_FILE).exists()
 
 
-def test_demo_json(monkeypatch, tmp_path):
-    monkeypatch.setattr(cli, "ensure_demo_model", lambda force=False: tmp_path)
+def test_demo_json_gives_an_absolute_model_dir(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # the default cache folder is relative to the working directory
+    monkeypatch.setattr(cli, "ensure_demo_model", lambda force=False: Path("cache/demo/v2"))
     monkeypatch.setattr(cli, "demo_info", lambda directory: {"test_metrics": {"accuracy": 0.8}})
-    assert _run(["demo"], tmp_path) == {"model_dir": str(tmp_path), "metrics": {"accuracy": 0.8}}
+    assert _run(["demo"], tmp_path) == {"model_dir": str(tmp_path / "cache/demo/v2"),
+                                        "metrics": {"accuracy": 0.8}}
 
 
 def test_app_runs_streamlit_on_the_repository_app(monkeypatch, tmp_path):
