@@ -115,7 +115,7 @@ def spectrum_figure(spectra: Mapping[str, pd.DataFrame], rows: pd.DataFrame, col
     with the current cut (solid) and the break-even rank (dotted)."""
     grid_rows = max(1, -(-len(rows) // columns))
     layout = _base_layout("Singular-value spectra (solid line: current rank; dotted: break-even)", 300 * grid_rows + 80)
-    layout.update(_grid(grid_rows, columns, list(rows["name_in_block"]), horizontal=0.06, vertical=0.16))
+    layout.update(_grid(grid_rows, columns, list(rows["name_in_block"]), horizontal=0.07, vertical=0.16))
     # Traces as dicts: the figure validates them once, not once here and again in go.Figure.
     traces, shapes = [], []
     for position, (_, row) in enumerate(rows.iterrows()):
@@ -134,7 +134,10 @@ def spectrum_figure(spectra: Mapping[str, pd.DataFrame], rows: pd.DataFrame, col
             shapes.append(dict(type="line", x0=x, x1=x, y0=0, y1=1, xref=f"x{axis}", yref=f"y{axis} domain",
                                line=line))
         layout[f"xaxis{axis}"]["title"] = dict(text="singular value index")
-        layout[f"yaxis{axis}"].update(type="log", title=dict(text="σ / σ1"))
+        # Decades only: plotly's default minor labels (2, 5) crowd a small log axis.
+        layout[f"yaxis{axis}"].update(type="log", dtick=1, exponentformat="power")
+        if position % columns == 0:
+            layout[f"yaxis{axis}"]["title"] = dict(text="σ / σ1 (log)")
     layout["shapes"] = shapes
     return go.Figure(data=traces, layout=layout)
 
@@ -182,7 +185,10 @@ def cumulative_figure(curves: Mapping[str, pd.DataFrame]) -> go.Figure:
                                 line=dict(color="#9AA0A6", dash="dot")))
     figure.update_xaxes(title_text="share of input features (most important first)", tickformat=".0%")
     figure.update_yaxes(title_text="share of the layer's importance", tickformat=".0%")
-    return _layout(figure, "How concentrated the importance is", 420)
+    _layout(figure, "How concentrated the importance is", 460)
+    # Six layer names do not fit beside the title: the legend goes to the right of the plot.
+    figure.update_layout(legend=dict(orientation="v", x=1.02, xanchor="left", y=1, yanchor="top"))
+    return figure
 
 
 def exact_vs_batch_figure(frame: pd.DataFrame) -> go.Figure:
@@ -217,7 +223,7 @@ def compare_figure(frame: pd.DataFrame, metric: str) -> go.Figure:
     if not dense.empty:
         figure.add_hline(y=float(dense[metric].iloc[0]), line=dict(color=COLORS["dense"], dash="dash", width=2),
                          annotation_text=f"dense model ({float(dense['params'].iloc[0]) / 1e6:.1f}M)",
-                         annotation_position="bottom right")
+                         annotation_position="top left")
     figure.update_xaxes(title_text="model parameters (millions)")
     figure.update_yaxes(title_text=metric.replace("_", " "))
     return _layout(figure, f"{metric.replace('_', ' ').capitalize()} against model size: SVD vs FWSVD", 460)

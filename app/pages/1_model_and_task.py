@@ -81,11 +81,11 @@ def apply(chosen: ui.Source) -> None:
 def show_summary(loaded: ui.Loaded) -> None:
     summary = explore.model_summary(loaded.model)
     st.subheader("Architecture")
-    st.caption(f"`{loaded.source.model}` on task **{loaded.source.task_label}** "
+    st.caption(f"`{summary['model_class']}` from `{loaded.source.model}` on task **{loaded.source.task_label}** "
                f"({loaded.task.kind}, {loaded.task.num_labels} labels, metric: {ui.metric_of(loaded)})")
     cols = st.columns(4)
-    cols[0].metric("Model", summary["model_class"])
-    cols[1].metric("Parameters", ui.count(summary["parameters"]))
+    cols[0].metric("Parameters", ui.count(summary["parameters"]))
+    cols[1].metric("Target weights", ui.count(summary["target_parameters"]))
     cols[2].metric("Target layers", f"{summary['target_layers']} in {summary['blocks']} blocks")
     cols[3].metric("Held by target layers", f"{summary['target_share']:.0%}",
                    help="Embeddings and the task head are not compressed, as in the paper.")

@@ -138,7 +138,12 @@ def evaluation(loaded: ui.Loaded, fisher, ranks: dict[str, int]) -> None:
     table_frame = explore.evaluations_frame([({"ranks": digest}, entry["results"])])
     right.plotly_chart(charts.evaluation_figure(table_frame, metric), key="evaluation_chart")
     st.dataframe(table_frame[["method", metric, "params", "num_examples", "latency_s_per_batch"]],
-                 hide_index=True, width="stretch", key="evaluation_table")
+                 hide_index=True, width="stretch", key="evaluation_table",
+                 column_config={metric: st.column_config.NumberColumn(format="%.4f"),
+                                "params": st.column_config.NumberColumn("parameters", format="localized"),
+                                "num_examples": "examples",
+                                "latency_s_per_batch": st.column_config.NumberColumn(
+                                    "latency (s / batch of 32)", format="%.3f")})
 
 
 with ui.error_box():

@@ -1,0 +1,105 @@
+"""Screenshots of every dashboard page on the real demo model, for the README (docs/screenshots/*.png).
+
+Starts ``streamlit run`` on 127.0.0.1, drives headless Chromium through the pages as a user would (the
+rank explorer evaluates SVD and FWSVD at the paper's 0.33 rank ratio, the Compare page runs its default
+sweep) and captures each page at full height. Needs the demo built; computes the default Fisher (exact
+and batch, for the comparison) into the cache first if it is missing. Run from the repository root:
+
+    python bench/screenshots.py            # writes docs/screenshots/*.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "app"), str(ROOT / "tests")]
+
+from app_support import CHROMIUM, CHROMIUM_ARGS, streamlit_server, wait_for_rerun  # noqa: E402
+
+WIDTH = 1440
+
+
+def _prepare() -> None:
+    """The demo must be built; the Fisher the pages use by default is computed once if absent."""
+    import ui_state
+
+    from fwsvd import explore
+    from fwsvd.pipeline import load_any_model, task_fisher
+
+    source = ui_state.default_source()
+    if source.model == "demo" and not explore.demo_is_built():
+        raise SystemExit("build the demo model first (Model & task page, or fwsvd.demo.ensure_demo_model())")
+    task = ui_state.task_for(source)
+    model, tokenizer, _ = load_any_model(source.model, task)
+    settings = ui_state.FisherSettings()
+    for mode in ("per_example", "batch"):
+        result = task_fisher(model, tokenizer, task, num_examples=settings.num_examples, seed=settings.seed,
+                             max_length=settings.max_length, mode=mode)
+        print(f"Fisher {mode}: {'cached' if result.from_cache else f'computed in {result.seconds:.0f} s'}")
+
+
+def _capture(page, path: Path) -> None:
+    """The whole page: the viewport grows to the content's height (Streamlit scrolls inside its main area)."""
+    height = page.evaluate("document.querySelector(\"[data-testid='stMainBlockContainer']\").scrollHeight")
+    page.set_viewport_size({"width": WIDTH, "height": int(height) + 120})
+    page.wait_for_timeout(1500)  # plotly re-lays out to the new size
+    page.screenshot(path=str(path))
+    page.set_viewport_size({"width": WIDTH, "height": 1000})
+    print(f"wrote {path.relative_to(ROOT)}")
+
+
+def _go(page, title: str) -> None:
+    page.locator("[data-testid='stSidebarNav'] a").filter(has_text=title).click()
+    wait_for_rerun(page, timeout_ms=600_000)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
+    args = parser.parse_args(argv)
+    if not CHROMIUM.exists():
+        raise SystemExit(f"no Chromium at {CHROMIUM}")
+    _prepare()
+    args.out.mkdir(parents=True, exist_ok=True)
+    from playwright.sync_api import sync_playwright
+
+    log = ROOT / "cache" / "screenshots_streamlit.log"
+    with streamlit_server({}, log, timeout=300) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": WIDTH, "height": 1000})
+            page.set_default_timeout(600_000)
+            page.goto(url)
+            page.wait_for_selector(".js-plotly-plot >> text=Reconstruction error per layer")
+            wait_for_rerun(page)
+            page.get_by_role("button", name="Evaluate SVD and FWSVD").click()
+            page.wait_for_selector(".js-plotly-plot >> text=at the current ranks")
+            wait_for_rerun(page)
+            _capture(page, args.out / "3_rank_explorer.png")
+
+            _go(page, "Fisher")
+            page.wait_for_selector(".js-plotly-plot >> text=Exact per-example Fisher vs the batch shortcut")
+            _capture(page, args.out / "2_fisher.png")
+
+            _go(page, "Compare")
+            page.get_by_role("button", name="Run sweep").click()
+            page.wait_for_selector(".js-plotly-plot >> text=against model size")
+            wait_for_rerun(page)
+            _capture(page, args.out / "4_compare.png")
+
+            _go(page, "Model & task")
+            page.wait_for_selector("text=Architecture")
+            _capture(page, args.out / "1_model_and_task.png")
+
+            _go(page, "Export")
+            page.wait_for_selector("text=Rank configuration")
+            _capture(page, args.out / "5_export.png")
+        finally:
+            browser.close()
+
+
+if __name__ == "__main__":
+    main()
