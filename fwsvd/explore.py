@@ -426,13 +426,13 @@ class _NotCached(LookupError):
 
 
 def cached_task_fisher(model: nn.Module, task: Any, *, num_examples: int, seed: int, max_length: int,
-                       mode: str, cache_dir: str | Path | None = None) -> Any:
+                       mode: str, batch_size: int = 32, cache_dir: str | Path | None = None) -> Any:
     """The Fisher :func:`fwsvd.pipeline.task_fisher` would return (a ``FisherResult``) if the disk cache
     holds it, else None. Never estimates, so opening the dashboard stays fast.
 
     ``load_or_estimate_fisher`` builds the data only on a miss, and the factory given here refuses to, so a
-    miss costs one digest of the model's weights. The cache key is task_fisher's: the same data identity
-    and the example count capped at the train split's size.
+    miss costs one digest of the model's weights. The cache key is task_fisher's: the same data identity,
+    the example count capped at the train split's size, and (batch mode) task_fisher's default batch size.
     """
     from fwsvd.fisher import load_or_estimate_fisher
 
@@ -442,7 +442,8 @@ def cached_task_fisher(model: nn.Module, task: Any, *, num_examples: int, seed: 
     used = min(num_examples, len(task.load_split("train")))
     try:
         return load_or_estimate_fisher(model, refuse, data_id=task.data_id("train"), num_examples=used,
-                                       seed=seed, max_length=max_length, mode=mode, cache_dir=cache_dir)
+                                       seed=seed, max_length=max_length, mode=mode, batch_size=batch_size,
+                                       cache_dir=cache_dir)
     except _NotCached:
         return None
 

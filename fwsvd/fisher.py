@@ -125,6 +125,7 @@ def load_or_estimate_fisher(
     seed: int,
     max_length: int,
     mode: Mode = "per_example",
+    batch_size: int | None = None,
     targets: TargetSpec = None,
     cache_dir: str | Path | None = None,
     progress: Progress | None = None,
@@ -134,13 +135,16 @@ def load_or_estimate_fisher(
 
     The cache key is everything that determines the result: a digest of the model's weights, the data's
     identity (``data_id``: data set and split), ``num_examples``, ``seed``, ``max_length``, ``mode`` and
-    the target layers. ``batches`` is a zero-argument factory, so a cache hit never builds the data. A
+    the target layers — and, in batch mode only, ``batch_size``: the shortcut squares each batch's gradient,
+    so its result depends on how examples are grouped, while the exact per-example sum does not. ``batches`` is a zero-argument factory, so a cache hit never builds the data. A
     corrupt, truncated or mismatched cache file is reported (logged warning), recomputed and overwritten.
     In a ``torch.distributed`` group the factory yields this rank's shard; rank 0 reads and writes the
     cache and shares a hit with the other ranks.
     """
     start = time.perf_counter()
     _check_mode(mode)
+    if mode == "batch" and batch_size is None:
+        raise ValueError("mode='batch' depends on how examples are grouped: pass the batch_size used by batches")
     resolved = resolve_targets(model, targets)
     provenance: dict[str, Any] = {
         "model_digest": model_digest(model),
@@ -150,6 +154,8 @@ def load_or_estimate_fisher(
         "max_length": max_length,
         "mode": mode,
     }
+    if mode == "batch":
+        provenance["batch_size"] = batch_size
     key = {"kind": "fisher", "format": CACHE_FORMAT, **provenance,
            "targets": key_digest({"names": sorted(resolved)})}
     cache = TensorCache(cache_dir, namespace="fisher")

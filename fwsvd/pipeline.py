@@ -95,7 +95,7 @@ def task_fisher(
 
     return load_or_estimate_fisher(
         model, batches, data_id=task.data_id("train"), num_examples=used, seed=seed, max_length=max_length,
-        mode=mode, cache_dir=cache_dir, progress=progress,
+        mode=mode, batch_size=batch_size, cache_dir=cache_dir, progress=progress,
     )
 
 

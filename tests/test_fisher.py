@@ -266,7 +266,8 @@ def test_cache_miss_then_hit(cache_dir):
 
 
 @pytest.mark.parametrize("change", [
-    {"data_id": "tiny/validation"}, {"num_examples": 8}, {"seed": 1}, {"max_length": 16}, {"mode": "batch"},
+    {"data_id": "tiny/validation"}, {"num_examples": 8}, {"seed": 1}, {"max_length": 16},
+    {"mode": "batch", "batch_size": 4},
     {"targets": ["bert.encoder.layer.0.attention.self.query"]}, "weights"])
 def test_any_key_change_misses(cache_dir, change):
     model, batches = tiny_bert(), CountingBatches()
@@ -278,6 +279,19 @@ def test_any_key_change_misses(cache_dir, change):
     result = load_or_estimate_fisher(model, batches, **{**KEY, **change})
     assert not result.from_cache and batches.calls == 2
     assert len(list((cache_dir / "fisher").glob("*.safetensors"))) == 2
+
+
+def test_batch_size_keys_batch_mode_only(cache_dir):
+    """The shortcut's result depends on how examples are grouped; the exact sum does not."""
+    model, batches = tiny_bert(), CountingBatches()
+    exact = load_or_estimate_fisher(model, batches, **KEY, batch_size=4)
+    assert load_or_estimate_fisher(model, batches, **KEY, batch_size=8).from_cache
+    assert "batch_size" not in exact.provenance
+    shortcut = load_or_estimate_fisher(model, batches, **KEY, mode="batch", batch_size=4)
+    assert not shortcut.from_cache and shortcut.provenance["batch_size"] == 4
+    assert not load_or_estimate_fisher(model, batches, **KEY, mode="batch", batch_size=8).from_cache
+    with pytest.raises(ValueError, match="pass the batch_size"):
+        load_or_estimate_fisher(model, batches, **KEY, mode="batch")
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "other key", "flipped value"])
