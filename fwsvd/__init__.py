@@ -1,5 +1,10 @@
 """fwsvd: Fisher-weighted SVD compression of fine-tuned transformer language models."""
 
+__version__ = "0.1.0"
+
+import importlib
+from typing import Any
+
 from fwsvd.compress import (
     CompressionReport,
     LayerAnalysis,
@@ -27,6 +32,8 @@ __all__ = [
     "LayerAnalysis",
     "LayerReport",
     "LowRankLinear",
+    "SweepResult",
+    "SweepRun",
     "analyze_layers",
     "break_even_rank",
     "compress_",
@@ -39,8 +46,33 @@ __all__ = [
     "estimate_fisher",
     "find_blocks",
     "find_targets",
+    "load_any_model",
+    "load_compressed",
     "load_or_estimate_fisher",
     "low_rank_factors",
     "ranks_for_param_fraction",
+    "read_compressed_info",
     "resolve_ranks",
+    "run_sweep",
+    "save_compressed",
+    "task_fisher",
 ]
+
+# The task-level API pulls in datasets and the tasks layer; it is imported on first use so that
+# `import fwsvd` for compression alone stays light.
+_LAZY_EXPORTS = {
+    "load_compressed": "fwsvd.persistence",
+    "read_compressed_info": "fwsvd.persistence",
+    "save_compressed": "fwsvd.persistence",
+    "load_any_model": "fwsvd.pipeline",
+    "task_fisher": "fwsvd.pipeline",
+    "SweepResult": "fwsvd.sweep",
+    "SweepRun": "fwsvd.sweep",
+    "run_sweep": "fwsvd.sweep",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_EXPORTS:
+        return getattr(importlib.import_module(_LAZY_EXPORTS[name]), name)
+    raise AttributeError(f"module 'fwsvd' has no attribute {name!r}")
