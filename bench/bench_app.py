@@ -59,8 +59,11 @@ def _load(source):
 def bench_rank_change(model, fisher, repeats: int) -> dict[str, float]:
     store = DecompositionStore()
     start = time.perf_counter()
-    analyses = analyze_layers(model, fisher.importances, store=store)
-    first = time.perf_counter() - start
+    analyze_layers(model, fisher.importances, store=store)
+    uncached = time.perf_counter() - start
+    start = time.perf_counter()
+    analyses = explore.cached_analyses(model, fisher.importances, store=store)
+    cached = time.perf_counter() - start
     blocks = find_blocks(model)
     names = list(analyses)
     base = explore.global_ranks(model, "rank_ratio", 0.33)
@@ -82,7 +85,7 @@ def bench_rank_change(model, fisher, repeats: int) -> dict[str, float]:
         library.append(middle - start)
         figures.append(time.perf_counter() - middle)
     assert store.computed == computed, "a rank change recomputed an SVD"
-    return {"analysis_first_s": first, "library_s": statistics.median(library),
+    return {"analysis_uncached_s": uncached, "analysis_cached_s": cached, "library_s": statistics.median(library),
             "figures_s": statistics.median(figures),
             "total_s": statistics.median([a + b for a, b in zip(library, figures)])}
 
@@ -118,7 +121,8 @@ def bench_evaluation(model, tokenizer, task, fisher, limit: int) -> dict[str, fl
     seconds = time.perf_counter() - start
     metric = task.metric_names[0]
     return {"seconds": seconds, "svd": results["svd"]["metrics"][metric],
-            "fwsvd": results["fwsvd"]["metrics"][metric], "examples": results["svd"]["num_examples"]}
+            "fwsvd": results["fwsvd"]["metrics"][metric], "examples": results["svd"]["num_examples"],
+            "latency_s_per_batch": statistics.mean(results[method]["latency_s_per_batch"] for method in results)}
 
 
 def bench_cold_start() -> dict[str, float] | None:
@@ -143,10 +147,18 @@ def bench_cold_start() -> dict[str, float] | None:
             page.wait_for_selector(".js-plotly-plot >> text=Reconstruction error per layer")
             wait_for_rerun(page)
             drawn = time.perf_counter()
+            # Opening the app again (another tab): the server has imported everything and holds the model.
+            again = browser.new_page(viewport={"width": 1400, "height": 1100})
+            again.set_default_timeout(300_000)
+            reopened = time.perf_counter()
+            again.goto(url)
+            again.wait_for_selector(".js-plotly-plot >> text=Reconstruction error per layer")
+            wait_for_rerun(again)
+            redrawn = time.perf_counter()
         finally:
             browser.close()
     return {"from_server_start_s": drawn - start, "from_first_request_s": drawn - opened,
-            "server_start_s": served - start}
+            "server_start_s": served - start, "reopen_s": redrawn - reopened}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -194,10 +206,12 @@ def main(argv: list[str] | None = None) -> None:
         f"< 500 ms | {verdict(rank['total_s'], TARGETS['rank change'])} |",
         f"| whole rank-explorer rerun after a slider move (AppTest, in process) | {rerun * 1e3:.0f} ms | < 500 ms | "
         f"{verdict(rerun, TARGETS['rank change'])} |",
-        f"| first analysis of all layers (SVD + FWSVD, from the disk cache when warm) | {rank['analysis_first_s']:.2f} s"
-        " | | |",
+        f"| analysis of all layers from the stored decompositions (error curves recomputed) | "
+        f"{rank['analysis_uncached_s']:.2f} s | | |",
+        f"| the same from the analysis cache (what opening the app does) | {rank['analysis_cached_s']:.2f} s | | |",
         f"| **evaluate SVD + FWSVD** on {evaluation['examples']} validation examples | "
         f"**{evaluation['seconds']:.1f} s** | < 30 s | {verdict(evaluation['seconds'], TARGETS['evaluation'])} |",
+        f"| of which: median forward pass per batch of 32 | {evaluation['latency_s_per_batch']:.2f} s | | |",
     ]
     if cold is not None:
         lines += [
@@ -205,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
             f"| < 10 s | {verdict(cold['from_server_start_s'], TARGETS['cold start'])} |",
             f"| of which: server healthy | {cold['server_start_s']:.1f} s | | |",
             f"| of which: first request → explorer drawn | {cold['from_first_request_s']:.1f} s | | |",
+            f"| opening it again (second tab, server warm) | {cold['reopen_s']:.1f} s | | |",
         ]
     else:
         lines.append("| cold start | not measured: no Chromium at /usr/bin/chromium | < 10 s | |")
