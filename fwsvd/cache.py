@@ -38,8 +38,9 @@ def default_cache_dir() -> Path:
 def _update_with_tensor(digest: "hashlib._Hash", tensor: torch.Tensor) -> None:
     tensor = tensor.detach().contiguous().cpu()
     digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
-    # Hash the raw bytes (through uint8) so every dtype, bfloat16 included, hashes without conversion.
-    digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    # Hash the raw bytes (through uint8) so every dtype, bfloat16 included, hashes without conversion;
+    # the numpy view is passed as a buffer, so nothing is copied.
+    digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
 
 
 def tensor_digest(tensor: torch.Tensor) -> str:
