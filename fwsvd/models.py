@@ -49,7 +49,7 @@ def load_model(
     location = _locate(source)
     with quiet_transformers():
         config = _load_config(location, source, trust_remote_code)
-        head = _check_head(config, task, num_labels, source)
+        head = check_head(config, task, num_labels, source)
         model = _HEADS[head].from_pretrained(location, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
     _ensure_padding(model, tokenizer)
@@ -83,7 +83,7 @@ def _load_config(location: str, source: str | os.PathLike[str], trust_remote_cod
                          f"({type(error).__name__}: {error}). Offline, use a local directory or 'demo'.") from error
 
 
-def _check_head(config: PretrainedConfig, task: Task | None, num_labels: int | None,
+def check_head(config: PretrainedConfig, task: Task | None, num_labels: int | None,
                 source: str | os.PathLike[str]) -> str:
     """The head suffix to load with, after checking it fits the task and label count."""
     architectures = config.architectures or []
