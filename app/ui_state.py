@@ -195,6 +195,16 @@ def require_model() -> Loaded:
         return _load(current)
 
 
+def require_fisher(loaded: Loaded, why: str) -> Any:
+    """The cached Fisher for the current settings; otherwise ``why`` and a link to the Fisher page, and stop."""
+    fisher = fisher_for(loaded)
+    if fisher is None:
+        st.warning(why, icon=":material/warning:")
+        st.page_link(PAGES["fisher"], label="Go to the Fisher page", icon=":material/arrow_forward:")
+        st.stop()
+    return fisher
+
+
 def build_demo(progress: Callable[[int, int], None] | None) -> Path:
     from fwsvd.demo import ensure_demo_model
 

@@ -21,13 +21,7 @@ from fwsvd.fisher import (
 from fwsvd.targets import dense_weight, find_targets
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and a busy shared machine makes multi-thread syncs slow."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def dense_grad(module: nn.Module) -> torch.Tensor:

@@ -21,19 +21,10 @@ from transformers import BertForTokenClassification
 from fwsvd.distributed import init_from_env, iter_example_batches, main, rank_and_world_size, shard_batches
 from fwsvd.fisher import estimate_fisher, load_or_estimate_fisher
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.usefixtures("one_torch_thread")]
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = {"data_id": "tiny/train", "num_examples": 10, "seed": 0, "max_length": 12}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread, and a busy shared machine makes multi-thread syncs slow."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def free_port() -> int:

@@ -25,11 +25,7 @@ def run(loaded: ui.Loaded, fisher, ratios: list[float], limit: int, key: tuple) 
 
 with ui.error_box():
     loaded = ui.require_model()
-    fisher = ui.fisher_for(loaded)
-    if fisher is None:
-        st.warning("The sweep needs the Fisher importances for FWSVD: compute them first.", icon=":material/warning:")
-        st.page_link(ui.PAGES["fisher"], label="Go to the Fisher page", icon=":material/arrow_forward:")
-        st.stop()
+    fisher = ui.require_fisher(loaded, "The sweep needs the Fisher importances for FWSVD: compute them first.")
     validation_size = len(loaded.task.load_split("validation"))
     left, middle, right = st.columns([3, 1, 1], vertical_alignment="bottom")
     ratios = left.multiselect("Rank ratios", RATIO_CHOICES, default=DEFAULT_RATIOS, key="sweep_ratios",

@@ -71,11 +71,7 @@ def results(loaded: ui.Loaded, analyses: dict, ranks: dict[str, int]) -> None:
 
 with ui.error_box():
     loaded = ui.require_model()
-    fisher = ui.fisher_for(loaded)
-    if fisher is None:
-        st.warning("Exports need the Fisher importances: compute them on the Fisher page.", icon=":material/warning:")
-        st.page_link(ui.PAGES["fisher"], label="Go to the Fisher page", icon=":material/arrow_forward:")
-        st.stop()
+    fisher = ui.require_fisher(loaded, "Exports need the Fisher importances: compute them on the Fisher page.")
     analyses = ui.analyses_for(loaded, fisher)
     ranks = ui.ranks(loaded)
     with ui.error_box():
