@@ -8,7 +8,6 @@ reconstruction errors and a flag where the rank is at or above break-even.
 
 from __future__ import annotations
 
-import copy
 import difflib
 import math
 from collections.abc import Mapping
@@ -20,6 +19,7 @@ from torch import nn
 
 from fwsvd.factorize import METHODS, ErrorCurves, Method, validate_rank
 from fwsvd.lowrank import LowRankLinear, source_kind_of
+from fwsvd.module_copy import copy_sharing
 from fwsvd.store import DecompositionStore
 from fwsvd.targets import TargetFilter, dense_weight, find_targets
 
@@ -198,7 +198,9 @@ def _count_parameters(model: nn.Module) -> int:
 def _layer_report(name: str, method: str, module: nn.Module, rank: int, curves: ErrorCurves) -> LayerReport:
     out_features, in_features = dense_weight(module).shape
     bias = 0 if module.bias is None else module.bias.numel()
-    relative_weighted = curves.relative_weighted()
+    # Read the two entries at this rank only: relative_plain() would divide the whole curve, per layer.
+    error = float(curves.plain[rank])
+    weighted = None if curves.weighted is None else float(curves.weighted[rank])
     return LayerReport(
         name=name,
         method=method,
@@ -208,10 +210,10 @@ def _layer_report(name: str, method: str, module: nn.Module, rank: int, curves: 
         full_rank=min(out_features, in_features),
         params_before=out_features * in_features + bias,
         params_after=rank * (out_features + in_features) + bias,
-        error=float(curves.plain[rank]),
-        relative_error=float(curves.relative_plain()[rank]),
-        weighted_error=None if curves.weighted is None else float(curves.weighted[rank]),
-        relative_weighted_error=None if relative_weighted is None else float(relative_weighted[rank]),
+        error=error,
+        relative_error=error / max(curves.weight_norm, 1e-30),
+        weighted_error=weighted,
+        relative_weighted_error=None if weighted is None else weighted / max(curves.weighted_norm, 1e-30),
     )
 
 
@@ -231,8 +233,14 @@ def compress_(
     a given ``fisher`` is used only to report Fisher-weighted errors. Decompositions come from ``store``
     (default: a process-wide store over the disk cache), so a second call with other ranks runs no SVD.
     """
+    return _compress_targets(model, find_targets(model, filter_fn), ranks, method=method, fisher=fisher,
+                             store=store)
+
+
+def _compress_targets(model: nn.Module, targets: Mapping[str, nn.Module], ranks: Ranks, *, method: str,
+                      fisher: Fisher | None, store: DecompositionStore | None) -> CompressionReport:
+    """compress_ for targets already found ({qualified name in ``model``: layer})."""
     method = _check_method(method)
-    targets = find_targets(model, filter_fn)
     if not targets:
         raise ValueError(
             "no layers to compress: every Linear in the transformer blocks is already low-rank or excluded "
@@ -250,24 +258,32 @@ def compress_(
         curves = store.curves(module, decomposition_importance, importance)
         report.layers.append(_layer_report(name, method, module, rank, curves))
         weight = dense_weight(module)
-        low_rank = LowRankLinear.from_decomposition(decomposition, rank, module.bias, source_kind_of(module))
-        low_rank = low_rank.to(device=weight.device, dtype=weight.dtype)
+        low_rank = LowRankLinear.from_decomposition(decomposition, rank, module.bias, source_kind_of(module),
+                                                    device=weight.device, dtype=weight.dtype)
         parent, attribute = _parent_and_attribute(model, name)
         setattr(parent, attribute, low_rank)
     report.model_params_after = _count_parameters(model)
     return report
 
 
-def compressed_copy(model: nn.Module, ranks: Ranks, **kwargs: Any) -> tuple[nn.Module, CompressionReport]:
-    """A compressed copy of ``model``; the original is left untouched.
+def compressed_copy(
+    model: nn.Module,
+    ranks: Ranks,
+    *,
+    method: str = "fwsvd",
+    fisher: Fisher | None = None,
+    filter_fn: TargetFilter | None = None,
+    store: DecompositionStore | None = None,
+) -> tuple[nn.Module, CompressionReport]:
+    """A compressed copy of ``model`` (arguments as for :func:`compress_`); the original is left untouched.
 
     The target layers are about to be replaced, so the copy shares them instead of copying their weights
-    first (for BERT-base, 85M of 110M parameters): this keeps a rank change fast and light.
+    first (for BERT-base, 85M of 110M parameters): this keeps a rank change fast and light. The shared
+    layers sit at the same names in the copy, so the targets found here serve both models.
     """
-    targets = find_targets(model, kwargs.get("filter_fn"))
-    memo: dict[int, Any] = {id(module): module for module in targets.values()}
-    duplicate = copy.deepcopy(model, memo)
-    report = compress_(duplicate, ranks, **kwargs)
+    targets = find_targets(model, filter_fn)
+    duplicate = copy_sharing(model, targets.values())
+    report = _compress_targets(duplicate, targets, ranks, method=method, fisher=fisher, store=store)
     return duplicate, report
 
 

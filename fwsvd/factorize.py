@@ -68,15 +68,18 @@ def importance_scale(importance: torch.Tensor, in_features: int) -> torch.Tensor
 
 @dataclass(frozen=True)
 class Decomposition:
-    """``weight · diag(scale) = u · diag(s) · vh`` (thin SVD); ``scale`` is None for plain SVD.
+    """The thin SVD ``weight · diag(scale) = U · diag(s) · Vᵀ``, kept in the form the factors are cut from.
 
-    u: (out, k), s: (k,) descending, vh: (k, in), with k = min(out, in). Kept on the CPU in float32
-    (float64 for a float64 weight): half-precision weights are decomposed in float32.
+    ``left`` = U·S (out, k) and ``right`` = Vᵀ·D⁻¹ (k, in), with k = min(out, in), s descending and
+    D = diag(scale) (``scale`` is None for plain SVD, and then ``right`` = Vᵀ). Keeping the products rather
+    than U and V makes a new rank a pair of slice copies, with no arithmetic; and the rows of ``right`` are
+    the rescaled singular vectors whose norms give the error curves. On the CPU in float32 (float64 for a
+    float64 weight): half-precision weights are decomposed in float32.
     """
 
-    u: torch.Tensor
+    left: torch.Tensor
     s: torch.Tensor
-    vh: torch.Tensor
+    right: torch.Tensor
     scale: torch.Tensor | None
 
     @property
@@ -85,7 +88,7 @@ class Decomposition:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return (self.u.shape[0], self.vh.shape[1])
+        return (self.left.shape[0], self.right.shape[1])
 
     @property
     def full_rank(self) -> int:
@@ -94,11 +97,11 @@ class Decomposition:
     def factors(self, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(first, second)`` with first = V_rᵀ D⁻¹ (rank, in) and second = U_r S_r (out, rank).
 
-        Always new tensors, never views of this decomposition, so callers may train them in place.
+        Always new contiguous tensors, never views of this decomposition, so callers may train them in place.
         """
         validate_rank(rank, self.shape)
-        second = self.u[:, :rank] * self.s[:rank]
-        first = self.vh[:rank].clone() if self.scale is None else self.vh[:rank] / self.scale
+        first = self.right[:rank].clone()
+        second = self.left[:, :rank].clone(memory_format=torch.contiguous_format)
         return first, second
 
     def reconstruct(self, rank: int) -> torch.Tensor:
@@ -106,14 +109,26 @@ class Decomposition:
         return second @ first
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {"u": self.u, "s": self.s, "vh": self.vh}
+        tensors = {"left": self.left, "s": self.s, "right": self.right}
         if self.scale is not None:
             tensors["scale"] = self.scale
         return tensors
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "Decomposition":
-        return cls(u=tensors["u"], s=tensors["s"], vh=tensors["vh"], scale=tensors.get("scale"))
+        """The inverse of :meth:`to_tensors`; raises ValueError when tensors are missing or do not fit."""
+        missing = {"left", "s", "right"} - set(tensors)
+        if missing:
+            raise ValueError(f"a decomposition needs tensors left, s and right; missing {sorted(missing)}")
+        left, s, right, scale = tensors["left"], tensors["s"], tensors["right"], tensors.get("scale")
+        k = s.numel()
+        if (s.dim() != 1 or left.dim() != 2 or right.dim() != 2 or left.shape[1] != k or right.shape[0] != k
+                or (scale is not None and scale.shape != (right.shape[1],))):
+            raise ValueError(
+                f"decomposition tensors do not fit together: left {tuple(left.shape)}, s {tuple(s.shape)}, "
+                f"right {tuple(right.shape)}, scale {None if scale is None else tuple(scale.shape)}"
+            )
+        return cls(left=left, s=s, right=right, scale=scale)
 
 
 def decompose(weight: torch.Tensor, importance: torch.Tensor | None = None) -> Decomposition:
@@ -131,19 +146,23 @@ def decompose(weight: torch.Tensor, importance: torch.Tensor | None = None) -> D
     matrix = weight.to(compute_dtype)
     scale = None
     if importance is not None:
-        scale = importance_scale(importance, weight.shape[1]).to(device=weight.device)
-        matrix = matrix * scale.to(compute_dtype)
+        scale = importance_scale(importance, weight.shape[1]).to(device=weight.device, dtype=compute_dtype)
+        matrix = matrix * scale
     out_features, in_features = matrix.shape
     if out_features >= in_features:
         u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
     else:
         v, s, uh = torch.linalg.svd(matrix.T, full_matrices=False)
         u, vh = uh.T, v.T
+    left = u * s
+    right = vh if scale is None else vh / scale
     to_store = dict(device="cpu", dtype=compute_dtype)
+    # .contiguous() after .to(): the transposed route leaves column-major factors, and .to() keeps a 2-D
+    # tensor's layout; row-major storage is what makes a rank cut a fast copy of whole rows.
     return Decomposition(
-        u=u.to(**to_store).contiguous(),
+        left=left.to(**to_store).contiguous(),
         s=s.to(**to_store).contiguous(),
-        vh=vh.to(**to_store).contiguous(),
+        right=right.to(**to_store).contiguous(),
         scale=None if scale is None else scale.to(**to_store),
     )
 
@@ -167,22 +186,20 @@ def low_rank_factors(
 def error_curve(decomposition: Decomposition, weighting: torch.Tensor | None = None) -> torch.Tensor:
     """``||(W − W_r)·diag(weighting)||_F`` for every rank r = 0..k (index r), from one decomposition.
 
-    With ``A = W·diag(scale) = Σ s_i u_i v_iᵀ``, the error at rank r is ``(Σ_{i>r} s_i u_i v_iᵀ)·diag(w/scale)``;
-    the u_i are orthonormal, so its squared norm is ``Σ_{i>r} s_i² ||v_i ⊙ w/scale||²`` — column norms of the
-    rescaled singular vectors, no matrix formed. ``weighting=None`` gives the plain Frobenius error.
-    Pass ``importance_scale(importance)`` as weighting for the Fisher-weighted error.
+    With ``W·D = Σ s_i u_i v_iᵀ``, the error at rank r is ``Σ_{i>r} s_i u_i (v_iᵀ D⁻¹)·diag(w)``; the u_i are
+    orthonormal, so its squared norm is ``Σ_{i>r} s_i² ||r_i ⊙ w||²`` with r_i the rows of
+    ``decomposition.right`` = Vᵀ D⁻¹ — column norms of the rescaled singular vectors, no matrix formed.
+    ``weighting=None`` gives the plain Frobenius error. Pass ``importance_scale(importance)`` as weighting
+    for the Fisher-weighted error.
     """
-    vh = decomposition.vh.to(torch.float64)
-    ratio = torch.ones(vh.shape[1], dtype=torch.float64)
-    if weighting is not None:
-        ratio = ratio * weighting.to(torch.float64)
-    if decomposition.scale is not None:
-        ratio = ratio / decomposition.scale.to(torch.float64)
     energies = decomposition.s.to(torch.float64).square()
     if weighting is None and decomposition.scale is None:
         per_component = energies  # orthonormal v_i: the classic Σ_{i>r} s_i²
     else:
-        per_component = energies * (vh * ratio).square().sum(dim=1)
+        rows = decomposition.right.to(torch.float64)
+        if weighting is not None:
+            rows = rows * weighting.to(torch.float64)
+        per_component = energies * rows.square().sum(dim=1)
     tail = torch.flip(torch.cumsum(torch.flip(per_component, [0]), 0), [0])
     tail = torch.cat([tail, tail.new_zeros(1)])
     return tail.clamp_min(0).sqrt()

@@ -69,27 +69,37 @@ class LowRankLinear(nn.Module):
     @classmethod
     def _from_owned(cls, first: torch.Tensor, second: torch.Tensor, bias: torch.Tensor | None,
                     source_kind: str) -> "LowRankLinear":
-        """Wrap tensors that nothing else references as the parameters. The layer is built on the meta
-        device: a regular init would draw random weights only to overwrite them, which on large layers
-        costs more than the truncation itself."""
-        rank, in_features = first.shape
-        layer = cls(in_features, second.shape[0], rank, bias=bias is not None, device="meta", source_kind=source_kind)
-        layer.first.weight = nn.Parameter(first)
-        layer.second.weight = nn.Parameter(second)
-        if bias is not None:
-            layer.second.bias = nn.Parameter(bias)
+        """Wrap tensors that nothing else references as the parameters.
+
+        The constructor is bypassed: it would build two Linear layers and draw their random initial weights
+        (even on the meta device that runs the init's Python code), only for them to be replaced — on a
+        72-layer model that costs more than cutting the factors. The result is the same module the
+        constructor builds, holding the given tensors.
+        """
+        if source_kind not in SOURCE_KINDS:
+            raise ValueError(f"source_kind must be one of {SOURCE_KINDS}, got {source_kind!r}")
+        layer = cls.__new__(cls)
+        nn.Module.__init__(layer)
+        layer.source_kind = source_kind
+        layer.first = _linear_around(first, None)
+        layer.second = _linear_around(second, bias)
         return layer
 
     @classmethod
     def from_decomposition(cls, decomposition: Decomposition, rank: int, bias: torch.Tensor | None,
-                           source_kind: str = "linear") -> "LowRankLinear":
-        """Truncate a kept decomposition: no SVD is computed. Device and dtype follow ``bias`` when given."""
+                           source_kind: str = "linear", *, device: torch.device | str | None = None,
+                           dtype: torch.dtype | None = None) -> "LowRankLinear":
+        """Truncate a kept decomposition: no SVD is computed.
+
+        Device and dtype are ``device`` / ``dtype`` when given, else those of ``bias``, else the
+        decomposition's (CPU, float32 or float64).
+        """
         first, second = decomposition.factors(rank)  # fresh tensors, not views of the decomposition
-        if bias is None:
-            return cls._from_owned(first, second, None, source_kind)
-        options = dict(device=bias.device, dtype=bias.dtype)
+        reference = bias if bias is not None else second
+        options = dict(device=device if device is not None else reference.device,
+                       dtype=dtype if dtype is not None else reference.dtype)
         return cls._from_owned(first.to(**options), second.to(**options),
-                               bias.detach().to(**options, copy=True), source_kind)
+                               None if bias is None else bias.detach().to(**options, copy=True), source_kind)
 
     @classmethod
     def from_linear(cls, module: nn.Module, rank: int,
@@ -97,8 +107,8 @@ class LowRankLinear(nn.Module):
         """Factorize an nn.Linear or transformers Conv1D (plain SVD, or FWSVD given an (in,) importance)."""
         weight = dense_weight(module)
         decomposition = decompose(weight, importance)
-        layer = cls.from_decomposition(decomposition, rank, module.bias, source_kind_of(module))
-        return layer.to(device=weight.device, dtype=weight.dtype)
+        return cls.from_decomposition(decomposition, rank, module.bias, source_kind_of(module),
+                                      device=weight.device, dtype=weight.dtype)
 
     def to_dense(self) -> nn.Linear:
         """The equivalent dense nn.Linear (factors multiplied back)."""
@@ -126,6 +136,16 @@ class LowRankLinear(nn.Module):
             else:
                 conv.bias.zero_()
         return conv
+
+
+def _linear_around(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    """An nn.Linear whose parameters are ``weight`` (out, in) and ``bias``, built without a random init."""
+    linear = nn.Linear.__new__(nn.Linear)
+    nn.Module.__init__(linear)
+    linear.out_features, linear.in_features = weight.shape
+    linear.weight = nn.Parameter(weight)
+    linear.register_parameter("bias", None if bias is None else nn.Parameter(bias))
+    return linear
 
 
 def source_kind_of(module: nn.Module) -> str:

@@ -7,6 +7,7 @@ decomposition is never used; a cache file that fails its checks is recomputed (s
 
 from __future__ import annotations
 
+import logging
 import os
 import weakref
 from typing import Any
@@ -18,8 +19,10 @@ from fwsvd.cache import TensorCache, tensor_digest
 from fwsvd.factorize import IMPORTANCE_FLOOR, Decomposition, ErrorCurves, decompose, error_curves
 from fwsvd.targets import dense_weight
 
+logger = logging.getLogger(__name__)
+
 #: Bump when the stored decomposition's definition changes, so that old cache files are not reused.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: factors kept as U·S and Vᵀ·D⁻¹
 
 
 class _DigestMemo:
@@ -77,7 +80,10 @@ class DecompositionStore:
         if self._disk is not None:
             tensors = self._disk.get(key)
             if tensors is not None:
-                decomposition = Decomposition.from_tensors(tensors)
+                try:
+                    decomposition = Decomposition.from_tensors(tensors)
+                except ValueError as error:  # passed the checksum but is not a decomposition: recompute
+                    logger.warning("cached decomposition for %s is unusable (%s); it will be recomputed", name, error)
         if decomposition is None:
             decomposition = decompose(dense_weight(module), importance)
             self.computed += 1

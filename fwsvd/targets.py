@@ -35,11 +35,9 @@ def _contains_factorizable(module: nn.Module) -> bool:
     return any(isinstance(m, FACTORIZABLE) for m in module.modules())
 
 
-def find_blocks(model: nn.Module) -> list[str]:
-    """Qualified names of the transformer block stacks: outermost ModuleLists of same-type children
-    that hold Linear/Conv1D layers. An encoder-decoder model has two such stacks."""
+def _block_names(named_modules: list[tuple[str, nn.Module]]) -> list[str]:
     blocks: list[str] = []
-    for name, module in model.named_modules():
+    for name, module in named_modules:
         if not isinstance(module, nn.ModuleList) or len(module) == 0:
             continue
         if any(name.startswith(outer + ".") for outer in blocks):
@@ -50,6 +48,12 @@ def find_blocks(model: nn.Module) -> list[str]:
     return blocks
 
 
+def find_blocks(model: nn.Module) -> list[str]:
+    """Qualified names of the transformer block stacks: outermost ModuleLists of same-type children
+    that hold Linear/Conv1D layers. An encoder-decoder model has two such stacks."""
+    return _block_names(list(model.named_modules()))
+
+
 def find_targets(model: nn.Module, filter_fn: TargetFilter | None = None) -> dict[str, nn.Module]:
     """{qualified name: layer} for every Linear / Conv1D inside the transformer blocks, in model order.
 
@@ -58,7 +62,8 @@ def find_targets(model: nn.Module, filter_fn: TargetFilter | None = None) -> dic
     """
     from fwsvd.lowrank import LowRankLinear  # here, not at the top: lowrank imports this module
 
-    blocks = find_blocks(model)
+    named_modules = list(model.named_modules())  # one walk of the tree serves every question below
+    blocks = _block_names(named_modules)
     if not blocks:
         raise ValueError(
             f"{type(model).__name__} has no transformer blocks (an nn.ModuleList of identical layers "
@@ -66,10 +71,10 @@ def find_targets(model: nn.Module, filter_fn: TargetFilter | None = None) -> dic
         )
     prefixes = tuple(block + "." for block in blocks)
     # The two halves of an already factorized layer are not targets of their own.
-    factorized = tuple(name + "." for name, module in model.named_modules() if isinstance(module, LowRankLinear))
+    factorized = tuple(name + "." for name, module in named_modules if isinstance(module, LowRankLinear))
     targets = {
         name: module
-        for name, module in model.named_modules()
+        for name, module in named_modules
         if name.startswith(prefixes) and isinstance(module, FACTORIZABLE)
         and not (factorized and name.startswith(factorized))
     }

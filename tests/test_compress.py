@@ -258,3 +258,26 @@ def test_training_a_compressed_layer_leaves_the_kept_decomposition_alone(store):
     again, _ = compressed_copy(model, 4, method="svd", store=DecompositionStore(use_disk=False))
     batch = random_batch()
     torch.testing.assert_close(_logits(second, batch), _logits(again, batch))
+
+
+def test_cached_file_that_is_not_a_decomposition_is_recomputed(tmp_path, caplog):
+    import json
+
+    from safetensors import safe_open
+
+    from fwsvd.cache import TensorCache
+
+    model = tiny_bert()
+    expected, _ = compressed_copy(model, 3, method="svd", store=DecompositionStore(tmp_path))
+    path = sorted((tmp_path / "decompositions").glob("*.safetensors"))[0]
+    with safe_open(str(path), framework="pt") as handle:
+        key = json.loads(handle.metadata()["fwsvd_key"])
+        singular_values = handle.get_tensor("s")
+    # Right key, valid checksum, but not the tensors of a decomposition.
+    TensorCache(tmp_path, namespace="decompositions").put(key, {"s": singular_values})
+    recovering = DecompositionStore(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        recovered, _ = compressed_copy(model, 3, method="svd", store=recovering)
+    assert recovering.computed == 1 and "unusable" in caplog.text
+    batch = random_batch()
+    torch.testing.assert_close(_logits(recovered, batch), _logits(expected, batch))

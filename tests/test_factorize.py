@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fwsvd import decompose, error_curves, low_rank_factors
+from fwsvd import Decomposition, decompose, error_curves, low_rank_factors
 from fwsvd.factorize import IMPORTANCE_FLOOR, importance_scale
 
 SHAPES = [(12, 20), (20, 12), (16, 16)]
@@ -147,3 +147,31 @@ def test_bad_weight_raises():
         low_rank_factors(torch.randn(3), 1)
     with pytest.raises(ValueError, match="NaN"):
         low_rank_factors(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]), 1)
+
+
+@pytest.mark.parametrize("shape", [(12, 30), (30, 12)])
+def test_kept_factors_are_row_major_and_cut_into_fresh_tensors(shape):
+    weight, importance = _weight_and_importance(shape, seed=4)
+    decomposition = decompose(weight, importance)
+    # Row-major storage is what makes a rank cut a copy of whole rows (the wide case goes through a transpose).
+    assert decomposition.left.is_contiguous() and decomposition.right.is_contiguous()
+    first, second = decomposition.factors(5)
+    assert first.is_contiguous() and second.is_contiguous()
+    assert first.data_ptr() != decomposition.right.data_ptr() and second.data_ptr() != decomposition.left.data_ptr()
+    full_first, full_second = decomposition.factors(min(shape))
+    assert full_first.data_ptr() != decomposition.right.data_ptr()
+    assert full_second.data_ptr() != decomposition.left.data_ptr()
+    torch.testing.assert_close(full_second @ full_first, weight)
+
+
+def test_decomposition_tensors_round_trip_and_misfits_raise():
+    weight, importance = _weight_and_importance((10, 14), seed=5)
+    decomposition = decompose(weight, importance)
+    again = Decomposition.from_tensors(decomposition.to_tensors())
+    torch.testing.assert_close(again.reconstruct(4), decomposition.reconstruct(4))
+    assert Decomposition.from_tensors(decompose(weight).to_tensors()).method == "svd"
+    tensors = decomposition.to_tensors()
+    with pytest.raises(ValueError, match="missing"):
+        Decomposition.from_tensors({"s": tensors["s"]})
+    with pytest.raises(ValueError, match="do not fit"):
+        Decomposition.from_tensors({**tensors, "right": tensors["right"][:, :3]})

@@ -67,3 +67,30 @@ def test_mismatched_factors_raise():
 def test_rank_out_of_range_raises():
     with pytest.raises(ValueError, match="from 1 to 4"):
         LowRankLinear.from_linear(nn.Linear(6, 4), 5)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_layer_built_from_a_decomposition_matches_one_built_by_the_constructor(bias):
+    torch.manual_seed(2)
+    dense = nn.Linear(10, 6, bias=bias)
+    built = LowRankLinear.from_linear(dense, 3)
+    reference = LowRankLinear(10, 6, 3, bias=bias)
+    assert repr(built) == repr(reference)
+    assert {k: v.shape for k, v in built.state_dict().items()} == {k: v.shape for k, v in reference.state_dict().items()}
+    assert list(built.first._parameters) == list(reference.first._parameters)  # "bias" registered as None
+    assert all(p.requires_grad for p in built.parameters())
+    reference.load_state_dict(built.state_dict())
+    x = torch.randn(4, 10)
+    torch.testing.assert_close(built(x), reference(x))
+
+
+def test_from_decomposition_places_the_factors_where_asked():
+    from fwsvd import decompose
+
+    dense = nn.Linear(8, 5, bias=False)
+    decomposition = decompose(dense.weight)
+    layer = LowRankLinear.from_decomposition(decomposition, 2, None, dtype=torch.float64)
+    assert layer.first.weight.dtype == torch.float64 and layer.second.weight.dtype == torch.float64
+    assert LowRankLinear.from_decomposition(decomposition, 2, None).first.weight.dtype == torch.float32
+    with pytest.raises(ValueError, match="source_kind"):
+        LowRankLinear.from_decomposition(decomposition, 2, None, "conv2d")
