@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from scipy.stats import spearmanr
 from transformers import AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from fwsvd.data import make_batches
@@ -93,6 +92,8 @@ def importance_agreement(first: Mapping[str, torch.Tensor],
                          second: Mapping[str, torch.Tensor]) -> dict[str, dict[str, float]]:
     """Per layer (those both have): cosine similarity and Spearman rank correlation of two importances,
     e.g. exact per-example vs batch Fisher. Both are scale-free, as FWSVD's factors are."""
+    from scipy.stats import spearmanr  # here: scipy.stats costs about a second to import, on every app start
+
     cosine = importance_similarity(first, second)
     return {
         name: {"cosine": value,

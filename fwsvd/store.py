@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -46,6 +48,60 @@ class _DigestMemo:
         return digest
 
 
+class _CacheWriter:
+    """Writes decompositions to the disk cache on one background thread, so that writing one overlaps the
+    SVD of the next (a BERT-base's 72 decompositions are about 0.5 GB per method).
+
+    The files being written are known process-wide: any store about to read one waits for its write first.
+    A failed write loses only the cache entry, so it is logged, never raised. Pending writes finish before
+    the interpreter exits (concurrent.futures joins its threads), and every write is atomic (TensorCache).
+    """
+
+    _pending: dict[str, Future] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, cache: TensorCache) -> None:
+        self._cache = cache
+        self._executor: ThreadPoolExecutor | None = None
+        self._submitted: list[Future] = []
+
+    def put(self, key: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        path = str(self._cache.path_for(key))
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fwsvd-cache-writer")
+        with self._lock:
+            future = self._executor.submit(self._write, key, tensors, path)
+            self._pending[path] = future
+        future.add_done_callback(lambda done: self._forget(path, done))
+        self._submitted.append(future)
+
+    def _write(self, key: dict[str, Any], tensors: dict[str, torch.Tensor], path: str) -> None:
+        try:
+            self._cache.put(key, tensors)
+        except Exception as error:  # noqa: BLE001 - disk full, permissions, a serialisation error: cache only
+            logger.warning("could not write the cache file %s (%s); the decomposition stays in memory only",
+                           path, error)
+
+    @classmethod
+    def _forget(cls, path: str, done: Future) -> None:
+        with cls._lock:
+            if cls._pending.get(path) is done:
+                del cls._pending[path]
+
+    @classmethod
+    def wait_for(cls, path: str) -> None:
+        """Return once no write of ``path`` is pending (in any store of this process)."""
+        with cls._lock:
+            future = cls._pending.get(path)
+        if future is not None:
+            future.result()
+
+    def flush(self) -> None:
+        for future in self._submitted:
+            future.result()
+        self._submitted.clear()
+
+
 class DecompositionStore:
     """SVD / FWSVD decompositions and their error curves, computed once per (weight, importance).
 
@@ -54,6 +110,7 @@ class DecompositionStore:
 
     def __init__(self, cache_dir: str | os.PathLike[str] | None = None, use_disk: bool = True) -> None:
         self._disk = TensorCache(cache_dir, namespace="decompositions") if use_disk else None
+        self._writer = _CacheWriter(self._disk) if self._disk is not None else None
         self._decompositions: dict[str, Decomposition] = {}
         self._curves: dict[tuple[str, str | None, str | None], ErrorCurves] = {}
         self._digests = _DigestMemo()
@@ -78,6 +135,7 @@ class DecompositionStore:
         if decomposition is not None:
             return decomposition
         if self._disk is not None:
+            _CacheWriter.wait_for(str(self._disk.path_for(key)))
             tensors = self._disk.get(key)
             if tensors is not None:
                 try:
@@ -87,8 +145,8 @@ class DecompositionStore:
         if decomposition is None:
             decomposition = decompose(dense_weight(module), importance)
             self.computed += 1
-            if self._disk is not None:
-                self._disk.put(key, decomposition.to_tensors())
+            if self._writer is not None:
+                self._writer.put(key, decomposition.to_tensors())
         self._decompositions[name] = decomposition
         return decomposition
 
@@ -105,6 +163,11 @@ class DecompositionStore:
             curves = error_curves(decomposition, weighting)
             self._curves[name] = curves
         return curves
+
+    def flush(self) -> None:
+        """Wait until every decomposition this store computed is written to the disk cache."""
+        if self._writer is not None:
+            self._writer.flush()
 
     def clear_memory(self) -> None:
         """Forget what is held in memory (the disk cache stays)."""

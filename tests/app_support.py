@@ -130,6 +130,9 @@ def streamlit_server(env: dict[str, str], log_path: Path, timeout: float = 120.0
                 server.wait()
 
 
+_SCRIPT_STATE = "document.querySelector(\"[data-testid='stApp']\")?.getAttribute('data-test-script-state')"
+
+
 def wait_for_rerun(page, timeout_ms: float = 120_000) -> None:
     """Wait until the app has finished its current rerun (the script state reads ``notRunning``).
 
@@ -137,9 +140,13 @@ def wait_for_rerun(page, timeout_ms: float = 120_000) -> None:
     """
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-    running = "document.querySelector(\"[data-testid='stApp']\")?.getAttribute('data-test-script-state')"
     try:
-        page.wait_for_function(f"{running} === 'running'", timeout=1_500)
+        page.wait_for_function(f"{_SCRIPT_STATE} === 'running'", timeout=1_500)
     except PlaywrightTimeout:
         pass  # already finished, or a rerun this quick was missed: either way, wait for idle below
-    page.wait_for_function(f"{running} === 'notRunning'", timeout=timeout_ms)
+    wait_until_idle(page, timeout_ms)
+
+
+def wait_until_idle(page, timeout_ms: float = 120_000) -> None:
+    """Wait for the script state ``notRunning``, for when a run is known to have started (it drew something)."""
+    page.wait_for_function(f"{_SCRIPT_STATE} === 'notRunning'", timeout=timeout_ms)

@@ -268,7 +268,9 @@ def test_cached_file_that_is_not_a_decomposition_is_recomputed(tmp_path, caplog)
     from fwsvd.cache import TensorCache
 
     model = tiny_bert()
-    expected, _ = compressed_copy(model, 3, method="svd", store=DecompositionStore(tmp_path))
+    writer = DecompositionStore(tmp_path)
+    expected, _ = compressed_copy(model, 3, method="svd", store=writer)
+    writer.flush()
     path = sorted((tmp_path / "decompositions").glob("*.safetensors"))[0]
     with safe_open(str(path), framework="pt") as handle:
         key = json.loads(handle.metadata()["fwsvd_key"])
@@ -281,3 +283,22 @@ def test_cached_file_that_is_not_a_decomposition_is_recomputed(tmp_path, caplog)
     assert recovering.computed == 1 and "unusable" in caplog.text
     batch = random_batch()
     torch.testing.assert_close(_logits(recovered, batch), _logits(expected, batch))
+
+
+def test_cache_files_are_written_in_the_background_and_a_failed_write_loses_only_the_file(tmp_path, caplog):
+    model = tiny_bert()
+    writer = DecompositionStore(tmp_path)
+    expected, _ = compressed_copy(model, 3, method="svd", store=writer)
+    writer.flush()
+    files = list((tmp_path / "decompositions").glob("*.safetensors"))
+    assert len(files) == len(find_targets(model))
+    assert not list((tmp_path / "decompositions").glob(".tmp-*"))  # every write was renamed into place
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the cache directory should be")
+    failing = DecompositionStore(blocked)
+    with caplog.at_level(logging.WARNING):
+        compressed, _ = compressed_copy(model, 3, method="svd", store=failing)
+        failing.flush()
+    assert "could not write the cache file" in caplog.text
+    batch = random_batch()
+    torch.testing.assert_close(_logits(compressed, batch), _logits(expected, batch))
