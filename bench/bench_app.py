@@ -195,9 +195,9 @@ def main(argv: list[str] | None = None) -> None:
         "layers).",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch "
-        f"{torch.__version__} with {torch.get_num_threads()} threads. The cores were **shared with other "
-        f"work** while this ran (1-minute load average {load_before[0]:.1f} before, {load_after[0]:.1f} after, "
-        "on 2 cores), so every figure is an upper bound of what a quiet machine gives.",
+        f"{torch.__version__} with {torch.get_num_threads()} threads; 1-minute load average "
+        f"{load_before[0]:.1f} before the run and {load_after[0]:.1f} after (the benchmark itself keeps up to "
+        f"{os.cpu_count()} cores busy). Where the cold start's time goes: docs/PROFILE_COLD_START.md.",
         "",
         "| what | measured | target | |",
         "|---|---|---|---|",
