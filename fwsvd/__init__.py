@@ -16,6 +16,7 @@ from fwsvd.compress import (
     densify_,
     ranks_for_param_fraction,
     resolve_ranks,
+    set_ranks_,
 )
 from fwsvd.factorize import Decomposition, ErrorCurves, decompose, error_curve, error_curves, low_rank_factors
 from fwsvd.fisher import FisherResult, estimate_fisher, load_or_estimate_fisher
@@ -53,6 +54,7 @@ __all__ = [
     "ranks_for_param_fraction",
     "read_compressed_info",
     "resolve_ranks",
+    "set_ranks_",
     "run_sweep",
     "save_compressed",
     "task_fisher",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import weakref
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Union
@@ -17,7 +18,7 @@ from typing import Any, Union
 import torch
 from torch import nn
 
-from fwsvd.factorize import METHODS, ErrorCurves, Method, validate_rank
+from fwsvd.factorize import METHODS, Decomposition, ErrorCurves, Method, validate_rank
 from fwsvd.lowrank import LowRankLinear, source_kind_of
 from fwsvd.module_copy import copy_sharing
 from fwsvd.store import DecompositionStore
@@ -29,6 +30,20 @@ Ranks = Union[int, float, Mapping[str, int]]
 Fisher = Mapping[str, torch.Tensor]
 
 _default_store: DecompositionStore | None = None
+
+
+@dataclass(frozen=True)
+class _Origin:
+    """Where a LowRankLinear built by compress_ came from: enough to cut it again at another rank."""
+
+    decomposition: Decomposition
+    curves: ErrorCurves
+    method: str
+
+
+# Kept beside the layers rather than on them: a copy, a pickle or a saved model carries no decomposition
+# (hundreds of MB), and an entry goes when its layer does.
+_origins: "weakref.WeakKeyDictionary[LowRankLinear, _Origin]" = weakref.WeakKeyDictionary()
 
 
 def default_store() -> DecompositionStore:
@@ -63,7 +78,10 @@ def _unknown_names_error(unknown: list[str], known: list[str], what: str) -> Val
 
 def resolve_ranks(targets: Mapping[str, nn.Module], ranks: Ranks) -> dict[str, int]:
     """{layer name: rank} for the layers to compress, checked against each layer's 1..min(out, in)."""
-    shapes = {name: tuple(dense_weight(module).shape) for name, module in targets.items()}
+    return _resolve_for_shapes({name: tuple(dense_weight(module).shape) for name, module in targets.items()}, ranks)
+
+
+def _resolve_for_shapes(shapes: Mapping[str, tuple[int, int]], ranks: Ranks) -> dict[str, int]:
     if isinstance(ranks, Mapping):
         unknown = [name for name in ranks if name not in shapes]
         if unknown:
@@ -198,6 +216,11 @@ def _count_parameters(model: nn.Module) -> int:
 def _layer_report(name: str, method: str, module: nn.Module, rank: int, curves: ErrorCurves) -> LayerReport:
     out_features, in_features = dense_weight(module).shape
     bias = 0 if module.bias is None else module.bias.numel()
+    return _report_for(name, method, out_features, in_features, bias, rank, curves)
+
+
+def _report_for(name: str, method: str, out_features: int, in_features: int, bias: int, rank: int,
+                curves: ErrorCurves) -> LayerReport:
     # Read the two entries at this rank only: relative_plain() would divide the whole curve, per layer.
     error = float(curves.plain[rank])
     weighted = None if curves.weighted is None else float(curves.weighted[rank])
@@ -260,8 +283,49 @@ def _compress_targets(model: nn.Module, targets: Mapping[str, nn.Module], ranks:
         weight = dense_weight(module)
         low_rank = LowRankLinear.from_decomposition(decomposition, rank, module.bias, source_kind_of(module),
                                                     device=weight.device, dtype=weight.dtype)
+        _origins[low_rank] = _Origin(decomposition, curves, method)
         parent, attribute = _parent_and_attribute(model, name)
         setattr(parent, attribute, low_rank)
+    report.model_params_after = _count_parameters(model)
+    return report
+
+
+def set_ranks_(model: nn.Module, ranks: Ranks) -> CompressionReport:
+    """Change the ranks of a model compressed by :func:`compress_` / :func:`compressed_copy`, in place.
+
+    Each LowRankLinear whose rank changes is cut again from the decomposition it was built from: no SVD, and
+    no copy of the rest of the model — the fast way to try rank after rank. ``ranks`` as for compress_
+    (a dict may name only some layers; the others keep their rank). The changed layers get new parameters,
+    so training done on them since compression is discarded, and an optimizer built before must be rebuilt.
+    Works on layers compressed in this process (a model loaded from disk keeps no decompositions).
+    """
+    layers = {name: module for name, module in model.named_modules() if isinstance(module, LowRankLinear)}
+    if not layers:
+        raise ValueError("the model has no low-rank layers: compress it first (compress_ or compressed_copy)")
+    unknown_origin = [name for name, layer in layers.items() if layer not in _origins]
+    if unknown_origin:
+        raise ValueError(
+            f"{len(unknown_origin)} low-rank layer(s), e.g. {unknown_origin[0]!r}, were not built by compress_ in "
+            "this process (a model loaded from disk, or a copy of a compressed model); set ranks by compressing "
+            "the dense model"
+        )
+    shapes = {name: (layer.out_features, layer.in_features) for name, layer in layers.items()}
+    requested = _resolve_for_shapes(shapes, ranks)
+    methods = {_origins[layer].method for layer in layers.values()}
+    # As compress_ reports it: the model before any compression, the dense layers in place of the pairs.
+    low_rank_params = sum(parameter.numel() for layer in layers.values() for parameter in layer.parameters())
+    report = CompressionReport(method=methods.pop() if len(methods) == 1 else "mixed",
+                               model_params_before=_count_parameters(model) - low_rank_params)
+    for name, layer in layers.items():
+        origin = _origins[layer]
+        rank = requested.get(name, layer.rank)
+        if rank != layer.rank:
+            first, second = origin.decomposition.factors(rank)
+            layer.set_factors_(first, second)
+        bias = 0 if layer.second.bias is None else layer.second.bias.numel()
+        report.layers.append(_report_for(name, origin.method, layer.out_features, layer.in_features, bias, rank,
+                                         origin.curves))
+    report.model_params_before += report.params_before
     report.model_params_after = _count_parameters(model)
     return report
 

@@ -85,6 +85,18 @@ class LowRankLinear(nn.Module):
         layer.second = _linear_around(second, bias)
         return layer
 
+    def set_factors_(self, first: torch.Tensor, second: torch.Tensor) -> None:
+        """Replace the two factors (new rank allowed; the bias stays), in place, by new parameters on this
+        layer's device and dtype. The tensors are taken, not copied: pass tensors nothing else holds."""
+        rank, in_features = first.shape
+        if in_features != self.in_features or second.shape != (self.out_features, rank):
+            raise ValueError(f"factors {tuple(first.shape)} and {tuple(second.shape)} do not fit a layer "
+                             f"{self.in_features} → {self.out_features}")
+        options = dict(device=self.second.weight.device, dtype=self.second.weight.dtype)
+        self.first.weight = nn.Parameter(first.to(**options))
+        self.second.weight = nn.Parameter(second.to(**options))
+        self.first.out_features = self.second.in_features = rank
+
     @classmethod
     def from_decomposition(cls, decomposition: Decomposition, rank: int, bias: torch.Tensor | None,
                            source_kind: str = "linear", *, device: torch.device | str | None = None,

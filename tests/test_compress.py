@@ -20,6 +20,7 @@ from fwsvd import (
     find_targets,
     ranks_for_param_fraction,
     resolve_ranks,
+    set_ranks_,
 )
 
 FAMILIES = ["bert", "distilbert", "roberta", "electra", "gpt2"]
@@ -302,3 +303,49 @@ def test_cache_files_are_written_in_the_background_and_a_failed_write_loses_only
     assert "could not write the cache file" in caplog.text
     batch = random_batch()
     torch.testing.assert_close(_logits(compressed, batch), _logits(expected, batch))
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2"])
+@pytest.mark.parametrize("method", ["svd", "fwsvd"])
+def test_set_ranks_equals_a_fresh_compression_at_the_new_ranks(family, method, store):
+    model = tiny_models()[family]
+    fisher = _random_fisher(model)
+    reranked, _ = compressed_copy(model, 3, method=method, fisher=fisher, store=store)
+    computed = store.computed
+    new_ranks = {name: 1 + i % 5 for i, name in enumerate(find_targets(model))}
+    report = set_ranks_(reranked, new_ranks)
+    assert store.computed == computed  # cut from the kept decompositions: no SVD
+    expected, expected_report = compressed_copy(model, new_ranks, method=method, fisher=fisher, store=store)
+    batch = random_batch(ragged=False)
+    torch.testing.assert_close(_logits(reranked, batch), _logits(expected, batch))
+    assert report.to_dict() == expected_report.to_dict()
+    assert {name: module.rank for name, module in _named_low_rank(reranked).items()} == new_ranks
+
+
+def test_set_ranks_accepts_every_rank_form_and_keeps_unnamed_layers(store):
+    model = tiny_bert()
+    compressed, _ = compressed_copy(model, 4, method="svd", store=store)
+    name = "bert.encoder.layer.1.output.dense"
+    report = set_ranks_(compressed, {name: 2})
+    assert report.ranks[name] == 2 and set(report.ranks.values()) == {2, 4}
+    assert set(set_ranks_(compressed, 0.5).ranks.values()) == {16}  # half of min(32, 48) = 32 → 16
+    assert report.method == "svd"
+
+
+def test_set_ranks_refuses_what_it_cannot_cut(tmp_path, store):
+    model = tiny_bert()
+    with pytest.raises(ValueError, match="no low-rank layers"):
+        set_ranks_(model, 2)
+    compressed, _ = compressed_copy(model, 4, method="svd", store=store)
+    with pytest.raises(ValueError, match="from 1 to 32"):
+        set_ranks_(compressed, 40)
+    with pytest.raises(ValueError, match="not compression targets"):
+        set_ranks_(compressed, {"bert.encoder.layer.0.attention.self.querry": 2})
+    import copy
+
+    with pytest.raises(ValueError, match="not built by compress_"):
+        set_ranks_(copy.deepcopy(compressed), 2)
+
+
+def _named_low_rank(model: torch.nn.Module) -> dict[str, LowRankLinear]:
+    return {name: module for name, module in model.named_modules() if isinstance(module, LowRankLinear)}

@@ -94,3 +94,15 @@ def test_from_decomposition_places_the_factors_where_asked():
     assert LowRankLinear.from_decomposition(decomposition, 2, None).first.weight.dtype == torch.float32
     with pytest.raises(ValueError, match="source_kind"):
         LowRankLinear.from_decomposition(decomposition, 2, None, "conv2d")
+
+
+def test_set_factors_changes_the_rank_in_place_and_refuses_misfits():
+    torch.manual_seed(3)
+    dense = nn.Linear(9, 5)
+    layer = LowRankLinear.from_linear(dense, 2)
+    bias = layer.second.bias
+    layer.set_factors_(torch.randn(4, 9), torch.randn(5, 4))
+    assert layer.rank == 4 and layer.second.in_features == 4 and layer.second.bias is bias
+    assert layer(torch.randn(2, 9)).shape == (2, 5)
+    with pytest.raises(ValueError, match="do not fit"):
+        layer.set_factors_(torch.randn(3, 9), torch.randn(5, 2))
