@@ -126,9 +126,23 @@ def bench_evaluation(model, tokenizer, task, fisher, limit: int) -> dict[str, fl
             "latency_s_per_batch": statistics.mean(results[method]["latency_s_per_batch"] for method in results)}
 
 
+def _open_explorer(browser, url: str) -> tuple[float, float]:
+    """Open the app in a new tab; return the clock when the request went out and when the rank explorer's
+    error plot was drawn and the page's run had ended."""
+    from app_support import wait_until_idle
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.set_default_timeout(300_000)
+    requested = time.perf_counter()
+    page.goto(url)
+    page.wait_for_selector(".js-plotly-plot >> text=Reconstruction error per layer")
+    wait_until_idle(page)
+    return requested, time.perf_counter()
+
+
 def bench_cold_start() -> dict[str, float] | None:
     """Seconds from starting ``streamlit run`` (and from the browser's first request) to a drawn explorer."""
-    from app_support import CHROMIUM, CHROMIUM_ARGS, streamlit_server, wait_until_idle
+    from app_support import CHROMIUM, CHROMIUM_ARGS, streamlit_server
 
     if not CHROMIUM.exists():
         return None
@@ -141,21 +155,9 @@ def bench_cold_start() -> dict[str, float] | None:
         served = time.perf_counter()
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.set_default_timeout(300_000)
-            opened = time.perf_counter()
-            page.goto(url)
-            page.wait_for_selector(".js-plotly-plot >> text=Reconstruction error per layer")
-            wait_until_idle(page)
-            drawn = time.perf_counter()
+            opened, drawn = _open_explorer(browser, url)
             # Opening the app again (another tab): the server has imported everything and holds the model.
-            again = browser.new_page(viewport={"width": 1400, "height": 1100})
-            again.set_default_timeout(300_000)
-            reopened = time.perf_counter()
-            again.goto(url)
-            again.wait_for_selector(".js-plotly-plot >> text=Reconstruction error per layer")
-            wait_until_idle(again)
-            redrawn = time.perf_counter()
+            reopened, redrawn = _open_explorer(browser, url)
         finally:
             browser.close()
     return {"from_server_start_s": drawn - start, "from_first_request_s": drawn - opened,

@@ -23,8 +23,7 @@ class LowRankLinear(nn.Module):
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                  source_kind: str = "linear") -> None:
         super().__init__()
-        if source_kind not in SOURCE_KINDS:
-            raise ValueError(f"source_kind must be one of {SOURCE_KINDS}, got {source_kind!r}")
+        _check_source_kind(source_kind)
         # The dense layer type this replaces, so that densifying restores what the model's code expects
         # (GPT-2 stores Conv1D weights transposed and would load an nn.Linear's weight wrongly).
         self.source_kind = source_kind
@@ -76,8 +75,7 @@ class LowRankLinear(nn.Module):
         72-layer model that costs more than cutting the factors. The result is the same module the
         constructor builds, holding the given tensors.
         """
-        if source_kind not in SOURCE_KINDS:
-            raise ValueError(f"source_kind must be one of {SOURCE_KINDS}, got {source_kind!r}")
+        _check_source_kind(source_kind)
         layer = cls.__new__(cls)
         nn.Module.__init__(layer)
         layer.source_kind = source_kind
@@ -148,6 +146,11 @@ class LowRankLinear(nn.Module):
             else:
                 conv.bias.zero_()
         return conv
+
+
+def _check_source_kind(source_kind: str) -> None:
+    if source_kind not in SOURCE_KINDS:
+        raise ValueError(f"source_kind must be one of {SOURCE_KINDS}, got {source_kind!r}")
 
 
 def _linear_around(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
