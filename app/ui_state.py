@@ -2,6 +2,8 @@
 
 State lives in ``st.session_state`` under the keys below, so it survives moving between pages. Models are
 loaded once per process (``st.cache_resource``) and never modified: every compression works on a copy.
+Nothing here imports torch at module level: the rank explorer draws from an analysis snapshot
+(:mod:`fwsvd.snapshot`) when one matches the model's files, and only loads the model when it must.
 The default model and task come from the environment so tests can point the app at a tiny model:
 
 * ``FWSVD_APP_MODEL``: "demo" (default), a model directory or a hub id;
@@ -13,17 +15,22 @@ The default model and task come from the environment so tests can point the app 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
-from fwsvd import DecompositionStore, find_blocks
-from fwsvd import explore
+from fwsvd import rank_config, snapshot
+from fwsvd.analysis import LayerAnalysis, shapes_of
+from fwsvd.locations import demo_is_built, demo_model_dir
+
+if TYPE_CHECKING:
+    from fwsvd import DecompositionStore
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +161,8 @@ def error_box() -> Iterator[None]:
 @st.cache_resource(show_spinner=False)
 def decomposition_store() -> DecompositionStore:
     """One store for the process: a decomposition computed once serves every rank and every session."""
+    from fwsvd import DecompositionStore
+
     return DecompositionStore()
 
 
@@ -172,6 +181,7 @@ def task_for(current: Source) -> Any:
 @st.cache_resource(show_spinner=False, max_entries=2)
 def _load(current: Source) -> Loaded:
     from fwsvd.pipeline import load_any_model
+    from fwsvd.targets import find_blocks
 
     task = task_for(current)
     model, tokenizer, _ = load_any_model(current.model, task)
@@ -180,17 +190,22 @@ def _load(current: Source) -> Loaded:
 
 def model_is_ready(current: Source) -> bool:
     """False only for the demo before it is built (building takes minutes, so it is never implicit)."""
-    return current.model != "demo" or explore.demo_is_built()
+    return current.model != "demo" or demo_is_built()
 
 
-def require_model() -> Loaded:
-    """The current model, loaded; otherwise a message pointing to the Model & task page, and stop."""
-    current = source()
+def require_ready(current: Source) -> None:
+    """Nothing if the model can be loaded now; otherwise a message pointing to the Model & task page, and stop."""
     if not model_is_ready(current):
         st.info("The demo model is not built yet. Build it on the **Model & task** page (about 6 minutes, once).",
                 icon=":material/info:")
         st.page_link(PAGES["model"], label="Go to Model & task", icon=":material/arrow_forward:")
         st.stop()
+
+
+def require_model() -> Loaded:
+    """The current model, loaded; otherwise a message pointing to the Model & task page, and stop."""
+    current = source()
+    require_ready(current)
     with st.spinner(f"Loading {current.model} …"):
         return _load(current)
 
@@ -228,6 +243,8 @@ def progress_bar(text: str) -> tuple[Any, Callable[[int, int], None]]:
 
 def fisher_for(loaded: Loaded, settings: FisherSettings | None = None) -> Any:
     """The FisherResult for these settings if this session has it or the disk cache holds it, else None."""
+    from fwsvd import explore
+
     settings = settings or fisher_settings()
     results = st.session_state.setdefault(FISHER_RESULTS, {})
     key = settings.key(loaded.source)
@@ -246,6 +263,7 @@ def compute_fisher(loaded: Loaded, settings: FisherSettings, progress: Callable[
     result = task_fisher(loaded.model, loaded.tokenizer, loaded.task, num_examples=settings.num_examples,
                          seed=settings.seed, max_length=settings.max_length, mode=settings.mode, progress=progress)
     st.session_state.setdefault(FISHER_RESULTS, {})[settings.key(loaded.source)] = result
+    view_from_model(loaded, result, settings)  # analyse now, so the rank explorer opens from its snapshot
     return result
 
 
@@ -261,6 +279,8 @@ def fisher_key(fisher: Any) -> str:
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _analyses(_loaded: Loaded, _fisher: Any, key: tuple) -> dict:
+    from fwsvd import explore
+
     # ``key`` (source and Fisher identity) stands for the unhashable model and importances.
     return explore.cached_analyses(_loaded.model, _fisher.importances, store=decomposition_store())
 
@@ -271,11 +291,94 @@ def analyses_for(loaded: Loaded, fisher: Any) -> dict:
         return _analyses(loaded, fisher, (loaded.source.key, fisher_key(fisher)))
 
 
-def ranks(loaded: Loaded) -> dict[str, int]:
-    """The current rank of every target layer (the paper's 0.33 rank ratio until changed)."""
-    if st.session_state.get(RANKS_OWNER) != loaded.source.key or RANKS not in st.session_state:
-        st.session_state[RANKS] = explore.global_ranks(loaded.model, "rank_ratio", DEFAULT_RANK_RATIO)
-        st.session_state[RANKS_OWNER] = loaded.source.key
+@dataclass(frozen=True)
+class ExplorerView:
+    """What the rank explorer draws: every target layer's analyses, and facts about the model, task and
+    Fisher they came from. Read from a snapshot (no model loaded) or computed from the loaded model."""
+
+    source_key: str
+    analyses: dict[str, LayerAnalysis]
+    blocks: list[str]
+    fisher_key: str
+    validation_size: int
+    metric: str
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, int]]:
+        return shapes_of(self.analyses)
+
+
+class _NoSnapshot(LookupError):
+    """No usable snapshot: raised, not returned, so that st.cache_resource does not remember the miss."""
+
+
+def snapshot_key(current: Source, settings: FisherSettings) -> dict[str, Any] | None:
+    """What identifies the explorer's data without loading anything: the source, the Fisher settings and
+    the model's (and local data file's) names, sizes and times. None for a model that is not a local
+    directory (a hub id): its files are only known once it is loaded."""
+    model_files = snapshot.files_identity(demo_model_dir() if current.model == "demo" else current.model)
+    if model_files is None:
+        return None
+    return {"kind": "rank-explorer", "source": current.key, "fisher": list(settings.key(current)[1:]),
+            "model_files": model_files,
+            "data_file": snapshot.files_identity(current.data_file) if current.data_file else None}
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _view_from_snapshot(key_text: str) -> ExplorerView:
+    found = snapshot.load_snapshot(json.loads(key_text))
+    if found is None:
+        raise _NoSnapshot
+    return ExplorerView(json.loads(key_text)["source"], found.analyses, found.blocks, found.info["fisher_key"],
+                        int(found.info["validation_size"]), found.info["metric"])
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _save_snapshot(key_text: str, _view: ExplorerView) -> None:
+    """Write the snapshot once per key and process; a failure (a read-only cache) only costs speed."""
+    try:
+        snapshot.save_snapshot(json.loads(key_text), _view.analyses, _view.blocks,
+                               {"fisher_key": _view.fisher_key, "validation_size": _view.validation_size,
+                                "metric": _view.metric})
+    except OSError as error:
+        logger.warning("could not save the rank explorer's snapshot: %s", error)
+
+
+def explorer_view() -> ExplorerView | None:
+    """The rank explorer's data for the current model, task and Fisher settings; None when the Fisher is
+    not cached yet. Stops with a message when the model is not ready.
+
+    From the snapshot when one matches the model's files (no torch, no model load); otherwise from the
+    loaded model and cached Fisher, saving a snapshot for the next start.
+    """
+    current, settings = source(), fisher_settings()
+    require_ready(current)
+    key = snapshot_key(current, settings)
+    if key is not None:
+        with contextlib.suppress(_NoSnapshot):
+            return _view_from_snapshot(json.dumps(key, sort_keys=True))
+    loaded = require_model()
+    fisher = fisher_for(loaded, settings)
+    return None if fisher is None else view_from_model(loaded, fisher, settings)
+
+
+def view_from_model(loaded: Loaded, fisher: Any, settings: FisherSettings) -> ExplorerView:
+    """The rank explorer's data computed from the loaded model and its Fisher; saved as a snapshot when
+    the model is a local directory."""
+    view = ExplorerView(loaded.source.key, analyses_for(loaded, fisher), loaded.blocks, fisher_key(fisher),
+                        len(loaded.task.load_split("validation")), metric_of(loaded))
+    key = snapshot_key(loaded.source, settings)
+    if key is not None:
+        _save_snapshot(json.dumps(key, sort_keys=True), view)
+    return view
+
+
+def ranks(source_key: str, analyses: dict[str, LayerAnalysis]) -> dict[str, int]:
+    """The current rank of every target layer of the model ``source_key`` names (the paper's 0.33 rank
+    ratio until changed)."""
+    if st.session_state.get(RANKS_OWNER) != source_key or RANKS not in st.session_state:
+        st.session_state[RANKS] = rank_config.global_ranks(shapes_of(analyses), "rank_ratio", DEFAULT_RANK_RATIO)
+        st.session_state[RANKS_OWNER] = source_key
     return st.session_state[RANKS]
 
 

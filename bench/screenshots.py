@@ -26,11 +26,11 @@ def _prepare() -> None:
     """The demo must be built; the Fisher the pages use by default is computed once if absent."""
     import ui_state
 
-    from fwsvd import explore
+    from fwsvd.locations import demo_is_built
     from fwsvd.pipeline import load_any_model, task_fisher
 
     source = ui_state.default_source()
-    if source.model == "demo" and not explore.demo_is_built():
+    if source.model == "demo" and not demo_is_built():
         raise SystemExit("build the demo model first (Model & task page, or fwsvd.demo.ensure_demo_model())")
     task = ui_state.task_for(source)
     model, tokenizer, _ = load_any_model(source.model, task)

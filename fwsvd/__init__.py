@@ -1,68 +1,43 @@
-"""fwsvd: Fisher-weighted SVD compression of fine-tuned transformer language models."""
+"""fwsvd: Fisher-weighted SVD compression of fine-tuned transformer language models.
 
-__version__ = "0.1.0"
+Every name below is imported on first use, so ``import fwsvd`` (or a torch-free submodule such as
+``fwsvd.analysis``) does not load torch and transformers: the dashboard draws its first page before they
+are needed.
+"""
+
+from __future__ import annotations
 
 import importlib
 from typing import Any
 
-from fwsvd.compress import (
-    CompressionReport,
-    LayerAnalysis,
-    LayerReport,
-    analyze_layers,
-    break_even_rank,
-    compress_,
-    compressed_copy,
-    densify_,
-    ranks_for_param_fraction,
-    resolve_ranks,
-    set_ranks_,
-)
-from fwsvd.factorize import Decomposition, ErrorCurves, decompose, error_curve, error_curves, low_rank_factors
-from fwsvd.fisher import FisherResult, estimate_fisher, load_or_estimate_fisher
-from fwsvd.lowrank import LowRankLinear
-from fwsvd.store import DecompositionStore
-from fwsvd.targets import dense_weight, find_blocks, find_targets
+__version__ = "0.1.0"
 
-__all__ = [
-    "CompressionReport",
-    "Decomposition",
-    "DecompositionStore",
-    "ErrorCurves",
-    "FisherResult",
-    "LayerAnalysis",
-    "LayerReport",
-    "LowRankLinear",
-    "SweepResult",
-    "SweepRun",
-    "analyze_layers",
-    "break_even_rank",
-    "compress_",
-    "compressed_copy",
-    "decompose",
-    "dense_weight",
-    "densify_",
-    "error_curve",
-    "error_curves",
-    "estimate_fisher",
-    "find_blocks",
-    "find_targets",
-    "load_any_model",
-    "load_compressed",
-    "load_or_estimate_fisher",
-    "low_rank_factors",
-    "ranks_for_param_fraction",
-    "read_compressed_info",
-    "resolve_ranks",
-    "set_ranks_",
-    "run_sweep",
-    "save_compressed",
-    "task_fisher",
-]
-
-# The task-level API pulls in datasets and the tasks layer; it is imported on first use so that
-# `import fwsvd` for compression alone stays light.
-_LAZY_EXPORTS = {
+_EXPORTS = {
+    "CompressionReport": "fwsvd.compress",
+    "LayerReport": "fwsvd.compress",
+    "analyze_layers": "fwsvd.compress",
+    "compress_": "fwsvd.compress",
+    "compressed_copy": "fwsvd.compress",
+    "densify_": "fwsvd.compress",
+    "ranks_for_param_fraction": "fwsvd.compress",
+    "resolve_ranks": "fwsvd.compress",
+    "set_ranks_": "fwsvd.compress",
+    "ErrorCurves": "fwsvd.analysis",
+    "LayerAnalysis": "fwsvd.analysis",
+    "break_even_rank": "fwsvd.rank_config",
+    "Decomposition": "fwsvd.factorize",
+    "decompose": "fwsvd.factorize",
+    "error_curve": "fwsvd.factorize",
+    "error_curves": "fwsvd.factorize",
+    "low_rank_factors": "fwsvd.factorize",
+    "FisherResult": "fwsvd.fisher",
+    "estimate_fisher": "fwsvd.fisher",
+    "load_or_estimate_fisher": "fwsvd.fisher",
+    "LowRankLinear": "fwsvd.lowrank",
+    "DecompositionStore": "fwsvd.store",
+    "dense_weight": "fwsvd.targets",
+    "find_blocks": "fwsvd.targets",
+    "find_targets": "fwsvd.targets",
     "load_compressed": "fwsvd.persistence",
     "read_compressed_info": "fwsvd.persistence",
     "save_compressed": "fwsvd.persistence",
@@ -73,8 +48,16 @@ _LAZY_EXPORTS = {
     "run_sweep": "fwsvd.sweep",
 }
 
+__all__ = sorted(_EXPORTS)
+
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY_EXPORTS:
-        return getattr(importlib.import_module(_LAZY_EXPORTS[name]), name)
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
     raise AttributeError(f"module 'fwsvd' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -23,16 +23,12 @@ import xxhash
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from fwsvd.locations import default_cache_dir, key_digest
+
 logger = logging.getLogger(__name__)
 
-CACHE_ENV_VAR = "FWSVD_CACHE_DIR"
 _KEY_FIELD = "fwsvd_key"
 _CHECKSUM_FIELD = "fwsvd_checksum"
-
-
-def default_cache_dir() -> Path:
-    """``$FWSVD_CACHE_DIR`` if set, else ``cache/`` in the working directory (the repository's cache/)."""
-    return Path(os.environ.get(CACHE_ENV_VAR, "cache"))
 
 
 def _new_digest() -> "xxhash.xxh3_128":
@@ -68,11 +64,6 @@ def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
 def model_digest(model: nn.Module) -> str:
     """A hex digest of every parameter and buffer of a model: changes when any weight changes."""
     return tensors_digest(dict(model.state_dict()))
-
-
-def key_digest(key: Mapping[str, Any]) -> str:
-    """A hex digest of a JSON-serialisable key (canonical: sorted keys)."""
-    return xxhash.xxh3_128_hexdigest(json.dumps(key, sort_keys=True).encode())
 
 
 class TensorCache:

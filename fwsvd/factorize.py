@@ -23,6 +23,9 @@ from typing import Literal
 
 import torch
 
+from fwsvd.analysis import ErrorCurves
+from fwsvd.rank_config import validate_rank
+
 Method = Literal["svd", "fwsvd"]
 METHODS: tuple[Method, ...] = ("svd", "fwsvd")
 
@@ -30,17 +33,6 @@ METHODS: tuple[Method, ...] = ("svd", "fwsvd")
 #: zero Fisher (e.g. never active on the task data) gets D⁻¹ = ∞ in ``first``; with it, such features are
 #: simply the least protected. The factorization is unchanged by scaling I, so a relative floor is natural.
 IMPORTANCE_FLOOR = 1e-6
-
-
-def validate_rank(rank: int, weight_shape: tuple[int, int], layer: str = "layer") -> int:
-    """Return ``rank`` as an int if it lies in 1..min(out, in); else raise ValueError naming the range."""
-    full_rank = min(weight_shape)
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= full_rank:
-        raise ValueError(
-            f"rank {rank!r} for {layer} of shape {tuple(weight_shape)} is out of range: "
-            f"choose an integer from 1 to {full_rank}"
-        )
-    return rank
 
 
 def importance_scale(importance: torch.Tensor, in_features: int) -> torch.Tensor:
@@ -203,24 +195,6 @@ def error_curve(decomposition: Decomposition, weighting: torch.Tensor | None = N
     tail = torch.flip(torch.cumsum(torch.flip(per_component, [0]), 0), [0])
     tail = torch.cat([tail, tail.new_zeros(1)])
     return tail.clamp_min(0).sqrt()
-
-
-@dataclass(frozen=True)
-class ErrorCurves:
-    """Reconstruction errors at every rank r = 0..k (index r) of one layer, for one method."""
-
-    plain: torch.Tensor
-    weighted: torch.Tensor | None
-    weight_norm: float
-    weighted_norm: float | None
-
-    def relative_plain(self) -> torch.Tensor:
-        return self.plain / max(self.weight_norm, 1e-30)
-
-    def relative_weighted(self) -> torch.Tensor | None:
-        if self.weighted is None or self.weighted_norm is None:
-            return None
-        return self.weighted / max(self.weighted_norm, 1e-30)
 
 
 def error_curves(decomposition: Decomposition, importance: torch.Tensor | None = None) -> ErrorCurves:

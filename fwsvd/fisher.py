@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from fwsvd.cache import TensorCache, key_digest, model_digest
+from fwsvd.cache import TensorCache, model_digest
+from fwsvd.locations import key_digest
 from fwsvd.distributed import all_reduce_sum_, broadcast_, rank_and_world_size
 from fwsvd.targets import FACTORIZABLE, dense_weight, find_targets
 

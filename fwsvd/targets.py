@@ -7,7 +7,7 @@ Embeddings, poolers and task heads live outside such lists, so they are left alo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -29,6 +29,11 @@ def dense_weight(module: nn.Module) -> torch.Tensor:
     if isinstance(module, Conv1D):
         return module.weight.t()
     raise TypeError(f"expected nn.Linear or transformers Conv1D, got {type(module).__name__}")
+
+
+def target_shapes(targets: Mapping[str, nn.Module]) -> dict[str, tuple[int, int]]:
+    """{name: (out_features, in_features)} of layers from :func:`find_targets` (what rank rules need)."""
+    return {name: tuple(dense_weight(module).shape) for name, module in targets.items()}
 
 
 def _contains_factorizable(module: nn.Module) -> bool:

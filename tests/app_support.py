@@ -119,7 +119,7 @@ def streamlit_server(env: dict[str, str], log_path: Path, timeout: float = 120.0
                     pass
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"streamlit did not become healthy; see {log_path}")
-                time.sleep(0.5)
+                time.sleep(0.1)
             yield url
         finally:
             server.terminate()

@@ -64,6 +64,12 @@ def _press(page, locator, key: str) -> None:
     wait_for_rerun(page)
 
 
+def _choose(page, option: str) -> None:
+    """Click an option of a segmented control."""
+    page.locator("[data-testid='stButtonGroup'] button").filter(has_text=option).click()
+    wait_for_rerun(page)
+
+
 def _plot_y(page, title: str) -> list:
     """The y values of the first trace of the plot whose title contains ``title``, as plotly.js drew them
     (``data`` may still hold the binary-encoded arrays the server sent)."""
@@ -87,9 +93,9 @@ def test_walk_through_every_page(browser_page):
     shots = root / "screenshots"
     shots.mkdir()
 
-    # Rank explorer is the landing page, with a slider per layer and live plots.
+    # Rank explorer is the landing page, with a slider per layer (one block at a time) and live plots.
     assert page.locator("h1").first.inner_text() == "Rank explorer"
-    assert page.locator("[data-testid='stSlider']").count() == 13  # 12 layers + the global control
+    assert page.locator("[data-testid='stSlider']").count() == 7  # the global control + block 0's 6 layers
     kept = _metric(page, "Weights kept")
     errors = _plot_y(page, "Reconstruction error")
     assert errors and len(errors) == 12
@@ -105,6 +111,16 @@ def test_walk_through_every_page(browser_page):
     after = _plot_y(page, "Reconstruction error")
     assert after[0] > 0.5 and max(after[1:]) < 1e-3
     page.screenshot(path=str(shots / "rank_explorer.png"))
+
+    # The other block's sliders, and every layer as a table, are one click away.
+    _choose(page, "Block 1")
+    assert _slider(page, QUERY).get_attribute("aria-valuetext") == "32"  # block 1's query kept full rank
+    _choose(page, "Table of every layer")
+    assert page.locator("[data-testid='stSlider']").count() == 1
+    page.wait_for_selector("[data-testid='stDataFrame']")  # the editable table (drawn on a canvas, loaded lazily)
+    _choose(page, "Sliders, one block at a time")
+    _choose(page, "Block 0")
+    assert _slider(page, QUERY).get_attribute("aria-valuetext") == "1"
 
     # Evaluate both methods on a small subset; the results appear and are remembered.
     limit = page.locator("[data-testid='stNumberInput']").filter(has_text="Validation examples").locator("input")

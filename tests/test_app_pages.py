@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,8 +77,10 @@ def test_rank_explorer_is_the_default_page_and_reacts_to_ranks(app):
     assert at.title[0].value == "Rank explorer"
     assert not at.error
     rank_sliders = [slider for slider in at.slider if slider.key and slider.key.startswith("rank::")]
-    assert len(rank_sliders) == 12  # 2 blocks × 6 layers
-    assert {"Per-layer sliders", "Table", "Block 0", "Block 1"} <= {tab.label for tab in at.tabs}
+    assert len(rank_sliders) == 6  # one block's layers at a time
+    assert at.button_group(key="slider_block").options == ["Block 0", "Block 1"]
+    assert at.button_group(key="rank_editor").value == "sliders"
+    assert not at.data_editor  # the table is drawn only when chosen
     assert at.slider(key=RANK_KEY).value == 11  # 0.33 of 32
     kept = _metric(at, "Weights kept")
     errors = _chart(at, "error_chart")["data"][0]["y"]
@@ -86,13 +90,20 @@ def test_rank_explorer_is_the_default_page_and_reacts_to_ranks(app):
     assert _metric(at, "Weights kept") != kept
     assert _chart(at, "error_chart")["data"][0]["y"] != errors
     assert any("break-even" in warning.value for warning in at.warning)
+    at.button_group(key="rank_editor").set_value("table").run()
     table = at.data_editor[0].value.set_index("layer")
     assert table.loc["bert.encoder.layer.0.attention.self.query", "rank"] == 24
+    assert not [slider for slider in at.slider if slider.key and slider.key.startswith("rank::")]
 
     at.slider(key="global_rank_ratio").set_value(0.4).run()
+    assert at.data_editor[0].value.set_index("layer").loc["bert.encoder.layer.1.intermediate.dense", "rank"] == 13
+    at.button_group(key="rank_editor").set_value("sliders").run()
     assert at.slider(key=RANK_KEY).value == 13
+    at.button_group(key="slider_block").set_value("bert.encoder.layer.1").run()
     assert at.slider(key="rank::bert.encoder.layer.1.intermediate.dense").value == 13
+    assert RANK_KEY not in {slider.key for slider in at.slider}
     assert not any("break-even" in warning.value for warning in at.warning)
+    at.button_group(key="slider_block").set_value("bert.encoder.layer.0").run()
 
     at.radio(key="global_mode").set_value("param_budget").run()
     at.slider(key="global_param_budget").set_value(0.5).run()
@@ -101,10 +112,13 @@ def test_rank_explorer_is_the_default_page_and_reacts_to_ranks(app):
 
 def test_rank_explorer_table_edits_set_ranks(app):
     at = app
+    at.button_group(key="rank_editor").set_value("table").run()
     key = at.data_editor[0].key
     at.session_state[key] = {"edited_rows": {"1": {"rank": 5}}, "added_rows": [], "deleted_rows": []}
     at.run()
     assert not at.exception
+    assert at.data_editor[0].value.set_index("layer").loc["bert.encoder.layer.0.attention.self.key", "rank"] == 5
+    at.button_group(key="rank_editor").set_value("sliders").run()
     assert at.slider(key="rank::bert.encoder.layer.0.attention.self.key").value == 5
 
 
@@ -132,6 +146,74 @@ def test_rank_explorer_evaluates_and_remembers(app):
     assert any("Not evaluated" in info.value for info in at.info)
     at.slider(key=RANK_KEY).set_value(11).run()  # back to the evaluated setting: remembered
     assert list(_table(at, "latency_s_per_batch")["method"]) == ["dense", "svd", "fwsvd"]
+
+
+def test_rank_explorer_draws_from_its_snapshot_without_loading_the_model(app_env, monkeypatch):
+    import shutil
+
+    snapshots = Path(app_env["FWSVD_CACHE_DIR"]) / "snapshots"
+    shutil.rmtree(snapshots, ignore_errors=True)
+    st.cache_resource.clear()
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()  # drawn from the loaded model, which saves the snapshot
+    assert len(list(snapshots.glob("*.npz"))) == 1
+    drawn = (_metric(at, "Weights kept"), _chart(at, "error_chart")["data"], _chart(at, "spectrum_chart")["data"])
+
+    import ui_state  # the module the pages share, as the app imported it
+
+    st.cache_resource.clear()  # as in a new server process: nothing loaded, only the snapshot on disk
+
+    def no_model(current):
+        raise AssertionError("the model was loaded although a snapshot matches its files")
+
+    monkeypatch.setattr(ui_state, "_load", no_model)
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception and not at.error
+    assert (_metric(at, "Weights kept"), _chart(at, "error_chart")["data"], _chart(at, "spectrum_chart")["data"]) \
+        == drawn
+    at.slider(key=RANK_KEY).set_value(20).run()  # rank changes need no model either
+    assert _metric(at, "Weights kept") != drawn[0]
+
+    monkeypatch.undo()  # evaluating does need the model: the button loads it
+    at.number_input(key="eval_limit").set_value(16).run()
+    at.button(key="evaluate").click().run()
+    assert not at.exception and not at.error
+    assert list(_table(at, "latency_s_per_batch")["method"]) == ["dense", "svd", "fwsvd"]
+
+
+def test_rank_explorer_recovers_from_a_corrupt_snapshot(app_env, caplog):
+    snapshots = Path(app_env["FWSVD_CACHE_DIR"]) / "snapshots"
+    st.cache_resource.clear()
+    AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()  # makes sure the snapshot exists
+    for path in snapshots.glob("*.npz"):
+        path.write_bytes(b"not a zip file")
+    st.cache_resource.clear()
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception and not at.error
+    assert at.title[0].value == "Rank explorer" and _chart(at, "error_chart")["data"]
+    assert "unreadable" in caplog.text  # said in the server log, redrawn from the model, and rewritten:
+    assert all(path.stat().st_size > 1000 for path in snapshots.glob("*.npz"))
+
+
+def test_rank_explorer_first_draw_imports_no_torch(app_env):
+    """The cold-start path: with a snapshot on disk, a new process draws the explorer without torch."""
+    st.cache_resource.clear()
+    AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()  # computes the analyses, saves the snapshot
+    code = ("import json, sys\n"
+            "from streamlit.testing.v1 import AppTest\n"
+            f"at = AppTest.from_file({str(APP)!r}, default_timeout={TIMEOUT})\n"
+            "at.run()\n"
+            "print(json.dumps({'exception': [str(e.value) for e in at.exception], 'title': at.title[0].value,\n"
+            "                  'sliders': len(at.slider), 'charts': len(at.get('plotly_chart')),\n"
+            "                  'loaded': sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules)}))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**os.environ, **app_env}, cwd=APP.parents[1])
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["exception"] == [] and report["title"] == "Rank explorer"
+    assert report["sliders"] >= 7 and report["charts"] == 3  # global + one block's sliders; errors, params, spectra
+    assert report["loaded"] == []
 
 
 def test_model_page_shows_the_architecture_and_reports_bad_input(app):
@@ -182,9 +264,12 @@ def test_fisher_page_shows_importance_and_compares_modes(app):
     assert "Batch" in at.success[0].value  # just computed for the comparison
     at.select_slider(key="fisher_examples").set_value(64).run()
     assert any("No batch shortcut Fisher over 64" in info.value for info in at.info)
+    snapshots = Path(os.environ["FWSVD_CACHE_DIR"]) / "snapshots"
+    before = set(snapshots.glob("*.npz"))
     at.button(key="compute_fisher").click().run()
     assert not at.exception
     assert "64 training examples, computed" in at.success[0].value
+    assert len(set(snapshots.glob("*.npz")) - before) == 1  # the rank explorer will open from it at once
 
 
 def test_compare_page_sweeps_ratios(app):

@@ -6,7 +6,8 @@ import logging
 
 import torch
 
-from fwsvd.cache import TensorCache, key_digest, model_digest, tensor_digest
+from fwsvd.cache import TensorCache, model_digest, tensor_digest
+from fwsvd.locations import key_digest
 
 
 def test_round_trip_and_miss(tmp_path):

@@ -10,14 +10,15 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from fwsvd import demo
-from fwsvd.demo import DEMO_VERSION, INFO_FILE, demo_info, ensure_demo_model
+from fwsvd.demo import demo_info, ensure_demo_model
+from fwsvd.locations import DEMO_INFO_FILE, DEMO_VERSION
 
 
 def _fake_build(calls):
     def build(directory, progress):
         calls.append(directory)
         (directory / "config.json").write_text("{}")
-        (directory / INFO_FILE).write_text(json.dumps({"test_metrics": {"accuracy": 0.9}, "build": len(calls)}))
+        (directory / DEMO_INFO_FILE).write_text(json.dumps({"test_metrics": {"accuracy": 0.9}, "build": len(calls)}))
     return build
 
 

@@ -1,4 +1,4 @@
-"""fwsvd.explore: the dashboard's computations, checked without a browser."""
+"""The dashboard's computations (fwsvd.explore, fwsvd.analysis, fwsvd.rank_config), checked without a browser."""
 
 from __future__ import annotations
 
@@ -13,7 +13,13 @@ import torch
 from app_support import save_tiny_classifier, write_review_csv
 from conftest import tiny_bert
 from fwsvd import DecompositionStore, analyze_layers, compressed_copy, find_targets
-from fwsvd import explore
+from fwsvd import analysis, explore, rank_config
+from fwsvd.locations import DEMO_INFO_FILE, demo_is_built, demo_model_dir
+from fwsvd.targets import target_shapes
+
+
+def _global_ranks(model: torch.nn.Module, mode: str, value: float) -> dict[str, int]:
+    return rank_config.global_ranks(target_shapes(find_targets(model)), mode, value)
 
 
 def _fisher(model: torch.nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -34,7 +40,7 @@ def test_architecture_frame_lists_every_target_by_block():
     model = tiny_bert()
     frame = explore.architecture_frame(model)
     assert list(frame["layer"]) == list(find_targets(model))
-    groups = explore.layers_by_block(frame)
+    groups = analysis.layers_by_block(frame)
     assert list(groups) == ["bert.encoder.layer.0", "bert.encoder.layer.1"]
     assert all(len(names) == 6 for names in groups.values())
     query = frame.set_index("layer").loc["bert.encoder.layer.0.attention.self.query"]
@@ -48,21 +54,21 @@ def test_architecture_frame_lists_every_target_by_block():
 
 def test_global_ranks_by_ratio_and_budget():
     model = tiny_bert()
-    by_ratio = explore.global_ranks(model, "rank_ratio", 0.5)
+    by_ratio = _global_ranks(model, "rank_ratio", 0.5)
     assert by_ratio["bert.encoder.layer.0.attention.self.query"] == 16
-    by_budget = explore.global_ranks(model, "param_budget", 0.5)
+    by_budget = _global_ranks(model, "param_budget", 0.5)
     assert by_budget["bert.encoder.layer.0.attention.self.query"] == 8  # half of break-even 16
     with pytest.raises(ValueError, match="global mode"):
-        explore.global_ranks(model, "energy", 0.5)
+        _global_ranks(model, "energy", 0.5)
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
-        explore.global_ranks(model, "rank_ratio", 1.5)
+        _global_ranks(model, "rank_ratio", 1.5)
 
 
 def test_layer_frame_is_a_lookup_into_the_curves(analysed):
     model, fisher, analyses, store = analysed
-    ranks = explore.global_ranks(model, "rank_ratio", 0.25)
+    ranks = _global_ranks(model, "rank_ratio", 0.25)
     computed = store.computed
-    frame = explore.layer_frame(analyses, ranks)
+    frame = analysis.layer_frame(analyses, ranks)
     assert store.computed == computed  # no decomposition recomputed for a rank change
     name = "bert.encoder.layer.1.intermediate.dense"
     row = frame.set_index("layer").loc[name]
@@ -79,11 +85,11 @@ def test_layer_frame_is_a_lookup_into_the_curves(analysed):
 
 def test_totals_flag_layers_past_break_even(analysed):
     model, _, analyses, _ = analysed
-    ranks = explore.global_ranks(model, "rank_ratio", 0.25)
+    ranks = _global_ranks(model, "rank_ratio", 0.25)
     name = "bert.encoder.layer.0.attention.self.key"
     ranks[name] = 20  # break-even of a 32×32 layer is 16
-    frame = explore.layer_frame(analyses, ranks)
-    summary = explore.totals(frame)
+    frame = analysis.layer_frame(analyses, ranks)
+    summary = analysis.totals(frame)
     assert summary["above_break_even"] == [name]
     assert summary["dense_params"] == summary["kept_params"] + summary["removed_params"]
     assert frame.set_index("layer").loc[name, "removed_params"] < 0
@@ -92,13 +98,13 @@ def test_totals_flag_layers_past_break_even(analysed):
 
 def test_full_rank_errors_vanish(analysed):
     model, _, analyses, _ = analysed
-    frame = explore.layer_frame(analyses, explore.global_ranks(model, "rank_ratio", 1.0))
+    frame = analysis.layer_frame(analyses, _global_ranks(model, "rank_ratio", 1.0))
     assert frame["svd_error"].max() < 1e-4 and frame["fwsvd_weighted_error"].max() < 1e-4
 
 
 def test_spectrum_frame_is_normalised(analysed):
     _, _, analyses, _ = analysed
-    frame = explore.spectrum_frame(next(iter(analyses.values())))
+    frame = analysis.spectrum_frame(next(iter(analyses.values())))
     assert set(frame["method"]) == {"svd", "fwsvd"}
     for _, part in frame.groupby("method"):
         assert part["value"].iloc[0] == pytest.approx(1.0)
@@ -108,22 +114,23 @@ def test_spectrum_frame_is_normalised(analysed):
 
 def test_rank_config_round_trip_and_errors(analysed):
     model, _, analyses, _ = analysed
-    ranks = explore.global_ranks(model, "rank_ratio", 0.5)
-    text = explore.rank_config_to_json(ranks, model="tiny", task="demo")
+    ranks = _global_ranks(model, "rank_ratio", 0.5)
+    shapes = analysis.shapes_of(analyses)
+    text = rank_config.rank_config_to_json(ranks, model="tiny", task="demo")
     assert json.loads(text)["model"] == "tiny"
-    assert explore.rank_config_from_json(text, analyses) == ranks
-    assert explore.ranks_digest(ranks) == explore.ranks_digest(dict(reversed(list(ranks.items()))))
+    assert rank_config.rank_config_from_json(text, shapes) == ranks
+    assert rank_config.ranks_digest(ranks) == rank_config.ranks_digest(dict(reversed(list(ranks.items()))))
     with pytest.raises(ValueError, match="not valid JSON"):
-        explore.rank_config_from_json("{nope", analyses)
+        rank_config.rank_config_from_json("{nope", shapes)
     with pytest.raises(ValueError, match="'ranks' object"):
-        explore.rank_config_from_json("[1, 2]", analyses)
+        rank_config.rank_config_from_json("[1, 2]", shapes)
     with pytest.raises(ValueError, match="does not have"):
-        explore.rank_config_from_json(json.dumps({"ranks": {**ranks, "bert.pooler.dense": 3}}), analyses)
+        rank_config.rank_config_from_json(json.dumps({"ranks": {**ranks, "bert.pooler.dense": 3}}), shapes)
     with pytest.raises(ValueError, match="miss"):
-        explore.rank_config_from_json(json.dumps({"ranks": dict(list(ranks.items())[1:])}), analyses)
+        rank_config.rank_config_from_json(json.dumps({"ranks": dict(list(ranks.items())[1:])}), shapes)
     too_high = {**ranks, "bert.encoder.layer.0.attention.self.query": 33}
     with pytest.raises(ValueError, match="out of range"):
-        explore.rank_config_from_json(json.dumps({"ranks": too_high}), analyses)
+        rank_config.rank_config_from_json(json.dumps({"ranks": too_high}), shapes)
 
 
 def test_concentration_extremes():
@@ -182,12 +189,10 @@ def test_data_file_columns(tmp_path):
 
 
 def test_demo_is_built_follows_the_cache(tmp_path):
-    assert not explore.demo_is_built(tmp_path)
-    from fwsvd.demo import INFO_FILE
-
-    explore.demo_model_dir(tmp_path).mkdir(parents=True)
-    (explore.demo_model_dir(tmp_path) / INFO_FILE).write_text("{}")
-    assert explore.demo_is_built(tmp_path)
+    assert not demo_is_built(tmp_path)
+    demo_model_dir(tmp_path).mkdir(parents=True)
+    (demo_model_dir(tmp_path) / DEMO_INFO_FILE).write_text("{}")
+    assert demo_is_built(tmp_path)
 
 
 @pytest.fixture
@@ -250,15 +255,15 @@ def test_cached_analyses_round_trip_and_follow_the_weights(cache_dir):
     computed = store.computed
     again = explore.cached_analyses(model, fisher, store=store)
     assert store.computed == computed  # read back, nothing decomposed
-    for name, analysis in first.items():
+    for name, layer in first.items():
         other = again[name]
-        assert (other.out_features, other.in_features) == (analysis.out_features, analysis.in_features)
+        assert (other.out_features, other.in_features) == (layer.out_features, layer.in_features)
         for method in ("svd", "fwsvd"):
-            assert torch.equal(other.singular_values[method], analysis.singular_values[method])
-            assert torch.equal(other.curves[method].weighted, analysis.curves[method].weighted)
-            assert other.curves[method].weight_norm == analysis.curves[method].weight_norm
-    ranks = explore.global_ranks(model, "rank_ratio", 0.3)
-    assert explore.layer_frame(first, ranks).equals(explore.layer_frame(again, ranks))
+            assert torch.equal(other.singular_values[method], layer.singular_values[method])
+            assert torch.equal(other.curves[method].weighted, layer.curves[method].weighted)
+            assert other.curves[method].weight_norm == layer.curves[method].weight_norm
+    ranks = _global_ranks(model, "rank_ratio", 0.3)
+    assert analysis.layer_frame(first, ranks).equals(analysis.layer_frame(again, ranks))
     with torch.no_grad():
         next(iter(find_targets(model).values())).weight.mul_(2)
     changed = explore.cached_analyses(model, fisher, store=store)

@@ -6,6 +6,7 @@ import streamlit as st
 import ui_state as ui
 
 from fwsvd import explore
+from fwsvd.locations import demo_is_built
 from fwsvd.tasks import TASK_NAMES
 
 MODEL_KINDS = {"demo": "Demo model (MiniLM-L6, Rotten Tomatoes)", "local": "Local directory",
@@ -68,7 +69,7 @@ def apply(chosen: ui.Source) -> None:
     """Load the chosen model and task (building the demo first if needed); switch only if that works."""
     if not chosen.model:
         raise ValueError("enter a model directory or hub id")
-    if chosen.model == "demo" and not explore.demo_is_built():
+    if chosen.model == "demo" and not demo_is_built():
         bar, progress = ui.progress_bar("Building the demo model: fine-tuning MiniLM-L6 on Rotten Tomatoes")
         ui.build_demo(progress)
         bar.empty()
@@ -110,7 +111,7 @@ with ui.error_box():
     current = ui.source()
     chosen = choose_source(current)
     label = "Use this model and task"
-    if chosen.model == "demo" and not explore.demo_is_built():
+    if chosen.model == "demo" and not demo_is_built():
         label = "Build the demo model (about 6 minutes, once) and use it"
     if st.button(label, type="primary", key="apply_source", disabled=chosen == current and ui.model_is_ready(current)):
         apply(chosen)

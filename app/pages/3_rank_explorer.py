@@ -4,13 +4,14 @@ import streamlit as st
 import ui_charts as charts
 import ui_state as ui
 
-from fwsvd import explore
+from fwsvd import analysis, rank_config
 
 GLOBAL_MODES = {"rank_ratio": "Rank ratio", "param_budget": "Parameter budget"}
 GLOBAL_HELP = {
     "rank_ratio": "Every layer keeps this share of its full rank (the paper uses 0.33).",
     "param_budget": "Every layer keeps about this share of its weight parameters.",
 }
+EDITORS = {"sliders": "Sliders, one block at a time", "table": "Table of every layer"}
 TABLE_VERSION = "rank_table_version"
 
 st.title("Rank explorer")
@@ -18,10 +19,10 @@ st.caption("Each target layer W is replaced by two thin factors of rank r. SVD k
            "FWSVD keeps what matters to the task, ‖(W − Ŵ)·D‖ with D from the Fisher importance.")
 
 
-def apply_global(model) -> None:
+def apply_global(shapes: dict[str, tuple[int, int]]) -> None:
     """Widget callback: one control sets every layer's rank."""
     mode = st.session_state["global_mode"]
-    ui.set_ranks(explore.global_ranks(model, mode, st.session_state[f"global_{mode}"]))
+    ui.set_ranks(rank_config.global_ranks(shapes, mode, st.session_state[f"global_{mode}"]))
 
 
 def apply_slider(name: str) -> None:
@@ -29,12 +30,12 @@ def apply_slider(name: str) -> None:
     ui.ranks_in_session()[name] = int(st.session_state[ui.RANK_WIDGET_PREFIX + name])
 
 
-def global_control(loaded: ui.Loaded) -> None:
+def global_control(view: ui.ExplorerView) -> None:
     left, right = st.columns([1, 3])
     mode = left.radio("Set every layer by", list(GLOBAL_MODES), format_func=GLOBAL_MODES.get, key="global_mode",
                       persist_state="session")
     right.slider(GLOBAL_MODES[mode], min_value=0.02, max_value=1.0, value=ui.DEFAULT_RANK_RATIO, step=0.01,
-                 key=f"global_{mode}", on_change=apply_global, args=(loaded.model,), help=GLOBAL_HELP[mode],
+                 key=f"global_{mode}", on_change=apply_global, args=(view.shapes,), help=GLOBAL_HELP[mode],
                  persist_state="session")
 
 
@@ -57,17 +58,29 @@ def headline(summary: dict) -> None:
 
 
 def sliders(frame) -> None:
-    groups = explore.layers_by_block(frame)
+    """One block's sliders at a time (a block picker above them): 36 or 72 sliders at once are a wall."""
+    groups = analysis.layers_by_block(frame)
+    block = st.segmented_control("Block", list(groups), default=next(iter(groups)), required=True,
+                                 format_func=lambda name: f"Block {name.rsplit('.', 1)[-1]}", key="slider_block",
+                                 persist_state="session")
     by_name = frame.set_index("layer")
-    tabs = st.tabs([f"Block {block.rsplit('.', 1)[-1]}" for block in groups])
-    for tab, names in zip(tabs, groups.values()):
-        columns = tab.columns(3)
-        for position, name in enumerate(names):
-            row = by_name.loc[name]
-            columns[position % 3].slider(
-                f"{row['name_in_block']} ({row['shape']})", min_value=1, max_value=int(row["full_rank"]),
-                key=ui.RANK_WIDGET_PREFIX + name, on_change=apply_slider, args=(name,),
-                help=f"{name}: break-even at rank {row['break_even_rank']:.0f}")
+    columns = st.columns(3)
+    for position, name in enumerate(groups.get(block, next(iter(groups.values())))):
+        row = by_name.loc[name]
+        columns[position % 3].slider(
+            f"{row['name_in_block']} ({row['shape']})", min_value=1, max_value=int(row["full_rank"]),
+            key=ui.RANK_WIDGET_PREFIX + name, on_change=apply_slider, args=(name,),
+            help=f"{name}: break-even at rank {row['break_even_rank']:.0f}")
+
+
+def rank_editor(frame) -> None:
+    """Per-layer ranks, as sliders or as an editable table (only the chosen one is drawn)."""
+    editor = st.segmented_control("Set layers one by one with", list(EDITORS), default="sliders", required=True,
+                                  format_func=EDITORS.get, key="rank_editor", persist_state="session")
+    if editor == "table":
+        table(frame)
+    else:
+        sliders(frame)
 
 
 def table(frame) -> None:
@@ -105,72 +118,84 @@ def spectra(analyses: dict, frame) -> None:
     block = st.selectbox("Spectra of block", blocks, format_func=lambda name: f"block {name.rsplit('.', 1)[-1]}",
                          key="spectrum_block", persist_state="session")
     rows = frame[frame["block"] == block]
-    spectra_frames = {name: explore.spectrum_frame(analyses[name]) for name in rows["layer"]}
+    spectra_frames = {name: analysis.spectrum_frame(analyses[name]) for name in rows["layer"]}
     st.plotly_chart(charts.spectrum_figure(spectra_frames, rows), key="spectrum_chart")
 
 
-def evaluation(loaded: ui.Loaded, fisher, ranks: dict[str, int]) -> None:
+def evaluation(view: ui.ExplorerView, ranks: dict[str, int]) -> None:
     st.subheader("Accuracy at these ranks")
-    validation_size = len(loaded.task.load_split("validation"))
     left, right = st.columns([1, 2])
-    limit = left.number_input("Validation examples", min_value=8, max_value=validation_size,
-                              value=min(512, validation_size), step=64, key="eval_limit", persist_state="session")
-    digest = explore.ranks_digest(ranks)
-    key = (loaded.source.key, ui.fisher_key(fisher), digest, int(limit))
+    limit = left.number_input("Validation examples", min_value=8, max_value=view.validation_size,
+                              value=min(512, view.validation_size), step=64, key="eval_limit",
+                              persist_state="session")
+    digest = rank_config.ranks_digest(ranks)
+    key = (view.source_key, view.fisher_key, digest, int(limit))
     remembered = ui.evaluations()
     if left.button("Evaluate SVD and FWSVD", type="primary", key="evaluate", icon=":material/play_arrow:"):
-        dense = next((entry["results"]["dense"] for (src, _, _, size), entry in remembered.items()
-                      if src == loaded.source.key and size == int(limit)), None)
-        methods = ("svd", "fwsvd") if dense is not None else ("dense", "svd", "fwsvd")
-        bar, progress = ui.progress_bar(f"Evaluating {', '.join(methods)} on {int(limit)} validation examples")
-        results = explore.evaluate_methods(loaded.model, loaded.tokenizer, loaded.task, ranks,
-                                           fisher=fisher.importances, methods=methods, limit=int(limit),
-                                           max_length=fisher.provenance["max_length"],
-                                           store=ui.decomposition_store(), progress=progress)
-        bar.empty()
-        remembered[key] = {"ranks": dict(ranks), "results": {"dense": dense, **results} if dense else results}
+        evaluate(view, ranks, int(limit), key)
     if key not in remembered:
         right.info("Not evaluated at these ranks yet. Results are remembered per rank setting and subset size.",
                    icon=":material/info:")
         return
-    entry = remembered[key]
-    metric = ui.metric_of(loaded)
-    table_frame = explore.evaluations_frame([({"ranks": digest}, entry["results"])])
-    right.plotly_chart(charts.evaluation_figure(table_frame, metric), key="evaluation_chart")
-    st.dataframe(table_frame[["method", metric, "params", "num_examples", "latency_s_per_batch"]],
+    from fwsvd.explore import evaluations_frame
+
+    table_frame = evaluations_frame([({"ranks": digest}, remembered[key]["results"])])
+    right.plotly_chart(charts.evaluation_figure(table_frame, view.metric), key="evaluation_chart")
+    st.dataframe(table_frame[["method", view.metric, "params", "num_examples", "latency_s_per_batch"]],
                  hide_index=True, width="stretch", key="evaluation_table",
-                 column_config={metric: st.column_config.NumberColumn(format="%.4f"),
+                 column_config={view.metric: st.column_config.NumberColumn(format="%.4f"),
                                 "params": st.column_config.NumberColumn("parameters", format="localized"),
                                 "num_examples": "examples",
                                 "latency_s_per_batch": st.column_config.NumberColumn(
                                     "latency (s / batch of 32)", format="%.3f")})
 
 
-with ui.error_box():
+def evaluate(view: ui.ExplorerView, ranks: dict[str, int], limit: int, key: tuple) -> None:
+    """Evaluate both compressed copies (and the dense model once per subset size); remember the results.
+
+    The page may have been drawn from a snapshot, so the model and its Fisher are loaded here if needed."""
+    from fwsvd import explore
+
     loaded = ui.require_model()
-    fisher = ui.fisher_for(loaded)
-    if fisher is None:
-        st.warning("FWSVD needs the Fisher importances of this model on its task, and none are cached yet.",
-                   icon=":material/warning:")
-        if st.button("Compute Fisher now (default settings)", type="primary", key="explorer_compute_fisher"):
-            bar, progress = ui.progress_bar("Estimating the Fisher importances")
-            ui.compute_fisher(loaded, ui.fisher_settings(), progress)
-            st.rerun()
-        st.page_link(ui.PAGES["fisher"], label="Or choose the settings on the Fisher page",
-                     icon=":material/arrow_forward:")
+    fisher = ui.require_fisher(loaded, "Evaluating FWSVD needs the Fisher importances, and they are no longer "
+                                       "in the cache: compute them on the Fisher page.")
+    remembered = ui.evaluations()
+    dense = next((entry["results"]["dense"] for (src, _, _, size), entry in remembered.items()
+                  if src == view.source_key and size == limit), None)
+    methods = ("svd", "fwsvd") if dense is not None else ("dense", "svd", "fwsvd")
+    bar, progress = ui.progress_bar(f"Evaluating {', '.join(methods)} on {limit} validation examples")
+    results = explore.evaluate_methods(loaded.model, loaded.tokenizer, loaded.task, ranks,
+                                       fisher=fisher.importances, methods=methods, limit=limit,
+                                       max_length=fisher.provenance["max_length"],
+                                       store=ui.decomposition_store(), progress=progress)
+    bar.empty()
+    remembered[key] = {"ranks": dict(ranks), "results": {"dense": dense, **results} if dense else results}
+
+
+def fisher_prompt() -> None:
+    """No Fisher cached for these settings: offer to compute it here with the defaults, or go choose."""
+    st.warning("FWSVD needs the Fisher importances of this model on its task, and none are cached yet.",
+               icon=":material/warning:")
+    if st.button("Compute Fisher now (default settings)", type="primary", key="explorer_compute_fisher"):
+        bar, progress = ui.progress_bar("Estimating the Fisher importances")
+        ui.compute_fisher(ui.require_model(), ui.fisher_settings(), progress)
+        st.rerun()
+    st.page_link(ui.PAGES["fisher"], label="Or choose the settings on the Fisher page",
+                 icon=":material/arrow_forward:")
+
+
+with ui.error_box():
+    view = ui.explorer_view()
+    if view is None:
+        fisher_prompt()
         st.stop()
-    analyses = ui.analyses_for(loaded, fisher)
-    ranks = ui.ranks(loaded)
+    ranks = ui.ranks(view.source_key, view.analyses)
     ui.sync_rank_widgets(ranks)
-    global_control(loaded)
-    frame = explore.layer_frame(analyses, ranks, loaded.blocks)
-    headline(explore.totals(frame))
-    slider_tab, table_tab = st.tabs(["Per-layer sliders", "Table"])
-    with slider_tab:
-        sliders(frame)
-    with table_tab:
-        table(frame)
+    global_control(view)
+    frame = analysis.layer_frame(view.analyses, ranks, view.blocks)
+    headline(analysis.totals(frame))
+    rank_editor(frame)
     st.plotly_chart(charts.error_figure(frame), key="error_chart")
     st.plotly_chart(charts.params_figure(frame), key="params_chart")
-    spectra(analyses, frame)
-    evaluation(loaded, fisher, ranks)
+    spectra(view.analyses, frame)
+    evaluation(view, ranks)

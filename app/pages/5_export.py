@@ -5,21 +5,21 @@ import json
 import streamlit as st
 import ui_state as ui
 
-from fwsvd import explore
+from fwsvd import analysis, explore, rank_config
 
 st.title("Export")
 
 
-def rank_config(loaded: ui.Loaded, analyses: dict, ranks: dict[str, int]) -> None:
+def rank_configuration(loaded: ui.Loaded, analyses: dict, ranks: dict[str, int]) -> None:
     st.subheader("Rank configuration")
     left, right = st.columns(2, gap="large")
-    text = explore.rank_config_to_json(ranks, model=loaded.source.model, task=loaded.source.task_label)
+    text = rank_config.rank_config_to_json(ranks, model=loaded.source.model, task=loaded.source.task_label)
     left.download_button("Download ranks (JSON)", text, file_name="fwsvd_ranks.json", mime="application/json",
                          key="download_ranks", icon=":material/download:")
-    left.caption(f"{len(ranks)} layers, digest `{explore.ranks_digest(ranks)}`")
+    left.caption(f"{len(ranks)} layers, digest `{rank_config.ranks_digest(ranks)}`")
     upload = right.file_uploader("Load a rank configuration", type=["json"], key="upload_ranks")
     if upload is not None:
-        loaded_ranks = explore.rank_config_from_json(upload.getvalue(), analyses)
+        loaded_ranks = rank_config.rank_config_from_json(upload.getvalue(), analysis.shapes_of(analyses))
         if loaded_ranks == ranks:
             right.success("These ranks are the current ranks.", icon=":material/check_circle:")
         elif right.button("Use these ranks", type="primary", key="apply_uploaded_ranks"):
@@ -27,7 +27,7 @@ def rank_config(loaded: ui.Loaded, analyses: dict, ranks: dict[str, int]) -> Non
             st.rerun()
         else:
             right.info(f"Valid configuration for {len(loaded_ranks)} layers (digest "
-                       f"`{explore.ranks_digest(loaded_ranks)}`).", icon=":material/info:")
+                       f"`{rank_config.ranks_digest(loaded_ranks)}`).", icon=":material/info:")
 
 
 def model_archive(loaded: ui.Loaded, fisher, ranks: dict[str, int]) -> None:
@@ -40,10 +40,10 @@ def model_archive(loaded: ui.Loaded, fisher, ranks: dict[str, int]) -> None:
         return explore.compressed_archive(loaded.model, ranks, method=method, fisher=fisher.importances,
                                           tokenizer=loaded.tokenizer, fisher_provenance=fisher.provenance,
                                           store=ui.decomposition_store(),
-                                          extra={"ranks_digest": explore.ranks_digest(ranks)})
+                                          extra={"ranks_digest": rank_config.ranks_digest(ranks)})
 
     st.download_button(f"Download the {method.upper()} model at the current ranks (zip)", archive,
-                       file_name=f"fwsvd_{method}_{explore.ranks_digest(ranks)}.zip", mime="application/zip",
+                       file_name=f"fwsvd_{method}_{rank_config.ranks_digest(ranks)}.zip", mime="application/zip",
                        key="download_model", icon=":material/download:")
     st.caption("Safetensors + JSON, no pickles; reload with `fwsvd.persistence.load_compressed('model')`.")
 
@@ -51,7 +51,7 @@ def model_archive(loaded: ui.Loaded, fisher, ranks: dict[str, int]) -> None:
 def results(loaded: ui.Loaded, analyses: dict, ranks: dict[str, int]) -> None:
     st.subheader("Results")
     cols = st.columns(3)
-    layers = explore.layer_frame(analyses, ranks, loaded.blocks)
+    layers = analysis.layer_frame(analyses, ranks, loaded.blocks)
     cols[0].download_button("Per-layer errors at the current ranks (CSV)", layers.to_csv(index=False),
                             file_name="fwsvd_layers.csv", mime="text/csv", key="download_layers")
     entries = [({"ranks_digest": digest, "subset": size, "ranks": json.dumps(entry["ranks"])}, entry["results"])
@@ -73,8 +73,8 @@ with ui.error_box():
     loaded = ui.require_model()
     fisher = ui.require_fisher(loaded, "Exports need the Fisher importances: compute them on the Fisher page.")
     analyses = ui.analyses_for(loaded, fisher)
-    ranks = ui.ranks(loaded)
+    ranks = ui.ranks(loaded.source.key, analyses)
     with ui.error_box():
-        rank_config(loaded, analyses, ranks)
+        rank_configuration(loaded, analyses, ranks)
     model_archive(loaded, fisher, ranks)
     results(loaded, analyses, ranks)

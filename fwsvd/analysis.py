@@ -1,0 +1,168 @@
+"""Per-layer analyses (singular values and error curves at every rank) and the tables drawn from them.
+
+A :class:`LayerAnalysis` holds, for one target layer and each method, the singular values and the
+reconstruction error at every rank r = 0..k; :func:`fwsvd.analyze_layers` computes them from a model. The
+tables here only index those curves at chosen ranks, so redrawing the rank explorer is a lookup.
+
+No torch here: the arrays may be torch tensors (from a model) or numpy arrays (from an analysis snapshot,
+see :mod:`fwsvd.snapshot`), and the dashboard draws its first page from a snapshot before torch is loaded.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fwsvd.rank_config import break_even_rank
+
+METHODS: tuple[str, ...] = ("svd", "fwsvd")
+
+
+@dataclass(frozen=True)
+class ErrorCurves:
+    """Reconstruction errors at every rank r = 0..k (index r) of one layer, for one method.
+
+    ``plain`` is ``‖W − Ŵ_r‖``, ``weighted`` is ``‖(W − Ŵ_r)·D‖`` (None without Fisher); one-dimensional
+    torch tensors or numpy arrays.
+    """
+
+    plain: Any
+    weighted: Any | None
+    weight_norm: float
+    weighted_norm: float | None
+
+    def relative_plain(self) -> Any:
+        return self.plain / max(self.weight_norm, 1e-30)
+
+    def relative_weighted(self) -> Any | None:
+        if self.weighted is None or self.weighted_norm is None:
+            return None
+        return self.weighted / max(self.weighted_norm, 1e-30)
+
+
+@dataclass(frozen=True)
+class LayerAnalysis:
+    """Everything the rank explorer plots for one layer, for every rank at once."""
+
+    name: str
+    out_features: int
+    in_features: int
+    singular_values: dict[str, Any]  # method -> (k,) singular values of W (svd) or W·D (fwsvd)
+    curves: dict[str, ErrorCurves]  # method -> errors at ranks 0..k
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.out_features, self.in_features
+
+    @property
+    def full_rank(self) -> int:
+        return min(self.out_features, self.in_features)
+
+    @property
+    def break_even_rank(self) -> float:
+        return break_even_rank(self.out_features, self.in_features)
+
+    def params_at(self, rank: int, bias: bool = True) -> int:
+        return rank * (self.out_features + self.in_features) + (self.out_features if bias else 0)
+
+
+def shapes_of(analyses: Mapping[str, LayerAnalysis]) -> dict[str, tuple[int, int]]:
+    """{layer name: (out_features, in_features)}: what :mod:`fwsvd.ranks` needs to set and check ranks."""
+    return {name: analysis.shape for name, analysis in analyses.items()}
+
+
+def block_of(name: str, blocks: Sequence[str]) -> str:
+    """The transformer block a layer lives in (``bert.encoder.layer.3``), from :func:`find_blocks`'s stacks."""
+    for stack in blocks:
+        if name.startswith(stack + "."):
+            index = name[len(stack) + 1:].split(".", 1)[0]
+            return f"{stack}.{index}"
+    raise ValueError(f"layer {name!r} is not inside any transformer block stack ({', '.join(blocks)})")
+
+
+def layers_by_block(frame: pd.DataFrame) -> dict[str, list[str]]:
+    """{block: [layer names]} in model order, from :func:`architecture_frame` or :func:`layer_frame`."""
+    groups: dict[str, list[str]] = {}
+    for block, layer in zip(frame["block"], frame["layer"]):
+        groups.setdefault(block, []).append(layer)
+    return groups
+
+
+def layer_frame(analyses: Mapping[str, LayerAnalysis], ranks: Mapping[str, int],
+                blocks: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per layer at ``ranks``: weight parameters kept / removed, break-even flag, and for each
+    method the relative reconstruction error, plain ``‖W−Ŵ‖/‖W‖`` (``{method}_error``) and Fisher-weighted
+    ``‖(W−Ŵ)D‖/‖WD‖`` (``{method}_weighted_error``, NaN without Fisher).
+
+    Parameters count weights only: a low-rank pair keeps the layer's bias unchanged. ``blocks`` are the
+    block stacks (:func:`fwsvd.find_blocks`); without them the block is the name up to its last two parts.
+    """
+    rows = []
+    for name, analysis in analyses.items():
+        rank = int(ranks[name])
+        dense = analysis.out_features * analysis.in_features
+        kept = rank * (analysis.out_features + analysis.in_features)
+        block = block_of(name, blocks) if blocks else name.rsplit(".", 2)[0]
+        row: dict[str, Any] = {
+            "layer": name,
+            "block": block,
+            "name_in_block": name[len(block) + 1:],
+            "shape": f"{analysis.out_features}×{analysis.in_features}",
+            "rank": rank,
+            "full_rank": analysis.full_rank,
+            "break_even_rank": analysis.break_even_rank,
+            "above_break_even": rank >= analysis.break_even_rank,
+            "dense_params": dense,
+            # At or above break-even the pair is larger than the layer; compress_ still builds it, so the
+            # saving is reported as negative rather than hidden.
+            "kept_params": kept,
+            "removed_params": dense - kept,
+        }
+        for method in METHODS:
+            curves = analysis.curves.get(method)
+            if curves is None:
+                row[f"{method}_error"] = math.nan
+                row[f"{method}_weighted_error"] = math.nan
+                continue
+            row[f"{method}_error"] = float(curves.relative_plain()[rank])
+            weighted = curves.relative_weighted()
+            row[f"{method}_weighted_error"] = math.nan if weighted is None else float(weighted[rank])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def totals(frame: pd.DataFrame) -> dict[str, Any]:
+    """Totals of a :func:`layer_frame`: weight parameters before / kept / removed, share kept, mean
+    errors per method, and the layers at or above break-even."""
+    dense = int(frame["dense_params"].sum())
+    kept = int(frame["kept_params"].sum())
+    result: dict[str, Any] = {
+        "dense_params": dense,
+        "kept_params": kept,
+        "removed_params": dense - kept,
+        "kept_share": kept / dense if dense else 0.0,
+        "above_break_even": list(frame.loc[frame["above_break_even"], "layer"]),
+    }
+    for method in METHODS:
+        result[f"{method}_mean_error"] = float(frame[f"{method}_error"].mean())
+        result[f"{method}_mean_weighted_error"] = float(frame[f"{method}_weighted_error"].mean())
+    return result
+
+
+def spectrum_frame(analysis: LayerAnalysis) -> pd.DataFrame:
+    """Long format (method, index 1..k, value): each method's singular values divided by its largest.
+
+    SVD factors W and FWSVD factors W·D, whose scales differ; normalising shows the two decays side by side.
+    """
+    parts = []
+    for method, values in analysis.singular_values.items():
+        values = np.asarray(values, dtype=np.float64)
+        largest = float(values[0]) if values.size and values[0] > 0 else 1.0
+        parts.append(pd.DataFrame({"method": method, "index": np.arange(1, values.size + 1),
+                                   "value": values / largest}))
+    return pd.concat(parts, ignore_index=True)
