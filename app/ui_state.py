@@ -326,11 +326,16 @@ def snapshot_key(current: Source, settings: FisherSettings) -> dict[str, Any] | 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _view_from_snapshot(key_text: str) -> ExplorerView:
-    found = snapshot.load_snapshot(json.loads(key_text))
+    key = json.loads(key_text)
+    found = snapshot.load_snapshot(key)
     if found is None:
         raise _NoSnapshot
-    return ExplorerView(json.loads(key_text)["source"], found.analyses, found.blocks, found.info["fisher_key"],
-                        int(found.info["validation_size"]), found.info["metric"])
+    try:
+        return ExplorerView(key["source"], found.analyses, found.blocks, str(found.info["fisher_key"]),
+                            int(found.info["validation_size"]), str(found.info["metric"]))
+    except (KeyError, TypeError, ValueError) as error:  # written by another version of this page
+        logger.warning("the rank explorer's snapshot lacks %s; it will be recomputed", error)
+        raise _NoSnapshot from error
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)

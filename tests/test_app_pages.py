@@ -196,6 +196,21 @@ def test_rank_explorer_recovers_from_a_corrupt_snapshot(app_env, caplog):
     assert "unreadable" in caplog.text  # said in the server log, redrawn from the model, and rewritten:
     assert all(path.stat().st_size > 1000 for path in snapshots.glob("*.npz"))
 
+    # A readable snapshot for this key that lacks what the page needs (from another version of the page).
+    import ui_state
+
+    from fwsvd.snapshot import load_snapshot, save_snapshot
+
+    key = ui_state.snapshot_key(ui_state.default_source(), ui_state.FisherSettings())
+    complete = load_snapshot(key)
+    save_snapshot(key, complete.analyses, complete.blocks, {})
+    st.cache_resource.clear()
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception and not at.error and _chart(at, "error_chart")["data"]
+    assert "lacks" in caplog.text
+    assert load_snapshot(key).info == complete.info
+
 
 def test_rank_explorer_first_draw_imports_no_torch(app_env):
     """The cold-start path: with a snapshot on disk, a new process draws the explorer without torch."""

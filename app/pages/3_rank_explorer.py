@@ -65,7 +65,7 @@ def sliders(frame) -> None:
                                  persist_state="session")
     by_name = frame.set_index("layer")
     columns = st.columns(3)
-    for position, name in enumerate(groups.get(block, next(iter(groups.values())))):
+    for position, name in enumerate(groups[block]):
         row = by_name.loc[name]
         columns[position % 3].slider(
             f"{row['name_in_block']} ({row['shape']})", min_value=1, max_value=int(row["full_rank"]),
