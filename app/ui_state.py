@@ -263,7 +263,8 @@ def compute_fisher(loaded: Loaded, settings: FisherSettings, progress: Callable[
     result = task_fisher(loaded.model, loaded.tokenizer, loaded.task, num_examples=settings.num_examples,
                          seed=settings.seed, max_length=settings.max_length, mode=settings.mode, progress=progress)
     st.session_state.setdefault(FISHER_RESULTS, {})[settings.key(loaded.source)] = result
-    view_from_model(loaded, result, settings)  # analyse now, so the rank explorer opens from its snapshot
+    if settings == fisher_settings():  # the explorer's Fisher (not a comparison's): analyse it now, so
+        view_from_model(loaded, result, settings)  # the rank explorer opens from its snapshot
     return result
 
 

@@ -269,8 +269,11 @@ def test_fisher_page_shows_importance_and_compares_modes(app):
     assert len(_chart(at, "fisher_heatmap")["data"][0]["y"]) == 2  # the two FFN output layers
     assert len(_table(at, "gini")) == 12
 
+    snapshots = Path(os.environ["FWSVD_CACHE_DIR"]) / "snapshots"
+    before = set(snapshots.glob("*.npz"))
     at.button(key="compute_other_fisher").click().run()
     assert not at.exception and not at.error
+    assert set(snapshots.glob("*.npz")) == before  # a comparison's Fisher is not the explorer's: no analysis
     title = _chart(at, "fisher_exact_vs_batch")["layout"]["title"]["text"]
     assert "Exact per-example Fisher vs the batch shortcut" in title
     assert -1 <= float(_metric(at, "Median Spearman correlation")) <= 1
@@ -279,7 +282,6 @@ def test_fisher_page_shows_importance_and_compares_modes(app):
     assert "Batch" in at.success[0].value  # just computed for the comparison
     at.select_slider(key="fisher_examples").set_value(64).run()
     assert any("No batch shortcut Fisher over 64" in info.value for info in at.info)
-    snapshots = Path(os.environ["FWSVD_CACHE_DIR"]) / "snapshots"
     before = set(snapshots.glob("*.npz"))
     at.button(key="compute_fisher").click().run()
     assert not at.exception
