@@ -13,14 +13,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from fwsvd.rank_config import break_even_rank
 
-METHODS: tuple[str, ...] = ("svd", "fwsvd")
+Method = Literal["svd", "fwsvd"]
+METHODS: tuple[Method, ...] = ("svd", "fwsvd")
 
 
 @dataclass(frozen=True)
@@ -166,3 +167,48 @@ def spectrum_frame(analysis: LayerAnalysis) -> pd.DataFrame:
         parts.append(pd.DataFrame({"method": method, "index": np.arange(1, values.size + 1),
                                    "value": values / largest}))
     return pd.concat(parts, ignore_index=True)
+
+
+def analyses_to_arrays(analyses: Mapping[str, LayerAnalysis]) -> dict[str, np.ndarray]:
+    """The analyses' numbers as flat named numpy arrays, ``{index}.{method}.s`` / ``.plain`` / ``.weighted``
+    / ``.norms`` (index: the layer's position): the layout of both the analysis disk cache
+    (:func:`fwsvd.explore.cached_analyses`) and the snapshots. Layer names and shapes are the caller's to keep.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    for index, analysis in enumerate(analyses.values()):
+        for method, curves in analysis.curves.items():
+            prefix = f"{index}.{method}"
+            arrays[f"{prefix}.s"] = _to_numpy(analysis.singular_values[method])
+            arrays[f"{prefix}.plain"] = _to_numpy(curves.plain)
+            arrays[f"{prefix}.norms"] = np.array(
+                [curves.weight_norm, math.nan if curves.weighted_norm is None else curves.weighted_norm])
+            if curves.weighted is not None:
+                arrays[f"{prefix}.weighted"] = _to_numpy(curves.weighted)
+    return arrays
+
+
+def analyses_from_arrays(arrays: Mapping[str, Any],
+                         layers: Sequence[tuple[str, int, int]]) -> dict[str, LayerAnalysis]:
+    """The analyses of :func:`analyses_to_arrays`' layout back, for ``layers`` = [(name, out, in)] in the
+    same order; the arrays are used as given (torch tensors or numpy arrays)."""
+    analyses = {}
+    for index, (name, out_features, in_features) in enumerate(layers):
+        singular_values, curves = {}, {}
+        for method in METHODS:
+            prefix = f"{index}.{method}"
+            if f"{prefix}.s" not in arrays:
+                continue
+            weight_norm, weighted_norm = (float(value) for value in arrays[f"{prefix}.norms"])
+            singular_values[method] = arrays[f"{prefix}.s"]
+            curves[method] = ErrorCurves(plain=arrays[f"{prefix}.plain"], weighted=arrays.get(f"{prefix}.weighted"),
+                                         weight_norm=weight_norm,
+                                         weighted_norm=None if math.isnan(weighted_norm) else weighted_norm)
+        analyses[name] = LayerAnalysis(name, int(out_features), int(in_features), singular_values, curves)
+    return analyses
+
+
+def _to_numpy(values: Any) -> np.ndarray:
+    """A torch tensor (on any device) or an array as a numpy array, without importing torch."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values)

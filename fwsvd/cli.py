@@ -27,7 +27,7 @@ from transformers import PreTrainedTokenizerBase
 from fwsvd.compress import compress_
 from fwsvd.demo import demo_info, ensure_demo_model
 from fwsvd.evaluation import count_parameters, evaluate_model
-from fwsvd.factorize import METHODS
+from fwsvd.analysis import METHODS
 from fwsvd.finetune import finetune_
 from fwsvd.fisher import MODES, FisherResult
 from fwsvd.persistence import save_compressed

@@ -17,12 +17,12 @@ import torch
 from torch import nn
 
 from fwsvd import rank_config
-from fwsvd.analysis import ErrorCurves, LayerAnalysis
-from fwsvd.factorize import METHODS, Decomposition, Method
+from fwsvd.analysis import METHODS, ErrorCurves, LayerAnalysis, Method
+from fwsvd.factorize import Decomposition
 from fwsvd.lowrank import LowRankLinear, source_kind_of
 from fwsvd.module_copy import copy_sharing
-from fwsvd.store import DecompositionStore
 from fwsvd.rank_config import Ranks, break_even_rank, ranks_for_shapes
+from fwsvd.store import DecompositionStore
 from fwsvd.targets import TargetFilter, dense_weight, find_targets, target_shapes
 
 Fisher = Mapping[str, torch.Tensor]

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from fwsvd.analysis import METHODS, ErrorCurves, LayerAnalysis, block_of
+from fwsvd.analysis import METHODS, LayerAnalysis, analyses_from_arrays, analyses_to_arrays, block_of
 from fwsvd.cache import TensorCache, tensor_digest
 from fwsvd.compress import analyze_layers, compressed_copy
 from fwsvd.factorize import IMPORTANCE_FLOOR
@@ -105,42 +105,9 @@ def cached_analyses(model: nn.Module, importances: Mapping[str, torch.Tensor], *
     cache = TensorCache(cache_dir, namespace="analyses")
     tensors = cache.get(key)
     if tensors is not None:
-        return _analyses_from_tensors(tensors, targets)
+        return analyses_from_arrays(tensors, [(name, *dense_weight(module).shape) for name, module in targets.items()])
     analyses = analyze_layers(model, importances, store=store)
-    cache.put(key, _analyses_to_tensors(analyses))
-    return analyses
-
-
-def _analyses_to_tensors(analyses: Mapping[str, LayerAnalysis]) -> dict[str, torch.Tensor]:
-    tensors = {}
-    for index, analysis in enumerate(analyses.values()):
-        for method, curves in analysis.curves.items():
-            prefix = f"{index}.{method}"
-            tensors[f"{prefix}.s"] = analysis.singular_values[method]
-            tensors[f"{prefix}.plain"] = curves.plain
-            norms = [curves.weight_norm, math.nan if curves.weighted_norm is None else curves.weighted_norm]
-            tensors[f"{prefix}.norms"] = torch.tensor(norms, dtype=torch.float64)
-            if curves.weighted is not None:
-                tensors[f"{prefix}.weighted"] = curves.weighted
-    return tensors
-
-
-def _analyses_from_tensors(tensors: Mapping[str, torch.Tensor],
-                           targets: Mapping[str, nn.Module]) -> dict[str, LayerAnalysis]:
-    analyses = {}
-    for index, (name, module) in enumerate(targets.items()):
-        singular_values, curves = {}, {}
-        for method in METHODS:
-            prefix = f"{index}.{method}"
-            if f"{prefix}.s" not in tensors:
-                continue
-            weight_norm, weighted_norm = tensors[f"{prefix}.norms"].tolist()
-            singular_values[method] = tensors[f"{prefix}.s"]
-            curves[method] = ErrorCurves(plain=tensors[f"{prefix}.plain"], weighted=tensors.get(f"{prefix}.weighted"),
-                                         weight_norm=weight_norm,
-                                         weighted_norm=None if math.isnan(weighted_norm) else weighted_norm)
-        out_features, in_features = dense_weight(module).shape
-        analyses[name] = LayerAnalysis(name, out_features, in_features, singular_values, curves)
+    cache.put(key, {name: torch.from_numpy(array) for name, array in analyses_to_arrays(analyses).items()})
     return analyses
 
 

@@ -19,15 +19,11 @@ of the rescaled right singular vectors (see :func:`error_curve`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
-from fwsvd.analysis import ErrorCurves
+from fwsvd.analysis import ErrorCurves, Method
 from fwsvd.rank_config import validate_rank
-
-Method = Literal["svd", "fwsvd"]
-METHODS: tuple[Method, ...] = ("svd", "fwsvd")
 
 #: Importances below this fraction of the largest one are raised to it. Without a floor, a feature with
 #: zero Fisher (e.g. never active on the task data) gets D⁻¹ = ∞ in ``first``; with it, such features are

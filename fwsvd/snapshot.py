@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from fwsvd.analysis import METHODS, ErrorCurves, LayerAnalysis
+from fwsvd.analysis import LayerAnalysis, analyses_from_arrays, analyses_to_arrays
 from fwsvd.locations import default_cache_dir, key_digest
 
 logger = logging.getLogger(__name__)
@@ -67,18 +67,8 @@ def snapshot_path(key: Mapping[str, Any], cache_dir: str | Path | None = None) -
 def save_snapshot(key: Mapping[str, Any], analyses: Mapping[str, LayerAnalysis], blocks: Sequence[str],
                   info: Mapping[str, Any], cache_dir: str | Path | None = None) -> Path:
     """Write a snapshot under ``key`` (JSON-serialisable) atomically; returns its path. ``info`` must be JSON."""
-    arrays: dict[str, np.ndarray] = {}
-    layers = []
-    for index, analysis in enumerate(analyses.values()):
-        layers.append([analysis.name, analysis.out_features, analysis.in_features])
-        for method, curves in analysis.curves.items():
-            prefix = f"{index}.{method}"
-            arrays[f"{prefix}.s"] = _numpy(analysis.singular_values[method])
-            arrays[f"{prefix}.plain"] = _numpy(curves.plain)
-            arrays[f"{prefix}.norms"] = np.array(
-                [curves.weight_norm, np.nan if curves.weighted_norm is None else curves.weighted_norm])
-            if curves.weighted is not None:
-                arrays[f"{prefix}.weighted"] = _numpy(curves.weighted)
+    arrays = analyses_to_arrays(analyses)
+    layers = [[analysis.name, analysis.out_features, analysis.in_features] for analysis in analyses.values()]
     meta = {"key": _canonical(key), "format": SNAPSHOT_FORMAT, "layers": layers, "blocks": list(blocks),
             "info": dict(info)}
     arrays[_META] = np.array(json.dumps(meta))
@@ -107,35 +97,12 @@ def load_snapshot(key: Mapping[str, Any], cache_dir: str | Path | None = None) -
         if meta.get("key") != _canonical(key) or meta.get("format") != SNAPSHOT_FORMAT:
             logger.warning("snapshot %s was written for another model or format; it will be recomputed", path)
             return None
-        analyses = {name: _layer(index, name, out_features, in_features, arrays)
-                    for index, (name, out_features, in_features) in enumerate(meta["layers"])}
-        return AnalysisSnapshot(analyses, list(meta["blocks"]), dict(meta["info"]))
+        return AnalysisSnapshot(analyses_from_arrays(arrays, meta["layers"]), list(meta["blocks"]),
+                                dict(meta["info"]))
     except Exception as error:  # a truncated zip, garbled JSON, a missing array: all mean "recompute"
         logger.warning("snapshot %s is unreadable (%s: %s); it will be recomputed", path,
                        type(error).__name__, error)
         return None
-
-
-def _layer(index: int, name: str, out_features: int, in_features: int,
-           arrays: Mapping[str, np.ndarray]) -> LayerAnalysis:
-    singular_values, curves = {}, {}
-    for method in METHODS:
-        prefix = f"{index}.{method}"
-        if f"{prefix}.s" not in arrays:
-            continue
-        weight_norm, weighted_norm = (float(value) for value in arrays[f"{prefix}.norms"])
-        singular_values[method] = arrays[f"{prefix}.s"]
-        curves[method] = ErrorCurves(plain=arrays[f"{prefix}.plain"], weighted=arrays.get(f"{prefix}.weighted"),
-                                     weight_norm=weight_norm,
-                                     weighted_norm=None if np.isnan(weighted_norm) else weighted_norm)
-    return LayerAnalysis(name, int(out_features), int(in_features), singular_values, curves)
-
-
-def _numpy(values: Any) -> np.ndarray:
-    """A torch tensor (on any device) or an array as a numpy array, without importing torch."""
-    if hasattr(values, "detach"):
-        values = values.detach().cpu().numpy()
-    return np.asarray(values)
 
 
 def _canonical(key: Mapping[str, Any]) -> str:

@@ -18,7 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from fwsvd.compress import compressed_copy
 from fwsvd.data import make_batches
 from fwsvd.evaluation import EvalResult, evaluate_model
-from fwsvd.factorize import METHODS
+from fwsvd.analysis import METHODS
 from fwsvd.finetune import finetune_
 from fwsvd.fisher import FisherResult
 from fwsvd.store import DecompositionStore
