@@ -34,9 +34,16 @@ import torch  # noqa: E402  (after the path set-up above)
 import transformers  # noqa: E402
 
 import ui_charts as charts  # noqa: E402
-from fwsvd import DecompositionStore, analysis, analyze_layers, explore, find_blocks, rank_config  # noqa: E402
+from fwsvd import (  # noqa: E402
+    DecompositionStore,
+    analysis,
+    analyze_layers,
+    explore,
+    find_blocks,
+    find_targets,
+    resolve_ranks,
+)
 from fwsvd.locations import demo_is_built  # noqa: E402
-from fwsvd.targets import find_targets, target_shapes  # noqa: E402
 from fwsvd.pipeline import load_any_model, task_fisher  # noqa: E402
 
 transformers.logging.set_verbosity_error()
@@ -70,7 +77,7 @@ def bench_rank_change(model, fisher, repeats: int) -> dict[str, float]:
     cached = time.perf_counter() - start
     blocks = find_blocks(model)
     names = list(analyses)
-    base = rank_config.global_ranks(target_shapes(find_targets(model)), "rank_ratio", 0.33)
+    base = resolve_ranks(find_targets(model), 0.33)
     generator = random.Random(0)
     computed = store.computed
     library, figures = [], []
@@ -115,7 +122,7 @@ def bench_page_rerun(repeats: int) -> float:
 
 
 def bench_evaluation(model, tokenizer, task, fisher, limit: int) -> dict[str, float]:
-    ranks = rank_config.global_ranks(target_shapes(find_targets(model)), "rank_ratio", 0.33)
+    ranks = resolve_ranks(find_targets(model), 0.33)
     store = DecompositionStore()
     explore.evaluate_methods(model, tokenizer, task, ranks, fisher=fisher.importances, methods=("svd",), limit=32,
                              store=store)  # warm: tokenised split and decompositions, as after opening the page
