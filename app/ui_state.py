@@ -3,7 +3,7 @@
 State lives in ``st.session_state`` under the keys below, so it survives moving between pages. Models are
 loaded once per process (``st.cache_resource``) and never modified: every compression works on a copy.
 Nothing here imports torch at module level: the rank explorer draws from an analysis snapshot
-(:mod:`fwsvd.snapshot`) when one matches the model's files, and only loads the model when it must.
+(:mod:`fwsvd.view.snapshot`) when one matches the model's files, and only loads the model when it must.
 The default model and task come from the environment so tests can point the app at a tiny model:
 
 * ``FWSVD_APP_MODEL``: "demo" (default), a model directory or a hub id;
@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
-from fwsvd import rank_config, snapshot
-from fwsvd.analysis import LayerAnalysis, shapes_of
-from fwsvd.locations import demo_is_built, demo_model_dir
+from fwsvd.view import rank_config, snapshot
+from fwsvd.view.analysis import LayerAnalysis, shapes_of
+from fwsvd.storage.locations import demo_is_built, demo_model_dir
 
 if TYPE_CHECKING:
     from fwsvd import DecompositionStore
@@ -168,7 +168,7 @@ def decomposition_store() -> DecompositionStore:
 
 @st.cache_resource(show_spinner=False)
 def task_for(current: Source) -> Any:
-    from fwsvd.tasks import get_task, local_task
+    from fwsvd.data.tasks import get_task, local_task
 
     if current.task == "local":
         if not current.data_file:
@@ -180,8 +180,8 @@ def task_for(current: Source) -> Any:
 
 @st.cache_resource(show_spinner=False, max_entries=2)
 def _load(current: Source) -> Loaded:
-    from fwsvd.pipeline import load_any_model
-    from fwsvd.targets import find_blocks
+    from fwsvd.io.models import load_any_model
+    from fwsvd.surgery.targets import find_blocks
 
     task = task_for(current)
     model, tokenizer, _ = load_any_model(current.model, task)
@@ -221,7 +221,7 @@ def require_fisher(loaded: Loaded, why: str) -> Any:
 
 
 def build_demo(progress: Callable[[int, int], None] | None) -> Path:
-    from fwsvd.demo import ensure_demo_model
+    from fwsvd.io.demo import ensure_demo_model
 
     return ensure_demo_model(progress=progress)
 
@@ -243,13 +243,14 @@ def progress_bar(text: str) -> tuple[Any, Callable[[int, int], None]]:
 
 def fisher_for(loaded: Loaded, settings: FisherSettings | None = None) -> Any:
     """The FisherResult for these settings if this session has it or the disk cache holds it, else None."""
-    from fwsvd import explore
+    from fwsvd.surgery.analyze import cached_analyses
+    from fwsvd.fisher.task import cached_task_fisher
 
     settings = settings or fisher_settings()
     results = st.session_state.setdefault(FISHER_RESULTS, {})
     key = settings.key(loaded.source)
     if key not in results:
-        cached = explore.cached_task_fisher(loaded.model, loaded.task, num_examples=settings.num_examples,
+        cached = cached_task_fisher(loaded.model, loaded.task, num_examples=settings.num_examples,
                                             seed=settings.seed, max_length=settings.max_length, mode=settings.mode)
         if cached is None:
             return None
@@ -258,7 +259,7 @@ def fisher_for(loaded: Loaded, settings: FisherSettings | None = None) -> Any:
 
 
 def compute_fisher(loaded: Loaded, settings: FisherSettings, progress: Callable[[int, int], None]) -> Any:
-    from fwsvd.pipeline import task_fisher
+    from fwsvd.fisher.task import task_fisher
 
     result = task_fisher(loaded.model, loaded.tokenizer, loaded.task, num_examples=settings.num_examples,
                          seed=settings.seed, max_length=settings.max_length, mode=settings.mode, progress=progress)
@@ -280,10 +281,11 @@ def fisher_key(fisher: Any) -> str:
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _analyses(_loaded: Loaded, _fisher: Any, key: tuple) -> dict:
-    from fwsvd import explore
+    from fwsvd.surgery.analyze import cached_analyses
+    from fwsvd.fisher.task import cached_task_fisher
 
     # ``key`` (source and Fisher identity) stands for the unhashable model and importances.
-    return explore.cached_analyses(_loaded.model, _fisher.importances, store=decomposition_store())
+    return cached_analyses(_loaded.model, _fisher.importances, store=decomposition_store())
 
 
 def analyses_for(loaded: Loaded, fisher: Any) -> dict:

@@ -34,17 +34,14 @@ import torch  # noqa: E402  (after the path set-up above)
 import transformers  # noqa: E402
 
 import ui_charts as charts  # noqa: E402
-from fwsvd import (  # noqa: E402
-    DecompositionStore,
-    analysis,
-    analyze_layers,
-    explore,
-    find_blocks,
-    find_targets,
-    resolve_ranks,
-)
-from fwsvd.locations import demo_is_built  # noqa: E402
-from fwsvd.pipeline import load_any_model, task_fisher  # noqa: E402
+from fwsvd import DecompositionStore, analyze_layers, find_blocks, find_targets, resolve_ranks  # noqa: E402
+from fwsvd.evaluate.methods import evaluate_methods  # noqa: E402
+from fwsvd.fisher.task import task_fisher  # noqa: E402
+from fwsvd.io.models import load_any_model  # noqa: E402
+from fwsvd.storage.locations import demo_is_built  # noqa: E402
+from fwsvd.surgery.analyze import cached_analyses  # noqa: E402
+from fwsvd.surgery.architecture import architecture_frame  # noqa: E402
+from fwsvd.view import analysis  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 TARGETS = {"rank change": 0.5, "evaluation": 30.0, "cold start": 10.0}
@@ -61,7 +58,7 @@ def _load(source):
     import ui_state
 
     if source.model == "demo" and not demo_is_built():
-        raise SystemExit("the demo model is not built yet: build it first (Model & task page or fwsvd.demo)")
+        raise SystemExit("the demo model is not built yet: build it first (Model & task page or fwsvd.io.demo)")
     task = ui_state.task_for(source)  # the same task the app builds
     model, tokenizer, _ = load_any_model(source.model, task)
     return model, tokenizer, task
@@ -73,7 +70,7 @@ def bench_rank_change(model, fisher, repeats: int) -> dict[str, float]:
     analyze_layers(model, fisher.importances, store=store)
     uncached = time.perf_counter() - start
     start = time.perf_counter()
-    analyses = explore.cached_analyses(model, fisher.importances, store=store)
+    analyses = cached_analyses(model, fisher.importances, store=store)
     cached = time.perf_counter() - start
     blocks = find_blocks(model)
     names = list(analyses)
@@ -124,10 +121,10 @@ def bench_page_rerun(repeats: int) -> float:
 def bench_evaluation(model, tokenizer, task, fisher, limit: int) -> dict[str, float]:
     ranks = resolve_ranks(find_targets(model), 0.33)
     store = DecompositionStore()
-    explore.evaluate_methods(model, tokenizer, task, ranks, fisher=fisher.importances, methods=("svd",), limit=32,
+    evaluate_methods(model, tokenizer, task, ranks, fisher=fisher.importances, methods=("svd",), limit=32,
                              store=store)  # warm: tokenised split and decompositions, as after opening the page
     start = time.perf_counter()
-    results = explore.evaluate_methods(model, tokenizer, task, ranks, fisher=fisher.importances,
+    results = evaluate_methods(model, tokenizer, task, ranks, fisher=fisher.importances,
                                        methods=("svd", "fwsvd"), limit=limit, store=store)
     seconds = time.perf_counter() - start
     metric = task.metric_names[0]
@@ -154,7 +151,7 @@ def _explorer_snapshot():
     """The snapshot file the rank explorer opens from, for the app's default model, task and Fisher."""
     import ui_state
 
-    from fwsvd.snapshot import snapshot_path
+    from fwsvd.view.snapshot import snapshot_path
 
     key = ui_state.snapshot_key(ui_state.default_source(), ui_state.FisherSettings())
     return None if key is None else snapshot_path(key)
@@ -232,7 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         "# Dashboard benchmark",
         "",
         f"Command: `python bench/bench_app.py{' --write ' + str(args.write) if args.write else ''}` "
-        f"(model `{source.model}`, task `{source.task_label}`, {len(explore.architecture_frame(model))} target "
+        f"(model `{source.model}`, task `{source.task_label}`, {len(architecture_frame(model))} target "
         "layers).",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch "

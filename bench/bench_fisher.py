@@ -42,8 +42,8 @@ import transformers
 from transformers import BertConfig, BertForSequenceClassification
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from fwsvd.fisher import estimate_fisher, load_or_estimate_fisher  # noqa: E402
-from fwsvd.targets import find_targets  # noqa: E402
+from fwsvd.fisher.estimate import estimate_fisher, load_or_estimate_fisher  # noqa: E402
+from fwsvd.surgery.targets import find_targets  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 

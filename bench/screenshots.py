@@ -26,12 +26,13 @@ def _prepare() -> None:
     """The demo must be built; the Fisher the pages use by default is computed once if absent."""
     import ui_state
 
-    from fwsvd.locations import demo_is_built
-    from fwsvd.pipeline import load_any_model, task_fisher
+    from fwsvd.storage.locations import demo_is_built
+    from fwsvd.io.models import load_any_model
+    from fwsvd.fisher.task import task_fisher
 
     source = ui_state.default_source()
     if source.model == "demo" and not demo_is_built():
-        raise SystemExit("build the demo model first (Model & task page, or fwsvd.demo.ensure_demo_model())")
+        raise SystemExit("build the demo model first (Model & task page, or fwsvd.io.demo.ensure_demo_model())")
     task = ui_state.task_for(source)
     model, tokenizer, _ = load_any_model(source.model, task)
     settings = ui_state.FisherSettings()

@@ -1,7 +1,7 @@
 """fwsvd: Fisher-weighted SVD compression of fine-tuned transformer language models.
 
 Every name below is imported on first use, so ``import fwsvd`` (or a torch-free submodule such as
-``fwsvd.analysis``) does not load torch and transformers: the dashboard draws its first page before they
+``fwsvd.view.analysis``) does not load torch and transformers: the dashboard draws its first page before they
 are needed.
 """
 
@@ -13,39 +13,39 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "CompressionReport": "fwsvd.compress",
-    "LayerReport": "fwsvd.compress",
-    "analyze_layers": "fwsvd.compress",
-    "compress_": "fwsvd.compress",
-    "compressed_copy": "fwsvd.compress",
-    "densify_": "fwsvd.compress",
-    "ranks_for_param_fraction": "fwsvd.compress",
-    "resolve_ranks": "fwsvd.compress",
-    "set_ranks_": "fwsvd.compress",
-    "ErrorCurves": "fwsvd.analysis",
-    "LayerAnalysis": "fwsvd.analysis",
-    "break_even_rank": "fwsvd.rank_config",
-    "Decomposition": "fwsvd.factorize",
-    "decompose": "fwsvd.factorize",
-    "error_curve": "fwsvd.factorize",
-    "error_curves": "fwsvd.factorize",
-    "low_rank_factors": "fwsvd.factorize",
-    "FisherResult": "fwsvd.fisher",
-    "estimate_fisher": "fwsvd.fisher",
-    "load_or_estimate_fisher": "fwsvd.fisher",
-    "LowRankLinear": "fwsvd.lowrank",
-    "DecompositionStore": "fwsvd.store",
-    "dense_weight": "fwsvd.targets",
-    "find_blocks": "fwsvd.targets",
-    "find_targets": "fwsvd.targets",
-    "load_compressed": "fwsvd.persistence",
-    "read_compressed_info": "fwsvd.persistence",
-    "save_compressed": "fwsvd.persistence",
-    "load_any_model": "fwsvd.pipeline",
-    "task_fisher": "fwsvd.pipeline",
-    "SweepResult": "fwsvd.sweep",
-    "SweepRun": "fwsvd.sweep",
-    "run_sweep": "fwsvd.sweep",
+    "CompressionReport": "fwsvd.surgery.compress",
+    "LayerReport": "fwsvd.surgery.compress",
+    "analyze_layers": "fwsvd.surgery.analyze",
+    "compress_": "fwsvd.surgery.compress",
+    "compressed_copy": "fwsvd.surgery.compress",
+    "densify_": "fwsvd.surgery.compress",
+    "ranks_for_param_fraction": "fwsvd.surgery.compress",
+    "resolve_ranks": "fwsvd.surgery.compress",
+    "set_ranks_": "fwsvd.surgery.compress",
+    "ErrorCurves": "fwsvd.view.analysis",
+    "LayerAnalysis": "fwsvd.view.analysis",
+    "break_even_rank": "fwsvd.view.rank_config",
+    "Decomposition": "fwsvd.factorize.closed_form",
+    "decompose": "fwsvd.factorize.closed_form",
+    "error_curve": "fwsvd.factorize.closed_form",
+    "error_curves": "fwsvd.factorize.closed_form",
+    "low_rank_factors": "fwsvd.factorize.closed_form",
+    "FisherResult": "fwsvd.fisher.estimate",
+    "estimate_fisher": "fwsvd.fisher.estimate",
+    "load_or_estimate_fisher": "fwsvd.fisher.estimate",
+    "LowRankLinear": "fwsvd.surgery.lowrank",
+    "DecompositionStore": "fwsvd.factorize.store",
+    "dense_weight": "fwsvd.surgery.modules",
+    "find_blocks": "fwsvd.surgery.targets",
+    "find_targets": "fwsvd.surgery.targets",
+    "load_compressed": "fwsvd.io.persistence",
+    "read_compressed_info": "fwsvd.io.persistence",
+    "save_compressed": "fwsvd.io.persistence",
+    "load_any_model": "fwsvd.io.models",
+    "task_fisher": "fwsvd.fisher.task",
+    "SweepResult": "fwsvd.evaluate.sweep",
+    "SweepRun": "fwsvd.evaluate.sweep",
+    "run_sweep": "fwsvd.evaluate.sweep",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -24,16 +24,18 @@ import transformers
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from fwsvd.compress import compress_
-from fwsvd.demo import demo_info, ensure_demo_model
-from fwsvd.evaluation import count_parameters, evaluate_model
-from fwsvd.analysis import METHODS
-from fwsvd.finetune import finetune_
-from fwsvd.fisher import MODES, FisherResult
-from fwsvd.persistence import save_compressed
-from fwsvd.pipeline import importance_agreement, load_any_model, task_fisher
-from fwsvd.sweep import check_rank_ratio, run_sweep
-from fwsvd.tasks import ROLES, TASK_NAMES, Task, get_task, local_task
+from fwsvd.surgery.compress import compress_
+from fwsvd.io.demo import demo_info, ensure_demo_model
+from fwsvd.evaluate.evaluation import count_parameters, evaluate_model
+from fwsvd.view.analysis import METHODS
+from fwsvd.evaluate.finetune import finetune_
+from fwsvd.fisher.estimate import MODES, FisherResult
+from fwsvd.io.persistence import save_compressed
+from fwsvd.fisher.summary import importance_agreement
+from fwsvd.io.models import load_any_model
+from fwsvd.fisher.task import task_fisher
+from fwsvd.evaluate.sweep import check_rank_ratio, run_sweep
+from fwsvd.data.tasks import ROLES, TASK_NAMES, Task, get_task, local_task
 
 PROG = "fwsvd"
 #: Library errors that mean "the input is wrong", shown as one line; anything else is a bug and keeps its traceback.

@@ -59,9 +59,9 @@ def write_review_csv(path: Path, rows: int = 160, seed: int = 0) -> Path:
 def prepare_app_environment(root: Path) -> dict[str, str]:
     """Save the tiny model and CSV task under ``root``, cache the Fisher the pages look up by default,
     and return the environment variables that point the dashboard at them."""
-    from fwsvd.models import load_model
-    from fwsvd.pipeline import task_fisher
-    from fwsvd.tasks import local_task
+    from fwsvd.io.models import load_model
+    from fwsvd.fisher.task import task_fisher
+    from fwsvd.data.tasks import local_task
 
     env = {
         "FWSVD_APP_MODEL": str(save_tiny_classifier(root / "model")),

@@ -199,7 +199,7 @@ def test_rank_explorer_recovers_from_a_corrupt_snapshot(app_env, caplog):
     # A readable snapshot for this key that lacks what the page needs (from another version of the page).
     import ui_state
 
-    from fwsvd.snapshot import load_snapshot, save_snapshot
+    from fwsvd.view.snapshot import load_snapshot, save_snapshot
 
     key = ui_state.snapshot_key(ui_state.default_source(), ui_state.FisherSettings())
     complete = load_snapshot(key)

@@ -6,8 +6,8 @@ import logging
 
 import torch
 
-from fwsvd.cache import TensorCache, model_digest, tensor_digest
-from fwsvd.locations import key_digest
+from fwsvd.storage.tensor_cache import TensorCache, model_digest, tensor_digest
+from fwsvd.storage.locations import key_digest
 
 
 def test_round_trip_and_miss(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 
 from fwsvd import cli
 from fwsvd.cli import main
-from fwsvd.persistence import INFO_FILE, read_compressed_info
+from fwsvd.io.persistence import INFO_FILE, read_compressed_info
 from tiny_task import save_tiny_classifier, write_reviews
 
 DATA = ["--text-column", "review", "--label-column", "sentiment"]

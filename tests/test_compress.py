@@ -266,7 +266,7 @@ def test_cached_file_that_is_not_a_decomposition_is_recomputed(tmp_path, caplog)
 
     from safetensors import safe_open
 
-    from fwsvd.cache import TensorCache
+    from fwsvd.storage.tensor_cache import TensorCache
 
     model = tiny_bert()
     writer = DecompositionStore(tmp_path)

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from fwsvd import data, tasks
-from fwsvd.data import IGNORE_INDEX, align_labels, make_batches
-from fwsvd.tasks import local_task
+from fwsvd.data import batches, tasks
+from fwsvd.data.batches import IGNORE_INDEX, align_labels, make_batches
+from fwsvd.data.tasks import local_task
 from tiny_text import sentiment_frame, tiny_tokenizer
 
 
@@ -139,7 +139,7 @@ def test_a_split_is_tokenised_once_per_tokenizer(sentiment, tokenizer, monkeypat
     assert loads == []
     make_batches(sentiment, tokenizer, "test", max_length=5)
     assert loads == ["test"]
-    assert len(data._ENCODED[tokenizer]) == 2
+    assert len(batches._ENCODED[tokenizer]) == 2
 
 
 def test_bad_arguments(sentiment, tokenizer):

@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from fwsvd import demo
-from fwsvd.demo import demo_info, ensure_demo_model
-from fwsvd.locations import DEMO_INFO_FILE, DEMO_VERSION
+from fwsvd.io import demo
+from fwsvd.io.demo import demo_info, ensure_demo_model
+from fwsvd.storage.locations import DEMO_INFO_FILE, DEMO_VERSION
 
 
 def _fake_build(calls):
@@ -81,9 +81,9 @@ def test_missing_minilm_package_says_how_to_install(monkeypatch):
 def test_real_demo_build_reaches_the_accuracy_and_is_reused():
     """Builds the real demo model (about 5 minutes on 2 idle cores) in the default cache directory, so CI
     builds it once and later tests and the app reuse it."""
-    from fwsvd.evaluation import evaluate_model
-    from fwsvd.models import load_model
-    from fwsvd.tasks import get_task
+    from fwsvd.evaluate.evaluation import evaluate_model
+    from fwsvd.io.models import load_model
+    from fwsvd.data.tasks import get_task
 
     path = ensure_demo_model()
     info = demo_info(path)

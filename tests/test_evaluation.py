@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from conftest import tiny_bert, tiny_bert_token
-from fwsvd.evaluation import count_parameters, evaluate_model, predict
-from fwsvd.data import make_batches
-from fwsvd.metrics import compute_metrics
-from fwsvd.tasks import local_task
+from fwsvd.evaluate.evaluation import count_parameters, evaluate_model, predict
+from fwsvd.data.batches import make_batches
+from fwsvd.evaluate.metrics import compute_metrics
+from fwsvd.data.tasks import local_task
 from tiny_text import sentiment_frame, tiny_tokenizer
 
 

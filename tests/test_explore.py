@@ -1,4 +1,4 @@
-"""The dashboard's computations (fwsvd.explore, fwsvd.analysis, fwsvd.rank_config), checked without a browser."""
+"""The dashboard's computations (fwsvd.explore, fwsvd.view.analysis, fwsvd.view.rank_config), checked without a browser."""
 
 from __future__ import annotations
 
@@ -13,9 +13,16 @@ import torch
 from app_support import save_tiny_classifier, write_review_csv
 from conftest import tiny_bert
 from fwsvd import DecompositionStore, analyze_layers, compressed_copy, find_targets
-from fwsvd import analysis, explore, rank_config
-from fwsvd.locations import DEMO_INFO_FILE, demo_is_built, demo_model_dir
-from fwsvd.targets import target_shapes
+from fwsvd.view import analysis, rank_config
+from fwsvd.surgery.architecture import architecture_frame, model_summary
+from fwsvd.surgery.analyze import cached_analyses
+from fwsvd.fisher.task import cached_task_fisher
+from fwsvd.fisher.summary import compare_fisher, concentration, cumulative_share, fisher_frame, importance_matrix
+from fwsvd.io.archive import compressed_archive
+from fwsvd.data.files import data_file_columns
+from fwsvd.evaluate.methods import evaluate_methods, evaluations_frame
+from fwsvd.storage.locations import DEMO_INFO_FILE, demo_is_built, demo_model_dir
+from fwsvd.surgery.targets import target_shapes
 
 
 def _global_ranks(model: torch.nn.Module, mode: str, value: float) -> dict[str, int]:
@@ -38,7 +45,7 @@ def analysed():
 
 def test_architecture_frame_lists_every_target_by_block():
     model = tiny_bert()
-    frame = explore.architecture_frame(model)
+    frame = architecture_frame(model)
     assert list(frame["layer"]) == list(find_targets(model))
     groups = analysis.layers_by_block(frame)
     assert list(groups) == ["bert.encoder.layer.0", "bert.encoder.layer.1"]
@@ -47,7 +54,7 @@ def test_architecture_frame_lists_every_target_by_block():
     assert (query["out_features"], query["in_features"], query["full_rank"]) == (32, 32, 32)
     assert query["name_in_block"] == "attention.self.query"
     assert query["break_even_rank"] == pytest.approx(16.0)
-    summary = explore.model_summary(model)
+    summary = model_summary(model)
     assert summary["target_layers"] == 12 and summary["blocks"] == 2
     assert 0 < summary["target_share"] < 1
 
@@ -134,31 +141,31 @@ def test_rank_config_round_trip_and_errors(analysed):
 
 
 def test_concentration_extremes():
-    uniform = explore.concentration(torch.ones(100))
+    uniform = concentration(torch.ones(100))
     assert uniform["gini"] == pytest.approx(0.0, abs=1e-9)
     assert uniform["effective_share"] == pytest.approx(1.0)
     assert uniform["top10_share"] == pytest.approx(0.1)
     spike = torch.zeros(100)
     spike[7] = 5.0
-    peaked = explore.concentration(spike)
+    peaked = concentration(spike)
     assert peaked["top1_share"] == pytest.approx(1.0)
     assert peaked["gini"] == pytest.approx(0.99)
     assert peaked["effective_share"] == pytest.approx(0.01)
-    assert math.isnan(explore.concentration(torch.zeros(5))["gini"])
+    assert math.isnan(concentration(torch.zeros(5))["gini"])
 
 
 def test_fisher_frame_heatmap_and_cumulative_share():
     model = tiny_bert()
     fisher = _fisher(model)
-    frame = explore.fisher_frame(fisher)
+    frame = fisher_frame(fisher)
     assert frame["share_of_model"].sum() == pytest.approx(1.0)
     names = [name for name in fisher if fisher[name].numel() == 32]
-    matrix = explore.importance_matrix(fisher, names)
+    matrix = importance_matrix(fisher, names)
     assert matrix.shape == (len(names), 32)
     assert (10 ** matrix).mean(axis=1) == pytest.approx([1.0] * len(names))
     with pytest.raises(ValueError, match="input width"):
-        explore.importance_matrix(fisher, list(fisher))
-    curve = explore.cumulative_share(fisher[names[0]])
+        importance_matrix(fisher, list(fisher))
+    curve = cumulative_share(fisher[names[0]])
     assert curve["importance_share"].iloc[0] == 0 and curve["importance_share"].iloc[-1] == pytest.approx(1.0)
     assert curve["importance_share"].is_monotonic_increasing
 
@@ -166,26 +173,26 @@ def test_fisher_frame_heatmap_and_cumulative_share():
 def test_compare_fisher():
     model = tiny_bert()
     exact = _fisher(model, seed=0)
-    same = explore.compare_fisher(exact, {name: 3 * value for name, value in exact.items()})
+    same = compare_fisher(exact, {name: 3 * value for name, value in exact.items()})
     assert same["cosine"].min() == pytest.approx(1.0)
     assert same["spearman"].min() == pytest.approx(1.0)
     assert same["top10_overlap"].min() == pytest.approx(1.0)
-    other = explore.compare_fisher(exact, _fisher(model, seed=1))
+    other = compare_fisher(exact, _fisher(model, seed=1))
     assert other["spearman"].abs().max() < 0.9
     with pytest.raises(ValueError, match="share no layer"):
-        explore.compare_fisher(exact, {"elsewhere": torch.ones(3)})
+        compare_fisher(exact, {"elsewhere": torch.ones(3)})
 
 
 def test_data_file_columns(tmp_path):
     csv = write_review_csv(tmp_path / "reviews.csv", rows=10)
-    assert explore.data_file_columns(csv) == ["review", "sentiment"]
+    assert data_file_columns(csv) == ["review", "sentiment"]
     (tmp_path / "rows.jsonl").write_text('{"a": 1, "b": "x"}\n{"a": 2, "b": "y"}\n')
-    assert explore.data_file_columns(tmp_path / "rows.jsonl") == ["a", "b"]
+    assert data_file_columns(tmp_path / "rows.jsonl") == ["a", "b"]
     with pytest.raises(FileNotFoundError):
-        explore.data_file_columns(tmp_path / "missing.csv")
+        data_file_columns(tmp_path / "missing.csv")
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(ValueError, match="unsupported"):
-        explore.data_file_columns(tmp_path / "notes.txt")
+        data_file_columns(tmp_path / "notes.txt")
 
 
 def test_demo_is_built_follows_the_cache(tmp_path):
@@ -197,8 +204,8 @@ def test_demo_is_built_follows_the_cache(tmp_path):
 
 @pytest.fixture
 def tiny_task(tmp_path, cache_dir):
-    from fwsvd.models import load_model
-    from fwsvd.tasks import local_task
+    from fwsvd.io.models import load_model
+    from fwsvd.data.tasks import local_task
 
     directory = save_tiny_classifier(tmp_path / "model")
     task = local_task(write_review_csv(tmp_path / "reviews.csv"), text_column="review", label_column="sentiment")
@@ -207,26 +214,26 @@ def tiny_task(tmp_path, cache_dir):
 
 
 def test_cached_task_fisher_finds_what_task_fisher_computed(tiny_task):
-    from fwsvd.pipeline import task_fisher
+    from fwsvd.fisher.task import task_fisher
 
     model, tokenizer, task = tiny_task
     settings = dict(num_examples=5000, seed=0, max_length=32, mode="per_example")  # capped at the split size
-    assert explore.cached_task_fisher(model, task, **settings) is None
+    assert cached_task_fisher(model, task, **settings) is None
     computed = task_fisher(model, tokenizer, task, **settings)
-    cached = explore.cached_task_fisher(model, task, **settings)
+    cached = cached_task_fisher(model, task, **settings)
     assert cached is not None and cached.from_cache
     assert all(torch.equal(cached.importances[name], computed.importances[name]) for name in computed.importances)
 
 
 def test_evaluate_methods_and_archive(tiny_task, tmp_path):
-    from fwsvd.persistence import load_compressed
-    from fwsvd.pipeline import task_fisher
+    from fwsvd.io.persistence import load_compressed
+    from fwsvd.fisher.task import task_fisher
 
     model, tokenizer, task = tiny_task
     before = {name: value.clone() for name, value in model.state_dict().items()}
     fisher = task_fisher(model, tokenizer, task, num_examples=32, max_length=32).importances
     calls = []
-    results = explore.evaluate_methods(model, tokenizer, task, 0.5, fisher=fisher,
+    results = evaluate_methods(model, tokenizer, task, 0.5, fisher=fisher,
                                        methods=("dense", "svd", "fwsvd"), limit=10, batch_size=4, max_length=32,
                                        progress=lambda done, total: calls.append((done, total)))
     assert set(results) == {"dense", "svd", "fwsvd"}
@@ -234,11 +241,11 @@ def test_evaluate_methods_and_archive(tiny_task, tmp_path):
     assert results["fwsvd"]["num_examples"] == 10 and "accuracy" in results["fwsvd"]["metrics"]
     assert calls[-1] == (9, 9)
     assert all(torch.equal(model.state_dict()[name], value) for name, value in before.items())
-    table = explore.evaluations_frame([({"setting": "half", "examples": 10}, results)])
+    table = evaluations_frame([({"setting": "half", "examples": 10}, results)])
     assert list(table["method"]) == ["dense", "svd", "fwsvd"]
     assert {"setting", "examples", "params", "accuracy"} <= set(table.columns)
 
-    archive = explore.compressed_archive(model, 0.5, method="fwsvd", fisher=fisher, tokenizer=tokenizer)
+    archive = compressed_archive(model, 0.5, method="fwsvd", fisher=fisher, tokenizer=tokenizer)
     with zipfile.ZipFile(io.BytesIO(archive)) as opened:
         names = opened.namelist()
         assert any(name.endswith("config.json") for name in names)
@@ -251,9 +258,9 @@ def test_cached_analyses_round_trip_and_follow_the_weights(cache_dir):
     model = tiny_bert()
     fisher = _fisher(model)
     store = DecompositionStore(use_disk=False)
-    first = explore.cached_analyses(model, fisher, store=store)
+    first = cached_analyses(model, fisher, store=store)
     computed = store.computed
-    again = explore.cached_analyses(model, fisher, store=store)
+    again = cached_analyses(model, fisher, store=store)
     assert store.computed == computed  # read back, nothing decomposed
     for name, layer in first.items():
         other = again[name]
@@ -266,7 +273,7 @@ def test_cached_analyses_round_trip_and_follow_the_weights(cache_dir):
     assert analysis.layer_frame(first, ranks).equals(analysis.layer_frame(again, ranks))
     with torch.no_grad():
         next(iter(find_targets(model).values())).weight.mul_(2)
-    changed = explore.cached_analyses(model, fisher, store=store)
+    changed = cached_analyses(model, fisher, store=store)
     assert store.computed > computed
     name = next(iter(first))
     assert changed[name].curves["svd"].weight_norm == pytest.approx(2 * first[name].curves["svd"].weight_norm)

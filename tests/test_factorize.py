@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fwsvd import Decomposition, decompose, error_curves, low_rank_factors
-from fwsvd.factorize import IMPORTANCE_FLOOR, importance_scale
+from fwsvd.factorize.closed_form import IMPORTANCE_FLOOR, importance_scale
 
 SHAPES = [(12, 20), (20, 12), (16, 16)]
 

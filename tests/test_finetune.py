@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from conftest import tiny_bert, tiny_bert_token
-from fwsvd.evaluation import evaluate_model
-from fwsvd.finetune import finetune_
-from fwsvd.tasks import local_task
+from fwsvd.evaluate.evaluation import evaluate_model
+from fwsvd.evaluate.finetune import finetune_
+from fwsvd.data.tasks import local_task
 from tiny_text import sentiment_frame, tiny_tokenizer
 
 

@@ -11,14 +11,15 @@ from conftest import VOCAB, random_batch, tiny_bert, tiny_bert_token, tiny_model
 from torch import nn
 from transformers import AlbertConfig, AlbertForSequenceClassification
 
-from fwsvd.fisher import (
+from fwsvd.fisher.estimate import (
     FisherResult,
     estimate_fisher,
-    importance_similarity,
     load_or_estimate_fisher,
     squared_gradient_sum,
 )
-from fwsvd.targets import dense_weight, find_targets
+from fwsvd.fisher.summary import importance_similarity
+from fwsvd.surgery.modules import dense_weight
+from fwsvd.surgery.targets import find_targets
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

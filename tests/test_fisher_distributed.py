@@ -18,8 +18,9 @@ from conftest import random_batch, tiny_bert_token
 from safetensors.torch import load_file, save_file
 from transformers import BertForTokenClassification
 
-from fwsvd.distributed import init_from_env, iter_example_batches, main, rank_and_world_size, shard_batches
-from fwsvd.fisher import estimate_fisher, load_or_estimate_fisher
+from fwsvd.fisher.distributed import rank_and_world_size, shard_batches
+from fwsvd.fisher.launch import init_from_env, iter_example_batches, main
+from fwsvd.fisher.estimate import estimate_fisher, load_or_estimate_fisher
 
 pytestmark = [pytest.mark.distributed, pytest.mark.usefixtures("one_torch_thread")]
 

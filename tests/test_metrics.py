@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from fwsvd.metrics import compute_metrics
-from fwsvd.tasks import Task, get_task
+from fwsvd.evaluate.metrics import compute_metrics
+from fwsvd.data.tasks import Task, get_task
 
 # predictions vs references: TP = 2 (rows 0, 4), FP = 1 (row 1), FN = 1 (row 3), TN = 1 (row 2)
 PREDICTED = [1, 1, 0, 0, 1]

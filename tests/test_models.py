@@ -7,9 +7,9 @@ import torch
 from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel
 
 from conftest import VOCAB, tiny_bert, tiny_bert_token
-from fwsvd import demo, models
-from fwsvd.models import load_model
-from fwsvd.tasks import get_task
+from fwsvd.io import demo, models
+from fwsvd.io.models import load_model
+from fwsvd.data.tasks import get_task
 from tiny_text import tiny_tokenizer
 
 
@@ -88,7 +88,7 @@ def test_unreachable_hub_id_names_what_was_tried(monkeypatch):
 
 def test_demo_source_uses_the_demo_build(tmp_path, monkeypatch):
     path = _save(tiny_bert(num_labels=2), tmp_path / "demo")
-    monkeypatch.setattr(demo, "ensure_demo_model", lambda: path)
+    monkeypatch.setattr(models, "ensure_demo_model", lambda: path)
     model, _ = load_model("demo", get_task("demo"))
     assert model.config.num_labels == 2
 

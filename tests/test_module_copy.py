@@ -10,7 +10,7 @@ from torch import nn
 
 from conftest import random_batch, tiny_models
 from fwsvd import find_targets
-from fwsvd.module_copy import copy_sharing
+from fwsvd.surgery.module_copy import copy_sharing
 
 
 def _logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -18,7 +18,7 @@ from transformers import (
 
 from conftest import VOCAB, random_batch, tiny_models
 from fwsvd import DecompositionStore, LowRankLinear, compress_, dense_weight, find_targets
-from fwsvd.persistence import (
+from fwsvd.io.persistence import (
     FORMAT_VERSION,
     INFO_FILE,
     WEIGHTS_FILE,

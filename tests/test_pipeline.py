@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from fwsvd import DecompositionStore, compress_
-from fwsvd.persistence import save_compressed
-from fwsvd.pipeline import importance_agreement, is_compressed_dir, load_any_model, task_fisher
-from fwsvd.tasks import get_task, local_task
+from fwsvd.io.persistence import save_compressed
+from fwsvd.fisher.summary import importance_agreement
+from fwsvd.io.models import is_compressed_dir, load_any_model
+from fwsvd.fisher.task import task_fisher
+from fwsvd.data.tasks import get_task, local_task
 from tiny_task import minilm_tokenizer, save_tiny_classifier, tiny_text_classifier, write_reviews
 
 

@@ -1,4 +1,4 @@
-"""fwsvd.snapshot and the torch-free modules: analyses saved per model files, read back without torch."""
+"""fwsvd.view.snapshot and the torch-free modules: analyses saved per model files, read back without torch."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ import pytest
 import torch
 
 from conftest import tiny_bert
-from fwsvd import DecompositionStore, analyze_layers, find_targets, rank_config
-from fwsvd.analysis import layer_frame, shapes_of, spectrum_frame, totals
-from fwsvd.compress import ranks_for_param_fraction, resolve_ranks
-from fwsvd.snapshot import files_identity, load_snapshot, save_snapshot, snapshot_path
-from fwsvd.targets import find_blocks, target_shapes
+from fwsvd import DecompositionStore, analyze_layers, find_targets
+from fwsvd.view import rank_config
+from fwsvd.view.analysis import layer_frame, shapes_of, spectrum_frame, totals
+from fwsvd.surgery.compress import ranks_for_param_fraction, resolve_ranks
+from fwsvd.view.snapshot import files_identity, load_snapshot, save_snapshot, snapshot_path
+from fwsvd.surgery.targets import find_blocks, target_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = {"kind": "test", "model_files": [["model.safetensors", 10, 1]]}
@@ -70,7 +71,7 @@ def test_snapshot_misses_read_as_none_with_a_warning(analysed, tmp_path, caplog)
     # A file under this key's name that holds another key's snapshot.
     other = save_snapshot({"kind": "other"}, analyses, [], {}, cache_dir=tmp_path)
     os.replace(other, path)
-    with caplog.at_level(logging.WARNING, logger="fwsvd.snapshot"):
+    with caplog.at_level(logging.WARNING, logger="fwsvd.view.snapshot"):
         assert load_snapshot(KEY, cache_dir=tmp_path) is None
     assert "another model" in caplog.text
 
@@ -78,7 +79,7 @@ def test_snapshot_misses_read_as_none_with_a_warning(analysed, tmp_path, caplog)
     data = bytearray(save_snapshot(KEY, analyses, [], {}, cache_dir=tmp_path).read_bytes())
     data[len(data) // 3: len(data) // 3 + 64] = b"\0" * 64
     path.write_bytes(bytes(data))
-    with caplog.at_level(logging.WARNING, logger="fwsvd.snapshot"):
+    with caplog.at_level(logging.WARNING, logger="fwsvd.view.snapshot"):
         assert load_snapshot(KEY, cache_dir=tmp_path) is None
     assert "unreadable" in caplog.text
     save_snapshot(KEY, analyses, [], {}, cache_dir=tmp_path)  # rewriting repairs it
@@ -113,7 +114,7 @@ def test_rank_rules_on_shapes_match_the_model_level_ones():
 
 
 def test_the_torch_free_modules_do_not_load_torch():
-    code = ("import sys, fwsvd, fwsvd.analysis, fwsvd.rank_config, fwsvd.snapshot, fwsvd.locations; "
+    code = ("import sys, fwsvd, fwsvd.view.analysis, fwsvd.view.rank_config, fwsvd.view.snapshot, fwsvd.storage.locations; "
             "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules)))")
     result = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True,
                             cwd=ROOT, check=True)

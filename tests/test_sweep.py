@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from fwsvd import DecompositionStore, find_targets
-from fwsvd.pipeline import task_fisher
-from fwsvd.sweep import SweepRun, run_sweep
-from fwsvd.tasks import local_task
+from fwsvd.fisher.task import task_fisher
+from fwsvd.evaluate.sweep import SweepRun, run_sweep
+from fwsvd.data.tasks import local_task
 from tiny_task import minilm_tokenizer, tiny_text_classifier, write_reviews
 
 

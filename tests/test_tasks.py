@@ -9,8 +9,8 @@ import datasets
 import pandas as pd
 import pytest
 
-from fwsvd import tasks
-from fwsvd.tasks import TASK_NAMES, get_task, local_task
+from fwsvd.data import tasks
+from fwsvd.data.tasks import TASK_NAMES, get_task, local_task
 from tiny_text import sentiment_frame
 
 

@@ -5,9 +5,10 @@ from pathlib import Path
 import streamlit as st
 import ui_state as ui
 
-from fwsvd import explore
-from fwsvd.locations import demo_is_built
-from fwsvd.tasks import TASK_NAMES
+from fwsvd.surgery.architecture import architecture_frame, model_summary
+from fwsvd.data.files import data_file_columns
+from fwsvd.storage.locations import demo_is_built
+from fwsvd.data.tasks import TASK_NAMES
 
 MODEL_KINDS = {"demo": "Demo model (MiniLM-L6, Rotten Tomatoes)", "local": "Local directory",
                "hub": "Hugging Face hub id"}
@@ -50,7 +51,7 @@ def choose_source(current: ui.Source) -> ui.Source:
         if not data_file:
             st.info("Enter the path of a local data file to choose its columns.")
             return ui.Source(model=model, task="local")
-        columns = explore.data_file_columns(data_file)
+        columns = data_file_columns(data_file)
         text = st.selectbox("Text column", columns, index=_index(columns, current.text_column, 0), key="text_column")
         label = st.selectbox("Label column", columns, index=_index(columns, current.label_column, -1),
                              key="label_column")
@@ -80,7 +81,7 @@ def apply(chosen: ui.Source) -> None:
 
 
 def show_summary(loaded: ui.Loaded) -> None:
-    summary = explore.model_summary(loaded.model)
+    summary = model_summary(loaded.model)
     st.subheader("Architecture")
     st.caption(f"`{summary['model_class']}` from `{loaded.source.model}` on task **{loaded.source.task_label}** "
                f"({loaded.task.kind}, {loaded.task.num_labels} labels, metric: {ui.metric_of(loaded)})")
@@ -90,7 +91,7 @@ def show_summary(loaded: ui.Loaded) -> None:
     cols[2].metric("Target layers", f"{summary['target_layers']} in {summary['blocks']} blocks")
     cols[3].metric("Held by target layers", f"{summary['target_share']:.0%}",
                    help="Embeddings and the task head are not compressed, as in the paper.")
-    frame = explore.architecture_frame(loaded.model)
+    frame = architecture_frame(loaded.model)
     st.dataframe(
         frame[["block", "name_in_block", "out_features", "in_features", "weight_params", "full_rank",
                "break_even_rank"]],

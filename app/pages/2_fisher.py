@@ -4,7 +4,7 @@ import streamlit as st
 import ui_charts as charts
 import ui_state as ui
 
-from fwsvd import explore
+from fwsvd.fisher.summary import compare_fisher, cumulative_share, fisher_frame, importance_matrix
 
 MODES = {"per_example": "Exact (per example)", "batch": "Batch shortcut"}
 EXAMPLE_COUNTS = [64, 128, 256, 512, 1024, 2048, 4096]
@@ -35,20 +35,20 @@ def compute(loaded: ui.Loaded, settings: ui.FisherSettings) -> None:
 
 
 def show_importance(loaded: ui.Loaded, fisher) -> None:
-    frame = explore.fisher_frame(fisher.importances, loaded.blocks)
+    frame = fisher_frame(fisher.importances, loaded.blocks)
     st.plotly_chart(charts.fisher_layers_figure(frame), key="fisher_layers")
     widths = sorted(frame["in_features"].unique())
     left, right = st.columns([1, 3])
     width = left.selectbox("Layers with input width", widths, key="heatmap_width",
                            help="Rows of one heatmap must have the same number of input features.")
     rows = frame[frame["in_features"] == width]
-    matrix = explore.importance_matrix(fisher.importances, list(rows["layer"]))
+    matrix = importance_matrix(fisher.importances, list(rows["layer"]))
     right.plotly_chart(charts.fisher_heatmap(matrix, rows), key="fisher_heatmap")
     blocks = list(dict.fromkeys(frame["block"]))
     block = left.selectbox("Concentration curves of block", blocks,
                            format_func=lambda name: f"block {name.rsplit('.', 1)[-1]}", key="curve_block")
     part = frame[frame["block"] == block]
-    curves = {name: explore.cumulative_share(fisher.importances[layer])
+    curves = {name: cumulative_share(fisher.importances[layer])
               for layer, name in zip(part["layer"], part["name_in_block"])}
     right.plotly_chart(charts.cumulative_figure(curves), key="fisher_curves")
     st.dataframe(frame[["layer", "in_features", "share_of_model", "top1_share", "top10_share", "gini",
@@ -77,8 +77,8 @@ def show_exact_vs_batch(loaded: ui.Loaded, settings: ui.FisherSettings, fisher) 
             st.rerun()
         return
     exact, batch = (fisher, other) if settings.mode == "per_example" else (other, fisher)
-    comparison = explore.compare_fisher(exact.importances, batch.importances)
-    comparison = comparison.merge(explore.fisher_frame(exact.importances, loaded.blocks)[["layer", "block",
+    comparison = compare_fisher(exact.importances, batch.importances)
+    comparison = comparison.merge(fisher_frame(exact.importances, loaded.blocks)[["layer", "block",
                                                                                          "name_in_block"]])
     cols = st.columns(3)
     cols[0].metric("Median cosine similarity", f"{comparison['cosine'].median():.3f}")

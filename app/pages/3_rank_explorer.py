@@ -4,7 +4,7 @@ import streamlit as st
 import ui_charts as charts
 import ui_state as ui
 
-from fwsvd import analysis, rank_config
+from fwsvd.view import analysis, rank_config
 
 GLOBAL_MODES = {"rank_ratio": "Rank ratio", "param_budget": "Parameter budget"}
 GLOBAL_HELP = {
@@ -137,7 +137,7 @@ def evaluation(view: ui.ExplorerView, ranks: dict[str, int]) -> None:
         right.info("Not evaluated at these ranks yet. Results are remembered per rank setting and subset size.",
                    icon=":material/info:")
         return
-    from fwsvd.explore import evaluations_frame
+    from fwsvd.evaluate.methods import evaluations_frame
 
     table_frame = evaluations_frame([({"ranks": digest}, remembered[key]["results"])])
     right.plotly_chart(charts.evaluation_figure(table_frame, view.metric), key="evaluation_chart")
@@ -154,7 +154,7 @@ def evaluate(view: ui.ExplorerView, ranks: dict[str, int], limit: int, key: tupl
     """Evaluate both compressed copies (and the dense model once per subset size); remember the results.
 
     The page may have been drawn from a snapshot, so the model and its Fisher are loaded here if needed."""
-    from fwsvd import explore
+    from fwsvd.evaluate.methods import evaluate_methods
 
     loaded = ui.require_model()
     fisher = ui.require_fisher(loaded, "Evaluating FWSVD needs the Fisher importances, and they are no longer "
@@ -164,7 +164,7 @@ def evaluate(view: ui.ExplorerView, ranks: dict[str, int], limit: int, key: tupl
                   if src == view.source_key and size == limit), None)
     methods = ("svd", "fwsvd") if dense is not None else ("dense", "svd", "fwsvd")
     bar, progress = ui.progress_bar(f"Evaluating {', '.join(methods)} on {limit} validation examples")
-    results = explore.evaluate_methods(loaded.model, loaded.tokenizer, loaded.task, ranks,
+    results = evaluate_methods(loaded.model, loaded.tokenizer, loaded.task, ranks,
                                        fisher=fisher.importances, methods=methods, limit=limit,
                                        max_length=fisher.provenance["max_length"],
                                        store=ui.decomposition_store(), progress=progress)

@@ -5,7 +5,9 @@ import json
 import streamlit as st
 import ui_state as ui
 
-from fwsvd import analysis, explore, rank_config
+from fwsvd.view import analysis, rank_config
+from fwsvd.io.archive import compressed_archive
+from fwsvd.evaluate.methods import evaluations_frame
 
 st.title("Export")
 
@@ -37,7 +39,7 @@ def model_archive(loaded: ui.Loaded, fisher, ranks: dict[str, int]) -> None:
 
     def archive() -> bytes:
         # Built only when the button is clicked: a compressed copy plus a zip of its folder.
-        return explore.compressed_archive(loaded.model, ranks, method=method, fisher=fisher.importances,
+        return compressed_archive(loaded.model, ranks, method=method, fisher=fisher.importances,
                                           tokenizer=loaded.tokenizer, fisher_provenance=fisher.provenance,
                                           store=ui.decomposition_store(),
                                           extra={"ranks_digest": rank_config.ranks_digest(ranks)})
@@ -45,7 +47,7 @@ def model_archive(loaded: ui.Loaded, fisher, ranks: dict[str, int]) -> None:
     st.download_button(f"Download the {method.upper()} model at the current ranks (zip)", archive,
                        file_name=f"fwsvd_{method}_{rank_config.ranks_digest(ranks)}.zip", mime="application/zip",
                        key="download_model", icon=":material/download:")
-    st.caption("Safetensors + JSON, no pickles; reload with `fwsvd.persistence.load_compressed('model')`.")
+    st.caption("Safetensors + JSON, no pickles; reload with `fwsvd.io.persistence.load_compressed('model')`.")
 
 
 def results(loaded: ui.Loaded, analyses: dict, ranks: dict[str, int]) -> None:
@@ -57,7 +59,7 @@ def results(loaded: ui.Loaded, analyses: dict, ranks: dict[str, int]) -> None:
     entries = [({"ranks_digest": digest, "subset": size, "ranks": json.dumps(entry["ranks"])}, entry["results"])
                for (src, _, digest, size), entry in ui.evaluations().items() if src == loaded.source.key]
     if entries:
-        cols[1].download_button("Evaluations (CSV)", explore.evaluations_frame(entries).to_csv(index=False),
+        cols[1].download_button("Evaluations (CSV)", evaluations_frame(entries).to_csv(index=False),
                                 file_name="fwsvd_evaluations.csv", mime="text/csv", key="download_evaluations")
     else:
         cols[1].caption("No evaluations yet (Rank explorer → Evaluate).")

@@ -15,14 +15,14 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from fwsvd.compress import compressed_copy
-from fwsvd.data import make_batches
-from fwsvd.evaluation import EvalResult, evaluate_model
-from fwsvd.analysis import METHODS
-from fwsvd.finetune import finetune_
-from fwsvd.fisher import FisherResult
-from fwsvd.store import DecompositionStore
-from fwsvd.tasks import Role, Task
+from fwsvd.surgery.compress import compressed_copy
+from fwsvd.data.batches import make_batches
+from fwsvd.evaluate.evaluation import EvalResult, evaluate_model
+from fwsvd.view.analysis import METHODS
+from fwsvd.evaluate.finetune import finetune_
+from fwsvd.fisher.estimate import FisherResult
+from fwsvd.factorize.store import DecompositionStore
+from fwsvd.data.tasks import Role, Task
 
 Progress = Callable[[int, int], None]
 
@@ -93,7 +93,7 @@ def run_sweep(
     """Evaluate the dense ``model``, then for each method and rank ratio a compressed copy of it.
 
     ``fisher`` ({layer: importance} or a FisherResult) is needed for "fwsvd"; estimate it on the train split
-    (``fwsvd.pipeline.task_fisher``). ``finetune_epochs`` > 0 fine-tunes each copy on the train split first
+    (``task_fisher``). ``finetune_epochs`` > 0 fine-tunes each copy on the train split first
     (the paper's recipe — Adam, lr 2e-5, batch 32 — unless ``finetune_kwargs`` says otherwise).
     ``progress(done, total)`` counts models evaluated (dense included); ``on_run(run)`` sees each run as it
     finishes, for live tables.

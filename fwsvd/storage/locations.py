@@ -15,7 +15,7 @@ import xxhash
 
 CACHE_ENV_VAR = "FWSVD_CACHE_DIR"
 
-#: Bump when the demo recipe (fwsvd.demo) changes, so an old build is not reused for a new recipe.
+#: Bump when the demo recipe (fwsvd.io.demo) changes, so an old build is not reused for a new recipe.
 DEMO_VERSION = "v2"
 #: Written last into a demo build: its presence means the build is complete.
 DEMO_INFO_FILE = "fwsvd_demo.json"

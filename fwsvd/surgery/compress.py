@@ -1,6 +1,6 @@
 """compress_: the one place where a model's Linear layers are swapped for low-rank pairs.
 
-One tree walk finds the targets (fwsvd.targets), resolves the requested ranks, takes each layer's
+One tree walk finds the targets (fwsvd.surgery.targets), resolves the requested ranks, takes each layer's
 decomposition from a DecompositionStore (computed once, then truncated for any rank) and replaces the layer
 by a LowRankLinear. The returned report carries, per layer, the shape, rank, parameter counts, the
 reconstruction errors and a flag where the rank is at or above break-even.
@@ -16,14 +16,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from fwsvd import rank_config
-from fwsvd.analysis import METHODS, ErrorCurves, LayerAnalysis, Method
-from fwsvd.factorize import Decomposition
-from fwsvd.lowrank import LowRankLinear, source_kind_of
-from fwsvd.module_copy import copy_sharing
-from fwsvd.rank_config import Ranks, break_even_rank, ranks_for_shapes
-from fwsvd.store import DecompositionStore
-from fwsvd.targets import TargetFilter, dense_weight, find_targets, target_shapes
+from fwsvd.view import rank_config
+from fwsvd.view.analysis import METHODS, ErrorCurves, Method
+from fwsvd.factorize.closed_form import Decomposition
+from fwsvd.surgery.lowrank import LowRankLinear
+from fwsvd.surgery.modules import count_parameters, dense_weight, replace_module, source_kind_of
+from fwsvd.surgery.module_copy import copy_sharing
+from fwsvd.view.rank_config import Ranks, break_even_rank, ranks_for_shapes
+from fwsvd.factorize.store import DecompositionStore
+from fwsvd.surgery.targets import TargetFilter, find_targets, target_shapes
 
 Fisher = Mapping[str, torch.Tensor]
 
@@ -137,13 +138,13 @@ class CompressionReport:
         return pd.DataFrame([layer.to_dict() for layer in self.layers])
 
 
-def _check_method(method: str) -> Method:
+def check_method(method: str) -> Method:
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     return method  # type: ignore[return-value]
 
 
-def _check_fisher(fisher: Fisher | None, names: list[str], method: str) -> None:
+def check_fisher(fisher: Fisher | None, names: list[str], method: str) -> None:
     if method == "fwsvd" and fisher is None:
         raise ValueError("method='fwsvd' needs Fisher importances: pass fisher=estimate_fisher(model, batches)")
     if fisher is None:
@@ -154,15 +155,6 @@ def _check_fisher(fisher: Fisher | None, names: list[str], method: str) -> None:
             f"fisher has no importance for {len(missing)} layer(s) to compress, e.g. {missing[0]!r}; "
             "estimate it for the same model and targets"
         )
-
-
-def _parent_and_attribute(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    parent_name, _, attribute = name.rpartition(".")
-    return (model.get_submodule(parent_name) if parent_name else model), attribute
-
-
-def _count_parameters(model: nn.Module) -> int:
-    return sum(parameter.numel() for parameter in model.parameters())
 
 
 def _layer_report(name: str, method: str, module: nn.Module, rank: int, curves: ErrorCurves) -> LayerReport:
@@ -215,16 +207,16 @@ def compress_(
 def _compress_targets(model: nn.Module, targets: Mapping[str, nn.Module], ranks: Ranks, *, method: str,
                       fisher: Fisher | None, store: DecompositionStore | None) -> CompressionReport:
     """compress_ for targets already found ({qualified name in ``model``: layer})."""
-    method = _check_method(method)
+    method = check_method(method)
     if not targets:
         raise ValueError(
             "no layers to compress: every Linear in the transformer blocks is already low-rank or excluded "
             "by filter_fn; compress the dense model instead"
         )
     layer_ranks = resolve_ranks(targets, ranks)
-    _check_fisher(fisher, list(layer_ranks), method)
+    check_fisher(fisher, list(layer_ranks), method)
     store = store if store is not None else default_store()
-    report = CompressionReport(method=method, model_params_before=_count_parameters(model))
+    report = CompressionReport(method=method, model_params_before=count_parameters(model))
     for name, rank in layer_ranks.items():
         module = targets[name]
         importance = fisher[name] if fisher is not None else None
@@ -236,9 +228,8 @@ def _compress_targets(model: nn.Module, targets: Mapping[str, nn.Module], ranks:
         low_rank = LowRankLinear.from_decomposition(decomposition, rank, module.bias, source_kind_of(module),
                                                     device=weight.device, dtype=weight.dtype)
         _origins[low_rank] = _Origin(decomposition, curves, method)
-        parent, attribute = _parent_and_attribute(model, name)
-        setattr(parent, attribute, low_rank)
-    report.model_params_after = _count_parameters(model)
+        replace_module(model, name, low_rank)
+    report.model_params_after = count_parameters(model)
     return report
 
 
@@ -267,7 +258,7 @@ def set_ranks_(model: nn.Module, ranks: Ranks) -> CompressionReport:
     # As compress_ reports it: the model before any compression, the dense layers in place of the pairs.
     low_rank_params = sum(parameter.numel() for layer in layers.values() for parameter in layer.parameters())
     report = CompressionReport(method=methods.pop() if len(methods) == 1 else "mixed",
-                               model_params_before=_count_parameters(model) - low_rank_params)
+                               model_params_before=count_parameters(model) - low_rank_params)
     for name, layer in layers.items():
         origin = _origins[layer]
         rank = requested.get(name, layer.rank)
@@ -278,7 +269,7 @@ def set_ranks_(model: nn.Module, ranks: Ranks) -> CompressionReport:
         report.layers.append(_report_for(name, origin.method, layer.out_features, layer.in_features, bias, rank,
                                          origin.curves))
     report.model_params_before += report.params_before
-    report.model_params_after = _count_parameters(model)
+    report.model_params_after = count_parameters(model)
     return report
 
 
@@ -308,35 +299,5 @@ def densify_(model: nn.Module) -> nn.Module:
     so that the model loads with plain ``from_pretrained``. In place; returns the model."""
     low_rank_layers = [(name, module) for name, module in model.named_modules() if isinstance(module, LowRankLinear)]
     for name, module in low_rank_layers:
-        parent, attribute = _parent_and_attribute(model, name)
-        setattr(parent, attribute, module.to_original())
+        replace_module(model, name, module.to_original())
     return model
-
-
-def analyze_layers(
-    model: nn.Module,
-    fisher: Fisher | None = None,
-    *,
-    methods: tuple[str, ...] = METHODS,
-    filter_fn: TargetFilter | None = None,
-    store: DecompositionStore | None = None,
-) -> dict[str, LayerAnalysis]:
-    """Singular values and error curves of every target layer for each method, without changing the model.
-
-    FWSVD needs ``fisher``; without it only "svd" is analysed. Weighted curves use ``fisher`` when given.
-    """
-    store = store if store is not None else default_store()
-    methods = tuple(_check_method(method) for method in methods if method == "svd" or fisher is not None)
-    targets = find_targets(model, filter_fn)
-    _check_fisher(fisher, list(targets), "svd")
-    analyses = {}
-    for name, module in targets.items():
-        importance = fisher[name] if fisher is not None else None
-        singular_values, curves = {}, {}
-        for method in methods:
-            decomposition_importance = importance if method == "fwsvd" else None
-            singular_values[method] = store.get(module, decomposition_importance).s
-            curves[method] = store.curves(module, decomposition_importance, importance)
-        out_features, in_features = dense_weight(module).shape
-        analyses[name] = LayerAnalysis(name, out_features, in_features, singular_values, curves)
-    return analyses

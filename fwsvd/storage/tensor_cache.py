@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,8 @@ import xxhash
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from fwsvd.locations import default_cache_dir, key_digest
+from fwsvd.storage.atomic import atomic_path
+from fwsvd.storage.locations import default_cache_dir, key_digest
 
 logger = logging.getLogger(__name__)
 
@@ -98,20 +98,13 @@ class TensorCache:
     def put(self, key: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> Path:
         """Store ``tensors`` under ``key`` atomically; returns the file's path."""
         path = self.path_for(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         contiguous = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
         metadata = {
             _KEY_FIELD: json.dumps(key, sort_keys=True),
             _CHECKSUM_FIELD: tensors_digest(contiguous),
         }
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
-        os.close(handle)
-        try:
-            save_file(contiguous, temporary, metadata=metadata)
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as temporary:
+            save_file(contiguous, str(temporary), metadata=metadata)
         return path
 
 

@@ -5,7 +5,7 @@ reconstruction error at every rank r = 0..k; :func:`fwsvd.analyze_layers` comput
 tables here only index those curves at chosen ranks, so redrawing the rank explorer is a lookup.
 
 No torch here: the arrays may be torch tensors (from a model) or numpy arrays (from an analysis snapshot,
-see :mod:`fwsvd.snapshot`), and the dashboard draws its first page from a snapshot before torch is loaded.
+see :mod:`fwsvd.view.snapshot`), and the dashboard draws its first page from a snapshot before torch is loaded.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from fwsvd.rank_config import break_even_rank
+from fwsvd.view.rank_config import break_even_rank
 
 Method = Literal["svd", "fwsvd"]
 METHODS: tuple[Method, ...] = ("svd", "fwsvd")
@@ -172,7 +172,7 @@ def spectrum_frame(analysis: LayerAnalysis) -> pd.DataFrame:
 def analyses_to_arrays(analyses: Mapping[str, LayerAnalysis]) -> dict[str, np.ndarray]:
     """The analyses' numbers as flat named numpy arrays, ``{index}.{method}.s`` / ``.plain`` / ``.weighted``
     / ``.norms`` (index: the layer's position): the layout of both the analysis disk cache
-    (:func:`fwsvd.explore.cached_analyses`) and the snapshots. Layer names and shapes are the caller's to keep.
+    (:func:`fwsvd.cached_analyses`) and the snapshots. Layer names and shapes are the caller's to keep.
     """
     arrays: dict[str, np.ndarray] = {}
     for index, analysis in enumerate(analyses.values()):

@@ -16,9 +16,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from fwsvd.data import IGNORE_INDEX, make_batches
-from fwsvd.metrics import compute_metrics
-from fwsvd.tasks import Role, Task
+from fwsvd.data.batches import IGNORE_INDEX, make_batches
+from fwsvd.evaluate.metrics import compute_metrics
+from fwsvd.surgery.modules import count_parameters
+from fwsvd.data.tasks import Role, Task
 
 Progress = Callable[[int, int], None]
 
@@ -36,11 +37,6 @@ class EvalResult:
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of parameters (shared / tied weights counted once)."""
-    return sum(parameter.numel() for parameter in model.parameters())
 
 
 def predict(

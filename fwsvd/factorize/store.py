@@ -2,7 +2,7 @@
 
 Kept in memory and in the disk cache, keyed by content: a digest of the weight, a digest of the importance
 (None for plain SVD) and the factorization's settings. A weight that changes gets a new key, so a stale
-decomposition is never used; a cache file that fails its checks is recomputed (see fwsvd.cache).
+decomposition is never used; a cache file that fails its checks is recomputed (see fwsvd.storage.tensor_cache).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from fwsvd.cache import TensorCache, tensor_digest
-from fwsvd.factorize import IMPORTANCE_FLOOR, Decomposition, ErrorCurves, decompose, error_curves
-from fwsvd.targets import dense_weight
+from fwsvd.storage.tensor_cache import TensorCache, tensor_digest
+from fwsvd.factorize.closed_form import IMPORTANCE_FLOOR, Decomposition, ErrorCurves, decompose, error_curves
+from fwsvd.surgery.modules import dense_weight
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Load a fine-tuned model and its tokenizer, and check that its head fits the task.
 
-A source is ``"demo"`` (built once, see :mod:`fwsvd.demo`), a local directory written by
+A source is ``"demo"`` (built once, see :mod:`fwsvd.io.demo`), a local directory written by
 ``save_pretrained``, or a Hugging Face hub id (needs the hub). The head is checked *before* the weights
 are loaded, from the config: loading a base encoder with ``AutoModelForSequenceClassification`` would
 silently attach a random head, and compressing an untrained classifier measures nothing.
@@ -8,12 +8,10 @@ silently attach a random head, and compressing an untrained classifier measures 
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-import transformers
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -24,7 +22,10 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from fwsvd.tasks import Task
+from fwsvd.data.tasks import Task
+from fwsvd.io.demo import ensure_demo_model
+from fwsvd.io.persistence import INFO_FILE, load_compressed, read_compressed_info
+from fwsvd.io.quiet import quiet_transformers
 
 _HEADS = {
     "ForSequenceClassification": AutoModelForSequenceClassification,
@@ -59,8 +60,6 @@ def load_model(
 def _locate(source: str | os.PathLike[str]) -> str:
     """A local directory path, or the hub id unchanged."""
     if str(source) == "demo":
-        from fwsvd.demo import ensure_demo_model  # imported here: fwsvd.demo imports this module
-
         return str(ensure_demo_model())
     path = Path(source).expanduser()
     if path.is_dir():
@@ -113,12 +112,38 @@ def _ensure_padding(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) 
         model.config.pad_token_id = tokenizer.pad_token_id
 
 
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' long load report for the duration, then restore the verbosity."""
-    level = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        transformers.logging.set_verbosity(level)
+#: Written by every tokenizer's save_pretrained.
+TOKENIZER_FILE = "tokenizer_config.json"
+
+
+def is_compressed_dir(source: str | os.PathLike[str]) -> bool:
+    """True for a directory written by ``save_compressed`` (factorized or dense export)."""
+    return str(source) != "demo" and (Path(source).expanduser() / INFO_FILE).is_file()
+
+
+def load_any_model(
+    source: str | os.PathLike[str],
+    task: Task | None = None,
+    *,
+    trust_remote_code: bool = False,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any] | None]:
+    """(model in eval mode, tokenizer, compression info or None) from "demo", a model directory, a hub id,
+    or a directory written by ``save_compressed`` (which must hold its tokenizer).
+
+    With a ``task``, the model's head must fit it (ValueError otherwise).
+    """
+    if not is_compressed_dir(source):
+        model, tokenizer = load_model(source, task, trust_remote_code=trust_remote_code)
+        return model, tokenizer, None
+    directory = Path(source).expanduser()
+    info = read_compressed_info(directory)
+    model = load_compressed(directory)
+    if task is not None:
+        # The class load_compressed actually built is what must fit the task.
+        model.config.architectures = [type(model).__name__]
+        check_head(model.config, task, None, directory)
+    # Without its files, transformers 5 quietly builds an empty tokenizer of the model's type.
+    if not (directory / TOKENIZER_FILE).is_file():
+        raise ValueError(f"{directory} has no tokenizer ({TOKENIZER_FILE}); save it with "
+                         "save_compressed(..., tokenizer=tokenizer)")
+    return model, AutoTokenizer.from_pretrained(directory), info

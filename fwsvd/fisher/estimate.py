@@ -30,10 +30,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from fwsvd.cache import TensorCache, model_digest
-from fwsvd.locations import key_digest
-from fwsvd.distributed import all_reduce_sum_, broadcast_, rank_and_world_size
-from fwsvd.targets import FACTORIZABLE, dense_weight, find_targets
+from fwsvd.storage.tensor_cache import TensorCache, model_digest
+from fwsvd.storage.locations import key_digest
+from fwsvd.fisher.distributed import all_reduce_sum_, broadcast_, rank_and_world_size
+from fwsvd.surgery.modules import FACTORIZABLE, dense_weight
+from fwsvd.surgery.targets import find_targets
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def estimate_fisher(
 
     ``batches`` yield dicts of tensors the model takes, ``labels`` included. Padding (attention mask 0)
     contributes nothing. Inside an initialised ``torch.distributed`` group each rank passes its own shard
-    (see :func:`fwsvd.distributed.shard_batches`); the sums are all-reduced and equal on every rank.
+    (see :func:`fwsvd.fisher.distributed.shard_batches`); the sums are all-reduced and equal on every rank.
     ``progress(done, total)`` is called after each batch; ``total`` is the number of batches (from
     ``len(batches)`` when it has one, else the ``total`` argument, else 0 for unknown). ``show_progress``
     draws a tqdm bar (default: when no ``progress`` is given and stderr is a terminal, on rank 0).
@@ -182,17 +183,6 @@ def load_or_estimate_fisher(
     if rank == 0:
         path = cache.put(key, importances)
     return FisherResult(importances, False, path, time.perf_counter() - start, provenance)
-
-
-def importance_similarity(first: Mapping[str, torch.Tensor],
-                          second: Mapping[str, torch.Tensor]) -> dict[str, float]:
-    """Cosine similarity per layer of two importance dicts (e.g. exact vs batch mode), for the layers both
-    have. Scale-free, as FWSVD is: multiplying a layer's importance by a constant leaves its factors alone."""
-    return {
-        name: F.cosine_similarity(first[name].double(), second[name].double(), dim=0).item()
-        for name in first
-        if name in second
-    }
 
 
 def per_example_losses(logits: torch.Tensor, labels: torch.Tensor, config: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,8 +32,10 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import CONFIG_MAPPING, PreTrainedModel, PreTrainedTokenizerBase
 
-from fwsvd.compress import densify_
-from fwsvd.lowrank import LowRankLinear
+from fwsvd.surgery.compress import densify_
+from fwsvd.storage.atomic import write_text_atomic
+from fwsvd.surgery.lowrank import LowRankLinear
+from fwsvd.surgery.modules import count_parameters, replace_module
 
 INFO_FILE = "fwsvd_compressed.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -62,10 +64,6 @@ def low_rank_layers(model: nn.Module) -> dict[str, dict[str, Any]]:
         for name, module in model.named_modules()
         if isinstance(module, LowRankLinear)
     }
-
-
-def _parameter_count(model: nn.Module) -> int:
-    return sum(parameter.numel() for parameter in model.parameters())
 
 
 def _float_dtype(model: nn.Module) -> str:
@@ -107,7 +105,7 @@ def save_compressed(
         "method": method,
         "ranks": {name: layer["rank"] for name, layer in low_rank_layers(model).items()},
         "layers": low_rank_layers(model),
-        "params": _parameter_count(model),
+        "params": count_parameters(model),
         "fisher_provenance": fisher_provenance,
         "extra": extra or {},
         "base_config": model.config.to_dict(),
@@ -125,7 +123,7 @@ def save_compressed(
         save_model(model, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
-    (directory / INFO_FILE).write_text(text)
+    write_text_atomic(directory / INFO_FILE, text)
     return directory
 
 
@@ -187,15 +185,6 @@ def _dtype(info: dict[str, Any]) -> torch.dtype:
     return dtype
 
 
-def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, attribute = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    if not hasattr(parent, attribute):
-        raise ValueError(f"{INFO_FILE} records a factorized layer {name!r} that the rebuilt "
-                         f"{type(model).__name__} does not have")
-    setattr(parent, attribute, module)
-
-
 def _check_weights(model: nn.Module, path: Path) -> None:
     """Compare the file's tensor names and shapes with the rebuilt model, naming what does not fit."""
     try:
@@ -228,8 +217,12 @@ def load_compressed(directory: str | os.PathLike[str], *, device: str | torch.de
         raise FileNotFoundError(f"{directory} has no {WEIGHTS_FILE}; the directory is incomplete")
     model = model_class(_config_from(info))
     for name, layer in info["layers"].items():
-        _replace(model, name, LowRankLinear(layer["in_features"], layer["out_features"], layer["rank"],
-                                            bias=layer["bias"], source_kind=layer["source_kind"]))
+        try:
+            replace_module(model, name, LowRankLinear(layer["in_features"], layer["out_features"], layer["rank"],
+                                                      bias=layer["bias"], source_kind=layer["source_kind"]))
+        except (ValueError, AttributeError) as error:
+            raise ValueError(f"{INFO_FILE} records a factorized layer {name!r} that the rebuilt "
+                             f"{type(model).__name__} does not have") from error
     model = model.to(_dtype(info))
     _check_weights(model, path)
     missing, unexpected = load_model(model, str(path), strict=False)

@@ -9,26 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-import torch
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
-#: Modules whose weight we know how to factorize.
-FACTORIZABLE = (nn.Linear, Conv1D)
+from fwsvd.surgery.lowrank import LowRankLinear
+from fwsvd.surgery.modules import FACTORIZABLE, dense_weight
 
 TargetFilter = Callable[[str, nn.Module], bool]
-
-
-def dense_weight(module: nn.Module) -> torch.Tensor:
-    """The weight as nn.Linear stores it, (out_features, in_features), for Linear and Conv1D alike.
-
-    Conv1D (GPT-2) stores its weight transposed, (in, out); this is the one place that knows it.
-    """
-    if isinstance(module, nn.Linear):
-        return module.weight
-    if isinstance(module, Conv1D):
-        return module.weight.t()
-    raise TypeError(f"expected nn.Linear or transformers Conv1D, got {type(module).__name__}")
 
 
 def target_shapes(targets: Mapping[str, nn.Module]) -> dict[str, tuple[int, int]]:
@@ -65,8 +51,6 @@ def find_targets(model: nn.Module, filter_fn: TargetFilter | None = None) -> dic
     ``filter_fn(name, module)`` narrows the default set (e.g. only the FFN layers).
     Raises ValueError when the model has no recognisable transformer blocks.
     """
-    from fwsvd.lowrank import LowRankLinear  # here, not at the top: lowrank imports this module
-
     named_modules = list(model.named_modules())  # one walk of the tree serves every question below
     blocks = _block_names(named_modules)
     if not blocks:

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from fwsvd.factorize import Decomposition, decompose
-from fwsvd.targets import dense_weight
+from fwsvd.factorize.closed_form import Decomposition, decompose
+from fwsvd.surgery.modules import dense_weight, source_kind_of
 
 SOURCE_KINDS = ("linear", "conv1d")
 
@@ -161,8 +161,3 @@ def _linear_around(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear
     linear.weight = nn.Parameter(weight)
     linear.register_parameter("bias", None if bias is None else nn.Parameter(bias))
     return linear
-
-
-def source_kind_of(module: nn.Module) -> str:
-    """"conv1d" for transformers' Conv1D, "linear" for nn.Linear."""
-    return "conv1d" if isinstance(module, Conv1D) else "linear"

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from fwsvd.analysis import ErrorCurves, Method
-from fwsvd.rank_config import validate_rank
+from fwsvd.view.analysis import ErrorCurves, Method
+from fwsvd.view.rank_config import validate_rank
 
 #: Importances below this fraction of the largest one are raised to it. Without a floor, a feature with
 #: zero Fisher (e.g. never active on the task data) gets D⁻¹ = ∞ in ``first``; with it, such features are

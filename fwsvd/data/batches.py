@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from fwsvd.tasks import Role, Task
+from fwsvd.data.tasks import Role, Task
 
 #: Label value ignored by the cross-entropy loss and by the NER metrics.
 IGNORE_INDEX = -100

@@ -17,8 +17,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
-from fwsvd.data import make_batches
-from fwsvd.tasks import Task
+from fwsvd.data.batches import make_batches
+from fwsvd.data.tasks import Task
 
 Progress = Callable[[int, int], None]
 _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}

