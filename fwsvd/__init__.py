@@ -35,7 +35,7 @@ _EXPORTS = {
     "load_or_estimate_fisher": "fwsvd.fisher.estimate",
     "LowRankLinear": "fwsvd.surgery.lowrank",
     "DecompositionStore": "fwsvd.factorize.store",
-    "dense_weight": "fwsvd.surgery.modules",
+    "dense_weight": "fwsvd.factorize.layers",
     "find_blocks": "fwsvd.surgery.targets",
     "find_targets": "fwsvd.surgery.targets",
     "load_compressed": "fwsvd.io.persistence",

@@ -18,7 +18,7 @@ from fwsvd.fisher.estimate import (
     squared_gradient_sum,
 )
 from fwsvd.fisher.summary import importance_similarity
-from fwsvd.surgery.modules import dense_weight
+from fwsvd.factorize.layers import dense_weight
 from fwsvd.surgery.targets import find_targets
 
 

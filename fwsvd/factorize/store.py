@@ -19,7 +19,7 @@ from torch import nn
 
 from fwsvd.storage.tensor_cache import TensorCache, tensor_digest
 from fwsvd.factorize.closed_form import IMPORTANCE_FLOOR, Decomposition, ErrorCurves, decompose, error_curves
-from fwsvd.surgery.modules import dense_weight
+from fwsvd.factorize.layers import dense_weight
 
 logger = logging.getLogger(__name__)
 

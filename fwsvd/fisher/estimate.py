@@ -33,7 +33,7 @@ from tqdm import tqdm
 from fwsvd.storage.tensor_cache import TensorCache, model_digest
 from fwsvd.storage.locations import key_digest
 from fwsvd.fisher.distributed import all_reduce_sum_, broadcast_, rank_and_world_size
-from fwsvd.surgery.modules import FACTORIZABLE, dense_weight
+from fwsvd.factorize.layers import FACTORIZABLE, dense_weight
 from fwsvd.surgery.targets import find_targets
 
 logger = logging.getLogger(__name__)

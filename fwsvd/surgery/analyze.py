@@ -15,7 +15,7 @@ from fwsvd.factorize.store import DecompositionStore
 from fwsvd.storage.locations import key_digest
 from fwsvd.storage.tensor_cache import TensorCache, tensor_digest
 from fwsvd.surgery.compress import Fisher, check_fisher, check_method, default_store
-from fwsvd.surgery.modules import dense_weight
+from fwsvd.factorize.layers import dense_weight
 from fwsvd.surgery.targets import TargetFilter, find_targets
 from fwsvd.view.analysis import METHODS, LayerAnalysis, analyses_from_arrays, analyses_to_arrays
 

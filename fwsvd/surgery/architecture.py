@@ -7,7 +7,8 @@ from typing import Any
 import pandas as pd
 from torch import nn
 
-from fwsvd.surgery.modules import count_parameters, dense_weight
+from fwsvd.factorize.layers import dense_weight
+from fwsvd.surgery.modules import count_parameters
 from fwsvd.surgery.targets import find_blocks, find_targets
 from fwsvd.view.analysis import block_of
 

@@ -20,7 +20,8 @@ from fwsvd.view import rank_config
 from fwsvd.view.analysis import METHODS, ErrorCurves, Method
 from fwsvd.factorize.closed_form import Decomposition
 from fwsvd.surgery.lowrank import LowRankLinear
-from fwsvd.surgery.modules import count_parameters, dense_weight, replace_module, source_kind_of
+from fwsvd.factorize.layers import dense_weight, source_kind_of
+from fwsvd.surgery.modules import count_parameters, replace_module
 from fwsvd.surgery.module_copy import copy_sharing
 from fwsvd.view.rank_config import Ranks, break_even_rank, ranks_for_shapes
 from fwsvd.factorize.store import DecompositionStore

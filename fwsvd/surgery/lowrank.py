@@ -7,7 +7,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from fwsvd.factorize.closed_form import Decomposition, decompose
-from fwsvd.surgery.modules import dense_weight, source_kind_of
+from fwsvd.factorize.layers import dense_weight, source_kind_of
 
 SOURCE_KINDS = ("linear", "conv1d")
 

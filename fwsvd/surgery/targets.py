@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from torch import nn
 
 from fwsvd.surgery.lowrank import LowRankLinear
-from fwsvd.surgery.modules import FACTORIZABLE, dense_weight
+from fwsvd.factorize.layers import FACTORIZABLE, dense_weight
 
 TargetFilter = Callable[[str, nn.Module], bool]
 
