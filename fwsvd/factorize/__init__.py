@@ -1,0 +1,1 @@
+"""Stage 4 — the closed forms: one decomposition per layer and method, truncated for any rank, and kept."""
