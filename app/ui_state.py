@@ -3,13 +3,10 @@
 State lives in ``st.session_state`` under the keys below, so it survives moving between pages. Models are
 loaded once per process (``st.cache_resource``) and never modified: every compression works on a copy.
 Nothing here imports torch at module level: the rank explorer draws from an analysis snapshot
-(:mod:`fwsvd.view.snapshot`) when one matches the model's files, and only loads the model when it must.
-The default model and task come from the environment so tests can point the app at a tiny model:
-
-* ``FWSVD_APP_MODEL``: "demo" (default), a model directory or a hub id;
-* ``FWSVD_APP_TASK``: a task name (default "demo") or a local CSV / TSV / JSON(L) / parquet file, whose
-  columns are ``FWSVD_APP_TEXT_COLUMN`` (default "text"), ``FWSVD_APP_LABEL_COLUMN`` (default "label") and
-  optionally ``FWSVD_APP_PAIR_COLUMN``.
+(:mod:`fwsvd.view.explorer`) when one matches the model's files, and only loads the model when it must.
+The default model and task come from the environment (:meth:`fwsvd.view.explorer.Source.from_environment`),
+so tests can point the app at a tiny model. The session holds one compression: the explorer's Fisher settings
+(a :class:`~fwsvd.config.FisherConfig`), its ranks, and the method chosen on the Export page.
 """
 
 from __future__ import annotations
@@ -17,17 +14,17 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
-from fwsvd.view import rank_config, snapshot
+from fwsvd.config import DEFAULT_RANK_RATIO, CompressionConfig, FisherConfig
+from fwsvd.storage.locations import demo_is_built
 from fwsvd.view.analysis import LayerAnalysis, shapes_of
-from fwsvd.storage.locations import demo_is_built, demo_model_dir
+from fwsvd.view.explorer import ExplorerView, Source, fisher_identity, load_view, save_view, snapshot_key
 
 if TYPE_CHECKING:
     from fwsvd import DecompositionStore
@@ -36,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 # Session-state keys (widget keys are named where the widget is drawn).
 SOURCE = "source"
-FISHER_SETTINGS = "fisher_settings"
+FISHER_CONFIG = "fisher_config"
 FISHER_RESULTS = "fisher_results"
 RANKS = "ranks"
 RANKS_OWNER = "ranks_owner"
@@ -44,7 +41,6 @@ EVALUATIONS = "evaluations"
 SWEEPS = "sweeps"
 RANK_WIDGET_PREFIX = "rank::"
 
-DEFAULT_RANK_RATIO = 0.33  # the paper's setting: a third of each layer's rank
 PAGES = {
     "model": "pages/1_model_and_task.py",
     "fisher": "pages/2_fisher.py",
@@ -52,40 +48,6 @@ PAGES = {
     "compare": "pages/4_compare.py",
     "export": "pages/5_export.py",
 }
-
-
-@dataclass(frozen=True)
-class Source:
-    """The model and task the dashboard works on (hashable: it keys the caches)."""
-
-    model: str = "demo"
-    task: str = "demo"  # a task name, or "local" for ``data_file``
-    data_file: str | None = None
-    text_column: str = "text"
-    label_column: str = "label"
-    pair_column: str | None = None
-
-    @property
-    def key(self) -> str:
-        data = f"{self.data_file}:{self.text_column}:{self.label_column}:{self.pair_column}" if self.data_file else ""
-        return f"{self.model}|{self.task}|{data}"
-
-    @property
-    def task_label(self) -> str:
-        return f"local file {Path(self.data_file).name}" if self.task == "local" and self.data_file else self.task
-
-
-@dataclass(frozen=True)
-class FisherSettings:
-    """How the Fisher importances are estimated (all part of their cache key)."""
-
-    mode: str = "per_example"
-    num_examples: int = 1024
-    seed: int = 0
-    max_length: int = 128
-
-    def key(self, source: Source) -> tuple:
-        return (source.key, self.mode, self.num_examples, self.seed, self.max_length)
 
 
 @dataclass
@@ -99,20 +61,8 @@ class Loaded:
     blocks: list[str] = field(default_factory=list)
 
 
-def default_source() -> Source:
-    """The model and task named by the environment (see the module docstring), else the demo."""
-    task = os.environ.get("FWSVD_APP_TASK", "demo")
-    common = dict(text_column=os.environ.get("FWSVD_APP_TEXT_COLUMN", "text"),
-                  label_column=os.environ.get("FWSVD_APP_LABEL_COLUMN", "label"),
-                  pair_column=os.environ.get("FWSVD_APP_PAIR_COLUMN") or None)
-    model = os.environ.get("FWSVD_APP_MODEL", "demo")
-    if Path(task).suffix:
-        return Source(model=model, task="local", data_file=task, **common)
-    return Source(model=model, task=task, **common)
-
-
 def source() -> Source:
-    return st.session_state.setdefault(SOURCE, default_source())
+    return st.session_state.setdefault(SOURCE, Source.from_environment())
 
 
 def set_source(new: Source) -> None:
@@ -125,12 +75,19 @@ def set_source(new: Source) -> None:
             del st.session_state[key]
 
 
-def fisher_settings() -> FisherSettings:
-    return st.session_state.setdefault(FISHER_SETTINGS, FisherSettings())
+def fisher_config() -> FisherConfig:
+    """The explorer's Fisher settings (chosen on the Fisher page)."""
+    return st.session_state.setdefault(FISHER_CONFIG, FisherConfig())
 
 
-def set_fisher_settings(**changes: Any) -> None:
-    st.session_state[FISHER_SETTINGS] = replace(fisher_settings(), **changes)
+def set_fisher_config(config: FisherConfig) -> None:
+    st.session_state[FISHER_CONFIG] = config
+
+
+def compression_config(method: str) -> CompressionConfig:
+    """The session's compression with ``method``: the explorer's ranks, every one pinned, and its Fisher
+    settings. What the Export page downloads and records in the model it builds."""
+    return CompressionConfig(method=method, fisher=fisher_config()).with_ranks(st.session_state[RANKS])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -168,14 +125,9 @@ def decomposition_store() -> DecompositionStore:
 
 @st.cache_resource(show_spinner=False)
 def task_for(current: Source) -> Any:
-    from fwsvd.data.tasks import get_task, local_task
+    from fwsvd.data.tasks import task_of
 
-    if current.task == "local":
-        if not current.data_file:
-            raise ValueError("choose a local data file for the task")
-        return local_task(current.data_file, text_column=current.text_column, label_column=current.label_column,
-                          text_pair_column=current.pair_column)
-    return get_task(current.task)
+    return task_of(current)
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
@@ -241,38 +193,39 @@ def progress_bar(text: str) -> tuple[Any, Callable[[int, int], None]]:
 # Fisher
 
 
-def fisher_for(loaded: Loaded, settings: FisherSettings | None = None) -> Any:
-    """The FisherResult for these settings if this session has it or the disk cache holds it, else None."""
-    from fwsvd.surgery.analyze import cached_analyses
+def _results_key(current: Source, config: FisherConfig) -> tuple[str, str]:
+    return current.key, json.dumps(config.key(), sort_keys=True)
+
+
+def fisher_for(loaded: Loaded, config: FisherConfig | None = None) -> Any:
+    """The FisherResult for ``config`` (default: the explorer's) if this session has it or the disk cache
+    holds it, else None."""
     from fwsvd.fisher.task import cached_task_fisher
 
-    settings = settings or fisher_settings()
+    config = config or fisher_config()
     results = st.session_state.setdefault(FISHER_RESULTS, {})
-    key = settings.key(loaded.source)
+    key = _results_key(loaded.source, config)
     if key not in results:
-        cached = cached_task_fisher(loaded.model, loaded.task, num_examples=settings.num_examples,
-                                            seed=settings.seed, max_length=settings.max_length, mode=settings.mode)
+        cached = cached_task_fisher(loaded.model, loaded.task, config)
         if cached is None:
             return None
         results[key] = cached
     return results[key]
 
 
-def compute_fisher(loaded: Loaded, settings: FisherSettings, progress: Callable[[int, int], None]) -> Any:
+def compute_fisher(loaded: Loaded, config: FisherConfig, progress: Callable[[int, int], None]) -> Any:
     from fwsvd.fisher.task import task_fisher
 
-    result = task_fisher(loaded.model, loaded.tokenizer, loaded.task, num_examples=settings.num_examples,
-                         seed=settings.seed, max_length=settings.max_length, mode=settings.mode, progress=progress)
-    st.session_state.setdefault(FISHER_RESULTS, {})[settings.key(loaded.source)] = result
-    if settings == fisher_settings():  # the explorer's Fisher (not a comparison's): analyse it now, so
-        view_from_model(loaded, result, settings)  # the rank explorer opens from its snapshot
+    result = task_fisher(loaded.model, loaded.tokenizer, loaded.task, config, progress=progress)
+    st.session_state.setdefault(FISHER_RESULTS, {})[_results_key(loaded.source, config)] = result
+    if config.key() == fisher_config().key():  # the explorer's Fisher (not a comparison's): analyse it now,
+        view_from_model(loaded, result, config)  # so the rank explorer opens from its snapshot
     return result
 
 
 def fisher_key(fisher: Any) -> str:
     """A short identity of a FisherResult (its provenance), for keys of remembered results."""
-    provenance = fisher.provenance
-    return f"{provenance['model_digest'][:12]}:{provenance['mode']}:{provenance['num_examples']}:{provenance['seed']}"
+    return fisher_identity(fisher.provenance)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -282,7 +235,6 @@ def fisher_key(fisher: Any) -> str:
 @st.cache_resource(show_spinner=False, max_entries=4)
 def _analyses(_loaded: Loaded, _fisher: Any, key: tuple) -> dict:
     from fwsvd.surgery.analyze import cached_analyses
-    from fwsvd.fisher.task import cached_task_fisher
 
     # ``key`` (source and Fisher identity) stands for the unhashable model and importances.
     return cached_analyses(_loaded.model, _fisher.importances, store=decomposition_store())
@@ -294,60 +246,23 @@ def analyses_for(loaded: Loaded, fisher: Any) -> dict:
         return _analyses(loaded, fisher, (loaded.source.key, fisher_key(fisher)))
 
 
-@dataclass(frozen=True)
-class ExplorerView:
-    """What the rank explorer draws: every target layer's analyses, and facts about the model, task and
-    Fisher they came from. Read from a snapshot (no model loaded) or computed from the loaded model."""
-
-    source_key: str
-    analyses: dict[str, LayerAnalysis]
-    blocks: list[str]
-    fisher_key: str
-    validation_size: int
-    metric: str
-
-    @property
-    def shapes(self) -> dict[str, tuple[int, int]]:
-        return shapes_of(self.analyses)
-
-
 class _NoSnapshot(LookupError):
     """No usable snapshot: raised, not returned, so that st.cache_resource does not remember the miss."""
 
 
-def snapshot_key(current: Source, settings: FisherSettings) -> dict[str, Any] | None:
-    """What identifies the explorer's data without loading anything: the source, the Fisher settings and
-    the model's (and local data file's) names, sizes and times. None for a model that is not a local
-    directory (a hub id): its files are only known once it is loaded."""
-    model_files = snapshot.files_identity(demo_model_dir() if current.model == "demo" else current.model)
-    if model_files is None:
-        return None
-    return {"kind": "rank-explorer", "source": current.key, "fisher": list(settings.key(current)[1:]),
-            "model_files": model_files,
-            "data_file": snapshot.files_identity(current.data_file) if current.data_file else None}
-
-
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _view_from_snapshot(key_text: str) -> ExplorerView:
-    key = json.loads(key_text)
-    found = snapshot.load_snapshot(key)
-    if found is None:
+    view = load_view(json.loads(key_text))
+    if view is None:
         raise _NoSnapshot
-    try:
-        return ExplorerView(key["source"], found.analyses, found.blocks, str(found.info["fisher_key"]),
-                            int(found.info["validation_size"]), str(found.info["metric"]))
-    except (KeyError, TypeError, ValueError) as error:  # written by another version of this page
-        logger.warning("the rank explorer's snapshot lacks %s; it will be recomputed", error)
-        raise _NoSnapshot from error
+    return view
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def _save_snapshot(key_text: str, _view: ExplorerView) -> None:
     """Write the snapshot once per key and process; a failure (a read-only cache) only costs speed."""
     try:
-        snapshot.save_snapshot(json.loads(key_text), _view.analyses, _view.blocks,
-                               {"fisher_key": _view.fisher_key, "validation_size": _view.validation_size,
-                                "metric": _view.metric})
+        save_view(json.loads(key_text), _view)
     except OSError as error:
         logger.warning("could not save the rank explorer's snapshot: %s", error)
 
@@ -359,23 +274,23 @@ def explorer_view() -> ExplorerView | None:
     From the snapshot when one matches the model's files (no torch, no model load); otherwise from the
     loaded model and cached Fisher, saving a snapshot for the next start.
     """
-    current, settings = source(), fisher_settings()
+    current, config = source(), fisher_config()
     require_ready(current)
-    key = snapshot_key(current, settings)
+    key = snapshot_key(current, config)
     if key is not None:
         with contextlib.suppress(_NoSnapshot):
             return _view_from_snapshot(json.dumps(key, sort_keys=True))
     loaded = require_model()
-    fisher = fisher_for(loaded, settings)
-    return None if fisher is None else view_from_model(loaded, fisher, settings)
+    fisher = fisher_for(loaded, config)
+    return None if fisher is None else view_from_model(loaded, fisher, config)
 
 
-def view_from_model(loaded: Loaded, fisher: Any, settings: FisherSettings) -> ExplorerView:
+def view_from_model(loaded: Loaded, fisher: Any, config: FisherConfig) -> ExplorerView:
     """The rank explorer's data computed from the loaded model and its Fisher; saved as a snapshot when
     the model is a local directory."""
     view = ExplorerView(loaded.source.key, analyses_for(loaded, fisher), loaded.blocks, fisher_key(fisher),
                         len(loaded.task.load_split("validation")), metric_of(loaded))
-    key = snapshot_key(loaded.source, settings)
+    key = snapshot_key(loaded.source, config)
     if key is not None:
         _save_snapshot(json.dumps(key, sort_keys=True), view)
     return view
@@ -385,7 +300,7 @@ def ranks(source_key: str, analyses: dict[str, LayerAnalysis]) -> dict[str, int]
     """The current rank of every target layer of the model ``source_key`` names (the paper's 0.33 rank
     ratio until changed)."""
     if st.session_state.get(RANKS_OWNER) != source_key or RANKS not in st.session_state:
-        st.session_state[RANKS] = rank_config.global_ranks(shapes_of(analyses), "rank_ratio", DEFAULT_RANK_RATIO)
+        st.session_state[RANKS] = CompressionConfig(rank_ratio=DEFAULT_RANK_RATIO).resolve_ranks(shapes_of(analyses))
         st.session_state[RANKS_OWNER] = source_key
     return st.session_state[RANKS]
 

@@ -13,7 +13,7 @@ Run from the repository root (the demo must be built: ``python -m fwsvd demo`` o
 
     python bench/bench_app.py --write docs/BENCH_APP.md
 
-``FWSVD_APP_MODEL`` / ``FWSVD_APP_TASK`` (see app/ui_state.py) point it at another model and task.
+``FWSVD_APP_MODEL`` / ``FWSVD_APP_TASK`` (see fwsvd.view.explorer.Source) point it at another model and task.
 """
 
 from __future__ import annotations
@@ -41,7 +41,10 @@ from fwsvd.io.models import load_any_model  # noqa: E402
 from fwsvd.storage.locations import demo_is_built  # noqa: E402
 from fwsvd.surgery.analyze import cached_analyses  # noqa: E402
 from fwsvd.surgery.architecture import architecture_frame  # noqa: E402
+from fwsvd.config import FisherConfig  # noqa: E402
+from fwsvd.data.tasks import task_of  # noqa: E402
 from fwsvd.view import analysis  # noqa: E402
+from fwsvd.view.explorer import Source, snapshot_key  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 TARGETS = {"rank change": 0.5, "evaluation": 30.0, "cold start": 10.0}
@@ -49,17 +52,13 @@ TARGETS = {"rank change": 0.5, "evaluation": 30.0, "cold start": 10.0}
 
 def _source():
     """The model and task the app opens by default (the demo unless the environment says otherwise)."""
-    import ui_state
-
-    return ui_state.default_source()
+    return Source.from_environment()
 
 
 def _load(source):
-    import ui_state
-
     if source.model == "demo" and not demo_is_built():
         raise SystemExit("the demo model is not built yet: build it first (Model & task page or fwsvd.io.demo)")
-    task = ui_state.task_for(source)  # the same task the app builds
+    task = task_of(source)  # the same task the app builds
     model, tokenizer, _ = load_any_model(source.model, task)
     return model, tokenizer, task
 
@@ -149,11 +148,9 @@ def _open_explorer(browser, url: str) -> tuple[float, float]:
 
 def _explorer_snapshot():
     """The snapshot file the rank explorer opens from, for the app's default model, task and Fisher."""
-    import ui_state
-
     from fwsvd.view.snapshot import snapshot_path
 
-    key = ui_state.snapshot_key(ui_state.default_source(), ui_state.FisherSettings())
+    key = snapshot_key(Source.from_environment(), FisherConfig())
     return None if key is None else snapshot_path(key)
 
 
@@ -209,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
 
     source = _source()
     model, tokenizer, task = _load(source)
-    # The Fisher the app uses by default (the pages' FisherSettings), cached once for the cold start.
+    # The Fisher the app uses by default (FisherConfig's defaults), cached once for the cold start.
     fisher = task_fisher(model, tokenizer, task)
     load_before = os.getloadavg()
     rank = bench_rank_change(model, fisher, args.repeats)

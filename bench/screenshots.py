@@ -24,21 +24,20 @@ WIDTH = 1440
 
 def _prepare() -> None:
     """The demo must be built; the Fisher the pages use by default is computed once if absent."""
-    import ui_state
-
+    from fwsvd.config import FisherConfig
+    from fwsvd.data.tasks import task_of
     from fwsvd.storage.locations import demo_is_built
+    from fwsvd.view.explorer import Source
     from fwsvd.io.models import load_any_model
     from fwsvd.fisher.task import task_fisher
 
-    source = ui_state.default_source()
+    source = Source.from_environment()
     if source.model == "demo" and not demo_is_built():
         raise SystemExit("build the demo model first (Model & task page, or fwsvd.io.demo.ensure_demo_model())")
-    task = ui_state.task_for(source)
+    task = task_of(source)
     model, tokenizer, _ = load_any_model(source.model, task)
-    settings = ui_state.FisherSettings()
     for mode in ("per_example", "batch"):
-        result = task_fisher(model, tokenizer, task, num_examples=settings.num_examples, seed=settings.seed,
-                             max_length=settings.max_length, mode=mode)
+        result = task_fisher(model, tokenizer, task, FisherConfig(mode=mode))
         print(f"Fisher {mode}: {'cached' if result.from_cache else f'computed in {result.seconds:.0f} s'}")
 
 

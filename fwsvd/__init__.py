@@ -13,6 +13,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "CompressionConfig": "fwsvd.config",
+    "FisherConfig": "fwsvd.config",
+    "read_rank_document": "fwsvd.config",
     "CompressionReport": "fwsvd.surgery.compress",
     "LayerReport": "fwsvd.surgery.compress",
     "analyze_layers": "fwsvd.surgery.analyze",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import statistics
@@ -24,17 +25,19 @@ import transformers
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from fwsvd.config import ALLOCATIONS, FISHER_MODES, CompressionConfig, FisherConfig, as_config, read_rank_document
 from fwsvd.surgery.compress import compress_
+from fwsvd.surgery.targets import find_targets, target_shapes
 from fwsvd.io.demo import demo_info, ensure_demo_model
 from fwsvd.evaluate.evaluation import count_parameters, evaluate_model
 from fwsvd.view.analysis import METHODS
 from fwsvd.evaluate.finetune import finetune_
-from fwsvd.fisher.estimate import MODES, FisherResult
+from fwsvd.fisher.estimate import FisherResult
 from fwsvd.io.persistence import save_compressed
 from fwsvd.fisher.summary import importance_agreement
 from fwsvd.io.models import load_any_model
 from fwsvd.fisher.task import task_fisher
-from fwsvd.evaluate.sweep import check_rank_ratio, run_sweep
+from fwsvd.evaluate.sweep import run_sweep
 from fwsvd.data.tasks import ROLES, TASK_NAMES, Task, get_task, local_task
 
 PROG = "fwsvd"
@@ -60,28 +63,33 @@ class UserError(ValueError):
 # Argument types and groups
 
 
-def _rank_ratio(text: str) -> float:
+def _number(text: str) -> float:
+    """A number; whether it is in range is the CompressionConfig's to say (one check, one message)."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid rank ratio {text!r}: give a number in (0, 1]") from None
-    try:
-        return check_rank_ratio(value)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}: give a number in (0, 1]") from None
 
 
-def _rank_ratios(text: str) -> list[float]:
-    return [_rank_ratio(part) for part in text.split(",") if part.strip()]
+def _numbers(text: str) -> list[float]:
+    return [_number(part) for part in text.split(",") if part.strip()]
 
 
-def _methods(text: str) -> list[str]:
-    methods = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [method for method in methods if method not in METHODS]
-    if unknown or not methods:
-        raise argparse.ArgumentTypeError(f"unknown method(s) {', '.join(unknown) or '(none)'}; "
-                                         f"choose from {', '.join(METHODS)}")
-    return methods
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+class _Deprecated(argparse.Action):
+    """An old spelling of an option, kept working (hidden from --help) with a note naming the new one."""
+
+    def __init__(self, option_strings: list[str], dest: str, replacement: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+        self.replacement = replacement
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        print(f"{PROG}: note: {option_string} is deprecated; use {self.replacement}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 def _integer_from(minimum: int) -> Callable[[str], int]:
@@ -122,12 +130,13 @@ def _add_task(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--text-pair-column", help="second text column of --data-files (sentence pairs)")
 
 
-def _add_evaluation(parser: argparse.ArgumentParser) -> None:
+def _add_evaluation(parser: argparse.ArgumentParser, batching: bool = True) -> None:
     group = parser.add_argument_group("evaluation")
     group.add_argument("--split", choices=[role for role in ROLES if role != "train"], default="test",
                        help="split to score (default: test)")
     group.add_argument("--limit", type=_positive_int, help="score only the first N examples")
-    _add_batching(group)
+    if batching:
+        _add_batching(group)
 
 
 def _add_batching(group: argparse._ActionsContainer) -> None:
@@ -135,12 +144,49 @@ def _add_batching(group: argparse._ActionsContainer) -> None:
     group.add_argument("--max-length", type=_positive_int, default=128, help="tokens per example; default: 128")
 
 
-def _add_fisher(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("Fisher (fwsvd only; estimated on the train split, cached)")
-    group.add_argument("--fisher-examples", type=_positive_int, default=1024, help="default: 1024")
-    group.add_argument("--fisher-mode", choices=MODES, default="per_example",
-                       help="per_example: exact Fisher (default); batch: squared mini-batch gradients")
-    group.add_argument("--seed", type=int, default=0, help="seed of the example draw; default: 0")
+def _add_config(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--config", "--ranks-json", dest="config", type=Path, metavar="FILE",
+                        help=f"{what}: a compression config (the Export page's download, 'compress --json' output, "
+                             "a saved model's fwsvd_compressed.json, an old rank file or {layer: rank}); the "
+                             "flags below override it")
+
+
+def _add_rank_rules(parser: argparse.ArgumentParser) -> None:
+    """The global rank rule and the allocation; any of them replaces the --config file's per-layer ranks."""
+    group = parser.add_argument_group("ranks (any of these replaces the --config file's per-layer ranks)")
+    rules = group.add_mutually_exclusive_group()
+    rules.add_argument("--rank-ratio", type=_number, metavar="R",
+                       help="share of each layer's full rank, in (0, 1]; the paper keeps 0.33")
+    rules.add_argument("--param-budget", type=_number, metavar="B",
+                       help="share of each layer's weight parameters to keep, in (0, 1]")
+    rules.add_argument("--rank", type=_positive_int, metavar="N", help="the same rank for every layer")
+    _add_allocation(group)
+
+
+def _add_allocation(group: argparse._ActionsContainer) -> None:
+    group.add_argument("--allocate", choices=ALLOCATIONS,
+                       help="spread the rule's total parameters over the layers where they lose least: "
+                            "fisher (Fisher-weighted error), plain (plain error) or uniform (one ratio)")
+
+
+def _add_fisher(parser: argparse.ArgumentParser, old_spellings: bool = False) -> None:
+    defaults = FisherConfig()
+    group = parser.add_argument_group("Fisher (estimated on the train split, cached; unset flags come from "
+                                      "--config, else these defaults)")
+    group.add_argument("--fisher-mode", choices=FISHER_MODES,
+                       help=f"per_example: exact Fisher; batch: squared mini-batch gradients; "
+                            f"default: {defaults.mode}")
+    group.add_argument("--fisher-examples", type=_positive_int, metavar="N",
+                       help=f"train examples; default: {defaults.num_examples}")
+    group.add_argument("--seed", type=_non_negative_int, help=f"seed of the example draw; default: {defaults.seed}")
+    group.add_argument("--max-length", type=_positive_int, metavar="N",
+                       help=f"tokens per example; default: {defaults.max_length}")
+    group.add_argument("--batch-size", type=_positive_int, metavar="N", help=f"default: {defaults.batch_size}")
+    if old_spellings:
+        group.add_argument("--mode", dest="fisher_mode", choices=FISHER_MODES, action=_Deprecated,
+                           replacement="--fisher-mode")
+        group.add_argument("--num-examples", dest="fisher_examples", type=_positive_int, action=_Deprecated,
+                           replacement="--fisher-examples")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -199,11 +245,53 @@ def _progress(description: str, unit: str) -> Iterator[Callable[[int, int], None
         bar.close()
 
 
-def _fisher(args: argparse.Namespace, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, task: Task,
-            mode: str, examples: int) -> FisherResult:
-    with _progress(f"Fisher ({mode})", "batch") as progress:
-        return task_fisher(model, tokenizer, task, num_examples=examples, seed=args.seed,
-                           max_length=args.max_length, batch_size=args.batch_size, mode=mode, progress=progress)
+def _config(args: argparse.Namespace) -> CompressionConfig:
+    """The --config file's configuration (default: CompressionConfig()) with the flags given on top. A rank
+    rule or --allocate replaces the file's per-layer ranks; --rank needs the model (see _with_rank)."""
+    config = CompressionConfig()
+    if args.config is not None:
+        path = args.config.expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"--config file not found: {path}")
+        try:
+            config = read_rank_document(path.read_bytes())
+        except ValueError as error:
+            raise UserError(f"--config {path}: {error}") from error
+    fisher = {"mode": args.fisher_mode, "num_examples": args.fisher_examples, "seed": args.seed,
+              "max_length": args.max_length, "batch_size": args.batch_size}
+    given = {key: value for key, value in fisher.items() if value is not None}
+    changes: dict[str, Any] = {"fisher": dataclasses.replace(config.fisher, **given)}
+    if getattr(args, "method", None) is not None:
+        changes["method"] = args.method
+    rules = {"rank_ratio": getattr(args, "rank_ratio", None), "param_budget": getattr(args, "param_budget", None)}
+    for rule, value in rules.items():
+        if value is not None:
+            changes.update({"rank_ratio": None, "param_budget": None, "rank_pattern": {}, rule: value})
+    if getattr(args, "allocate", None) is not None:
+        changes.update(allocation=args.allocate, rank_pattern={})
+    if getattr(args, "rank", None) is not None:
+        changes.update(rank_pattern={})
+    return dataclasses.replace(config, **changes)
+
+
+def _with_rank(config: CompressionConfig, rank: int | None, model: torch.nn.Module) -> CompressionConfig:
+    """``config`` with --rank N pinned on every layer it selects, checked against the model's layers."""
+    shapes = target_shapes(find_targets(model))
+    if rank is not None:
+        selected = {name: shape for name, shape in shapes.items() if config.selects(name)}
+        config = dataclasses.replace(config, rank_pattern=as_config(rank, selected).rank_pattern)
+    config.check(shapes)
+    return config
+
+
+def _needs_fisher(config: CompressionConfig) -> bool:
+    return config.method == "fwsvd" or config.allocation == "fisher"
+
+
+def _fisher(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, task: Task,
+            settings: FisherConfig) -> FisherResult:
+    with _progress(f"Fisher ({settings.mode})", "batch") as progress:
+        return task_fisher(model, tokenizer, task, settings, progress=progress)
 
 
 def _metrics_text(metrics: dict[str, float]) -> str:
@@ -233,19 +321,21 @@ def _cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_fisher(args: argparse.Namespace) -> dict[str, Any]:
+    settings = _config(args).fisher
     task = _task(args)
     model, tokenizer, _ = load_any_model(args.model, task)
-    result = _fisher(args, model, tokenizer, task, args.mode, args.num_examples)
+    result = _fisher(model, tokenizer, task, settings)
     layers = {name: {"features": values.numel(), "mean": values.mean().item(), "min": values.min().item(),
                      "max": values.max().item()} for name, values in result.importances.items()}
     origin = "loaded from cache" if result.from_cache else f"computed in {result.seconds:.1f} s"
-    print(f"Fisher ({args.mode}) of {len(layers)} layers over {result.provenance['num_examples']} train "
+    print(f"Fisher ({settings.mode}) of {len(layers)} layers over {result.provenance['num_examples']} train "
           f"examples of task {task.name}: {origin}\ncache file: {result.path}")
-    output = {"mode": args.mode, "path": str(result.path), "from_cache": result.from_cache,
-              "seconds": result.seconds, "provenance": result.provenance, "layers": layers}
+    output = {"mode": settings.mode, "path": str(result.path), "from_cache": result.from_cache,
+              "seconds": result.seconds, "provenance": result.provenance, "fisher_config": settings.to_dict(),
+              "layers": layers}
     if args.compare:
-        other_mode = next(mode for mode in MODES if mode != args.mode)
-        other = _fisher(args, model, tokenizer, task, other_mode, args.num_examples)
+        other_mode = next(mode for mode in FISHER_MODES if mode != settings.mode)
+        other = _fisher(model, tokenizer, task, dataclasses.replace(settings, mode=other_mode))
         agreement = importance_agreement(result.importances, other.importances)
         summary = {measure: statistics.fmean(values[measure] for values in agreement.values())
                    for measure in ("cosine", "spearman")}
@@ -258,46 +348,30 @@ def _cmd_fisher(args: argparse.Namespace) -> dict[str, Any]:
     return output
 
 
-def _ranks(args: argparse.Namespace) -> int | float | dict[str, int]:
-    if args.rank_ratio is not None:
-        return args.rank_ratio
-    if args.rank is not None:
-        return args.rank
-    path = args.ranks_json.expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"--ranks-json file not found: {path}")
-    try:
-        ranks = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise UserError(f"--ranks-json {path} is not valid JSON: {error}") from error
-    if not isinstance(ranks, dict) or not all(isinstance(rank, int) for rank in ranks.values()):
-        raise UserError(f"--ranks-json {path} must hold an object {{layer name: integer rank}}")
-    return ranks
-
-
 def _cmd_compress(args: argparse.Namespace) -> dict[str, Any]:
     output = _check_output(args.output)
-    ranks = _ranks(args)
-    task = _task(args, required=args.method == "fwsvd")
+    if args.config is None and args.rank_ratio is None and args.param_budget is None and args.rank is None:
+        raise UserError("give the ranks: --config FILE, --rank-ratio R, --param-budget B or --rank N")
+    config = _config(args)
+    task = _task(args, required=_needs_fisher(config))
     model, tokenizer, _ = load_any_model(args.model, task)
-    fisher = (_fisher(args, model, tokenizer, task, args.fisher_mode, args.fisher_examples)
-              if args.method == "fwsvd" else None)
-    report = compress_(model, ranks, method=args.method, fisher=fisher.importances if fisher else None)
+    config = _with_rank(config, args.rank, model)
+    fisher = _fisher(model, tokenizer, task, config.fisher) if _needs_fisher(config) else None
+    report = compress_(model, config, fisher=fisher.importances if fisher else None)
     provenance = fisher.provenance if fisher else None
-    save_compressed(model, output, tokenizer=tokenizer, method=args.method, fisher_provenance=provenance,
-                    dense=args.dense, extra={"source_model": str(args.model),
-                                             "task": task.name if task else None})
+    save_compressed(model, output, config=report.config, tokenizer=tokenizer, fisher_provenance=provenance,
+                    dense=args.dense, extra={"source_model": str(args.model), "task": task.name if task else None})
     size = _directory_bytes(output)
     fraction = report.model_params_after / report.model_params_before
-    print(f"{args.method}: {len(report.layers)} layers factorized, parameters {report.model_params_before:,} -> "
+    print(f"{config.method}: {len(report.layers)} layers factorized, parameters {report.model_params_before:,} -> "
           f"{report.model_params_after:,} ({fraction:.1%}); written to {output} "
           f"({'dense export, ' if args.dense else ''}{size / 1e6:.1f} MB)")
     if report.above_break_even:
         print(f"note: {len(report.above_break_even)} layer(s) have a rank at or above break-even and save "
               "no parameters")
-    return {"output": str(output), "method": args.method, "dense": args.dense,
+    return {"output": str(output), "method": config.method, "dense": args.dense,
             "params_before": report.model_params_before, "params_after": report.model_params_after,
-            "size_bytes": size, "ranks": report.ranks, "fisher": provenance}
+            "size_bytes": size, "ranks": report.ranks, "fisher": provenance, "config": report.config.to_dict()}
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
@@ -312,25 +386,32 @@ def _cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
+    # The sweep sets the method and rank ratio of each run: the file gives the rest (Fisher, layers, allocation).
+    base = dataclasses.replace(_config(args), rank_pattern={})
+    runs = [dataclasses.replace(base, method=method, rank_ratio=ratio, param_budget=None)
+            for method in args.methods for ratio in args.rank_ratios]  # every method and ratio checked up front
+    if not runs:
+        raise UserError("give at least one method (--methods) and one rank ratio (--rank-ratios)")
+    settings = base.fisher
     task = _task(args)
     model, tokenizer, _ = load_any_model(args.model, task)
-    fisher = (_fisher(args, model, tokenizer, task, args.fisher_mode, args.fisher_examples)
-              if "fwsvd" in args.methods else None)
+    fisher = _fisher(model, tokenizer, task, settings) if any(map(_needs_fisher, runs)) else None
 
     def show(run: Any) -> None:
         tqdm.write(f"{run.method:>5} ratio {run.rank_ratio:<5g} params {run.params:>11,}  "
                    f"{_metrics_text(run.metrics)}", file=sys.stdout)
 
-    finetune = {"learning_rate": args.learning_rate, "batch_size": args.batch_size, "seed": args.seed,
+    finetune = {"learning_rate": args.learning_rate, "batch_size": settings.batch_size, "seed": settings.seed,
                 "limit": args.finetune_limit}
     with _progress("sweep", "model") as progress:
         result = run_sweep(model, tokenizer, task, methods=args.methods, rank_ratios=args.rank_ratios,
-                           fisher=fisher, role=args.split, limit=args.limit, batch_size=args.batch_size,
-                           max_length=args.max_length, finetune_epochs=args.finetune_epochs,
-                           finetune_kwargs=finetune, progress=progress, on_run=show)
+                           fisher=fisher, config=base, role=args.split, limit=args.limit,
+                           batch_size=settings.batch_size, max_length=settings.max_length,
+                           finetune_epochs=args.finetune_epochs, finetune_kwargs=finetune, progress=progress,
+                           on_run=show)
     print(f"dense ({task.name} {args.split}): params {result.dense.params:,}  {_metrics_text(result.dense.metrics)}")
     return {**result.to_dict(), "model": str(args.model), "task": task.name, "split": args.split,
-            "fisher": fisher.provenance if fisher else None,
+            "fisher": fisher.provenance if fisher else None, "config": base.to_dict(),
             "finetune": {"epochs": args.finetune_epochs, **finetune} if args.finetune_epochs else None}
 
 
@@ -342,7 +423,8 @@ def _cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
                 "max_length": args.max_length, "limit": args.limit, "seed": args.seed, "optimizer": args.optimizer}
     training = finetune_(model, tokenizer, task, **settings)
     if info is not None:
-        save_compressed(model, output, tokenizer=tokenizer, method=info.get("method"),
+        config = CompressionConfig.from_dict(info["config"]) if info["config"] is not None else None
+        save_compressed(model, output, config=config, tokenizer=tokenizer,
                         fisher_provenance=info.get("fisher_provenance"), dense=info["dense"],
                         extra={**info.get("extra", {}), "finetune": {**settings, "task": task.name}})
     else:
@@ -391,11 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
                                              "task's train split; cached.")
     _add_model(fisher)
     _add_task(fisher)
-    fisher.add_argument("--mode", choices=MODES, default="per_example",
-                        help="per_example: exact Fisher (default); batch: squared mini-batch gradients")
-    fisher.add_argument("--num-examples", type=_positive_int, default=1024, help="default: 1024")
-    fisher.add_argument("--seed", type=int, default=0, help="seed of the example draw; default: 0")
-    _add_batching(fisher)
+    _add_config(fisher, "take the Fisher settings of")
+    _add_fisher(fisher, old_spellings=True)
     fisher.add_argument("--compare", action="store_true",
                         help="also estimate the other mode and report the per-layer agreement "
                              "(cosine, Spearman)")
@@ -407,17 +486,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                "pairs (SVD or FWSVD) and save the result.")
     _add_model(compress)
     _add_task(compress)
-    compress.add_argument("--method", choices=METHODS, default="fwsvd", help="default: fwsvd")
-    ranks = compress.add_mutually_exclusive_group(required=True)
-    ranks.add_argument("--rank-ratio", type=_rank_ratio, metavar="R",
-                       help="share of each layer's full rank, in (0, 1]; the paper keeps 0.33")
-    ranks.add_argument("--rank", type=_positive_int, metavar="N", help="the same rank for every layer")
-    ranks.add_argument("--ranks-json", type=Path, metavar="FILE", help="JSON {layer name: rank}")
     compress.add_argument("--output", type=Path, required=True, metavar="DIR", help="directory to write")
     compress.add_argument("--dense", action="store_true",
                           help="multiply the factors back: a plain model for runtimes without custom layers")
+    _add_config(compress, "compress as")
+    compress.add_argument("--method", choices=METHODS, help="default: fwsvd (or the --config file's)")
+    _add_rank_rules(compress)
     _add_fisher(compress)
-    _add_batching(compress)
     _add_json(compress)
     compress.set_defaults(handler=_cmd_compress)
 
@@ -433,15 +508,18 @@ def build_parser() -> argparse.ArgumentParser:
                                             "and rank ratio (optionally fine-tuned first).")
     _add_model(sweep, "the dense fine-tuned model")
     _add_task(sweep)
-    sweep.add_argument("--methods", type=_methods, default=list(METHODS), help="comma-separated; default: svd,fwsvd")
-    sweep.add_argument("--rank-ratios", type=_rank_ratios, default=[0.5, 0.33, 0.25],
+    sweep.add_argument("--methods", type=_names, default=list(METHODS),
+                       help=f"comma-separated; default: {','.join(METHODS)}")
+    sweep.add_argument("--rank-ratios", type=_numbers, default=[0.5, 0.33, 0.25],
                        help="comma-separated, each in (0, 1]; default: 0.5,0.33,0.25")
     sweep.add_argument("--finetune-epochs", type=_non_negative_int, default=0, metavar="N",
                        help="fine-tune each compressed copy for N epochs first (Adam); default: 0")
     sweep.add_argument("--learning-rate", type=float, default=2e-5, help="fine-tuning; default: 2e-5")
     sweep.add_argument("--finetune-limit", type=_positive_int, metavar="N",
                        help="fine-tune on the first N shuffled train examples only; default: all")
-    _add_evaluation(sweep)
+    _add_evaluation(sweep, batching=False)
+    _add_config(sweep, "take the Fisher settings, target_modules and allocation of")
+    _add_allocation(sweep)
     _add_fisher(sweep)
     _add_json(sweep)
     sweep.set_defaults(handler=_cmd_sweep)

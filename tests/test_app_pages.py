@@ -197,11 +197,11 @@ def test_rank_explorer_recovers_from_a_corrupt_snapshot(app_env, caplog):
     assert all(path.stat().st_size > 1000 for path in snapshots.glob("*.npz"))
 
     # A readable snapshot for this key that lacks what the page needs (from another version of the page).
-    import ui_state
-
+    from fwsvd.config import FisherConfig
+    from fwsvd.view.explorer import Source, snapshot_key
     from fwsvd.view.snapshot import load_snapshot, save_snapshot
 
-    key = ui_state.snapshot_key(ui_state.default_source(), ui_state.FisherSettings())
+    key = snapshot_key(Source.from_environment(), FisherConfig())
     complete = load_snapshot(key)
     save_snapshot(key, complete.analyses, complete.blocks, {})
     st.cache_resource.clear()

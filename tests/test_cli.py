@@ -55,14 +55,27 @@ def test_sweep_json(model_dir, csv, tmp_path, cache_dir):
 
 def test_fisher_json_with_comparison(model_dir, csv, tmp_path, cache_dir, capsys):
     result = _run(["fisher", "--model", str(model_dir), "--data-files", str(csv), *DATA, *FAST,
-                   "--num-examples", "24", "--compare"], tmp_path)
+                   "--fisher-examples", "24", "--compare"], tmp_path)
     assert result["mode"] == "per_example" and not result["from_cache"]
     assert Path(result["path"]).is_file() and len(result["layers"]) == 12
     assert result["comparison"]["mode"] == "batch"
     assert set(result["comparison"]["mean"]) == {"cosine", "spearman"}
     assert "agreement with batch mode" in capsys.readouterr().out
     assert _run(["fisher", "--model", str(model_dir), "--data-files", str(csv), *DATA, *FAST,
-                 "--num-examples", "24"], tmp_path)["from_cache"]
+                 "--fisher-examples", "24"], tmp_path)["from_cache"]
+
+
+def test_fisher_old_flag_spellings_still_work(model_dir, csv, tmp_path, cache_dir, capsys):
+    result = _run(["fisher", "--model", str(model_dir), "--data-files", str(csv), *DATA, *FAST,
+                   "--mode", "batch", "--num-examples", "20"], tmp_path)
+    assert result["mode"] == "batch" and result["provenance"]["num_examples"] == 20
+    assert result["fisher_config"] == {"mode": "batch", "num_examples": 20, "seed": 0, "max_length": 32,
+                                       "batch_size": 16}
+    err = capsys.readouterr().err
+    assert "--mode is deprecated; use --fisher-mode" in err and "--num-examples is deprecated" in err
+    assert main(["fisher", "--help"]) == 0
+    help_text = capsys.readouterr().out
+    assert "--fisher-mode" in help_text and "--num-examples" not in help_text and "--mode " not in help_text
 
 
 def test_compress_then_evaluate_and_finetune(model_dir, csv, tmp_path, cache_dir):
@@ -72,7 +85,8 @@ def test_compress_then_evaluate_and_finetune(model_dir, csv, tmp_path, cache_dir
                        "--output", str(output)], tmp_path)
     assert compressed["params_after"] < compressed["params_before"] and len(compressed["ranks"]) == 12
     info = read_compressed_info(output)
-    assert info["method"] == "fwsvd" and info["fisher_provenance"] == compressed["fisher"]
+    assert info["config"]["method"] == "fwsvd" and info["fisher_provenance"] == compressed["fisher"]
+    assert info["config"] == compressed["config"] and compressed["config"]["fisher"]["num_examples"] == 16
     evaluated = _run(["evaluate", "--model", str(output), "--data-files", str(csv), *DATA, *FAST], tmp_path)
     assert evaluated["params"] == compressed["params_after"]
     tuned = _run(["finetune", "--model", str(output), "--data-files", str(csv), *DATA, *FAST,
@@ -128,6 +142,10 @@ def _bad_inputs(model_dir: Path, csv: Path, tmp_path: Path) -> dict[str, tuple[l
     (garbled / INFO_FILE).write_text("{")
     ranks = tmp_path / "ranks.json"
     ranks.write_text('{"no.such.layer": 3}')
+    fractional = tmp_path / "fractional.json"
+    fractional.write_text('{"bert.encoder.layer.0.attention.self.query": 2.5}')
+    unknown_key = tmp_path / "unknown_key.json"
+    unknown_key.write_text('{"format": "fwsvd-compression-config", "rank_ratios": 0.5}')
     model, data = ["--model", str(model_dir)], ["--data-files", str(csv), *DATA]
     return {
         "missing data file": (["evaluate", *model, "--data-files", str(tmp_path / "absent.csv"), *DATA],
@@ -152,6 +170,17 @@ def _bad_inputs(model_dir: Path, csv: Path, tmp_path: Path) -> dict[str, tuple[l
                                 "--output", str(tmp_path / "o")], "not found"),
         "unknown method": (["sweep", *model, *data, "--methods", "svd,pca"], "pca"),
         "no rank given": (["compress", *model, "--output", str(tmp_path / "o")], "--rank"),
+        "two rank rules": (["compress", *model, "--rank-ratio", "0.5", "--param-budget", "0.5",
+                            "--output", str(tmp_path / "o")], "not allowed with"),
+        "param budget above 1": (["compress", *model, "--method", "svd", "--param-budget", "2",
+                                  "--output", str(tmp_path / "o")], "param_budget must be a number in (0, 1]"),
+        "garbled config": (["compress", *model, "--config", str(garbled / INFO_FILE),
+                            "--output", str(tmp_path / "o")], "not valid JSON"),
+        "rank 2.5 in config": (["compress", *model, "--method", "svd", "--config", str(fractional),
+                                "--output", str(tmp_path / "o")], "2.5"),
+        "unknown key in config": (["compress", *model, "--config", str(unknown_key),
+                                   "--output", str(tmp_path / "o")], "'rank_ratios'"),
+        "bad fisher flag": (["fisher", *model, *data, "--fisher-mode", "exact"], "invalid choice"),
         "unknown subcommand": (["shrink"], "invalid choice"),
         "missing app": (["app"], "streamlit_app.py"),
         "json path is a directory": (["evaluate", *model, *data, "--json", str(tmp_path)], "directory"),
@@ -161,8 +190,9 @@ def _bad_inputs(model_dir: Path, csv: Path, tmp_path: Path) -> dict[str, tuple[l
 BAD_INPUTS = ["missing data file", "absent column", "unknown task", "no task", "task and files",
               "columns without files", "missing model", "garbled compressed model", "rank ratio above 1",
               "rank ratio not a number", "rank ratio zero", "rank above full rank", "unknown layer in ranks json",
-              "missing ranks json", "unknown method", "no rank given", "unknown subcommand", "missing app",
-              "json path is a directory"]
+              "missing ranks json", "unknown method", "no rank given", "two rank rules", "param budget above 1",
+              "garbled config", "rank 2.5 in config", "unknown key in config", "bad fisher flag",
+              "unknown subcommand", "missing app", "json path is a directory"]
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS)
@@ -189,3 +219,54 @@ def test_python_dash_m_help():
     assert completed.returncode == 0
     for command in ["demo", "fisher", "compress", "evaluate", "sweep", "finetune", "app"]:
         assert command in completed.stdout
+
+
+# ------------------------------------------------------------------------------------------------
+# One document for ranks: what compress --json and the Export page write, read back by --config / --ranks-json
+
+
+def _compress(model_dir: Path, tmp_path: Path, name: str, *flags: str) -> dict:
+    return _run(["compress", "--model", str(model_dir), "--method", "svd", "--output", str(tmp_path / name),
+                 *flags], tmp_path)
+
+
+def test_compress_json_output_is_a_rank_document(model_dir, tmp_path, cache_dir):
+    first = _compress(model_dir, tmp_path, "first", "--rank-ratio", "0.25")
+    output = tmp_path / "first.json"
+    output.write_text((tmp_path / "result.json").read_text())
+    again = _compress(model_dir, tmp_path, "again", "--ranks-json", str(output))
+    assert again["ranks"] == first["ranks"] and again["config"] == first["config"]
+    assert again["config"]["method"] == "svd" and set(again["ranks"].values()) == {8}
+    # Flags override the file: another method and Fisher settings, the file's ranks kept.
+    overridden = _compress(model_dir, tmp_path, "other", "--config", str(output), "--rank", "3")
+    assert set(overridden["ranks"].values()) == {3}
+
+
+def test_export_document_works_with_ranks_json_and_config(model_dir, tmp_path, cache_dir):
+    from fwsvd.config import CompressionConfig
+
+    targets = read_compressed_info(Path(_compress(model_dir, tmp_path, "probe", "--rank", "2")["output"]))["layers"]
+    ranks = {name: 1 + index % 5 for index, name in enumerate(targets)}
+    document = tmp_path / "export.json"
+    document.write_text(CompressionConfig(method="svd").with_ranks(ranks).to_json())  # what Export downloads
+    by_alias = _compress(model_dir, tmp_path, "alias", "--ranks-json", str(document))
+    by_config = _compress(model_dir, tmp_path, "config", "--config", str(document))
+    assert by_alias["ranks"] == by_config["ranks"] == ranks
+    assert by_config["config"] == json.loads(document.read_text())
+    assert read_compressed_info(tmp_path / "config")["config"] == json.loads(document.read_text())
+    # A saved model's fwsvd_compressed.json is a rank document too.
+    again = _compress(model_dir, tmp_path, "from_saved", "--config", str(tmp_path / "config" / INFO_FILE))
+    assert again["ranks"] == ranks
+
+
+def test_config_flags_merge_into_the_fisher_settings(model_dir, csv, tmp_path, cache_dir):
+    from fwsvd.config import CompressionConfig, FisherConfig
+
+    document = tmp_path / "config.json"
+    document.write_text(CompressionConfig(param_budget=0.5, fisher=FisherConfig(num_examples=12, seed=3)).to_json())
+    result = _run(["compress", "--model", str(model_dir), "--data-files", str(csv), *DATA, "--config", str(document),
+                   "--max-length", "32", "--output", str(tmp_path / "out")], tmp_path)
+    assert result["config"]["fisher"] == {"mode": "per_example", "num_examples": 12, "seed": 3, "max_length": 32,
+                                          "batch_size": 32}
+    assert result["fisher"]["num_examples"] == 12 and result["fisher"]["seed"] == 3
+    assert result["config"]["param_budget"] == 0.5 and result["method"] == "fwsvd"

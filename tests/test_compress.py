@@ -18,10 +18,10 @@ from fwsvd import (
     compressed_copy,
     densify_,
     find_targets,
-    ranks_for_param_fraction,
-    resolve_ranks,
     set_ranks_,
 )
+from fwsvd.config import CompressionConfig
+from fwsvd.surgery.targets import target_shapes
 
 FAMILIES = ["bert", "distilbert", "roberta", "electra", "gpt2"]
 #: Linear layers per transformer block: Q, K, V, attention output, two FFN (GPT-2 fuses QKV into c_attn).
@@ -118,16 +118,20 @@ def test_break_even_flag():
     assert query.params_after >= query.params_before
 
 
-def test_rank_forms():
-    targets = find_targets(tiny_bert())
-    assert set(resolve_ranks(targets, 3).values()) == {3}
-    by_ratio = resolve_ranks(targets, 0.33)
-    assert set(by_ratio.values()) == {round(0.33 * 32)}
-    assert resolve_ranks(targets, 1.0) == {name: 32 for name in targets}
+def test_rank_forms(store):
+    model = tiny_bert()
+    targets = find_targets(model)
+
+    def ranks(config) -> dict[str, int]:
+        return compressed_copy(model, config, method="svd", store=store)[1].ranks
+
+    assert set(ranks(3).values()) == {3}
+    assert set(ranks(0.33).values()) == {round(0.33 * 32)}
+    assert ranks(1.0) == {name: 32 for name in targets}
     name = next(iter(targets))
-    assert resolve_ranks(targets, {name: 2}) == {name: 2}
-    fraction = ranks_for_param_fraction(targets, 0.5)
-    assert fraction["bert.encoder.layer.0.attention.self.query"] == 8  # floor(0.5 * 32*32/64)
+    assert ranks({name: 2}) == {name: 2}
+    by_budget = CompressionConfig(param_budget=0.5).resolve_ranks(target_shapes(targets))
+    assert by_budget["bert.encoder.layer.0.attention.self.query"] == 8  # floor(0.5 * 32*32/64)
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,9 @@
-"""The dashboard's computations (fwsvd.explore, fwsvd.view.analysis, fwsvd.view.rank_config), checked without a browser."""
+"""The dashboard's computations (fwsvd.view.analysis, fwsvd.view.rank_config, fwsvd.config and the model-side
+helpers), checked without a browser."""
 
 from __future__ import annotations
 
 import io
-import json
 import math
 import zipfile
 
@@ -13,6 +13,7 @@ import torch
 from app_support import save_tiny_classifier, write_review_csv
 from conftest import tiny_bert
 from fwsvd import DecompositionStore, analyze_layers, compressed_copy, find_targets
+from fwsvd.config import CompressionConfig, FisherConfig
 from fwsvd.view import analysis, rank_config
 from fwsvd.surgery.architecture import architecture_frame, model_summary
 from fwsvd.surgery.analyze import cached_analyses
@@ -26,7 +27,7 @@ from fwsvd.surgery.targets import target_shapes
 
 
 def _global_ranks(model: torch.nn.Module, mode: str, value: float) -> dict[str, int]:
-    return rank_config.global_ranks(target_shapes(find_targets(model)), mode, value)
+    return CompressionConfig(**{mode: value}).resolve_ranks(target_shapes(find_targets(model)))
 
 
 def _fisher(model: torch.nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -65,8 +66,8 @@ def test_global_ranks_by_ratio_and_budget():
     assert by_ratio["bert.encoder.layer.0.attention.self.query"] == 16
     by_budget = _global_ranks(model, "param_budget", 0.5)
     assert by_budget["bert.encoder.layer.0.attention.self.query"] == 8  # half of break-even 16
-    with pytest.raises(ValueError, match="global mode"):
-        _global_ranks(model, "energy", 0.5)
+    with pytest.raises(ValueError, match="one global rank rule"):
+        CompressionConfig(rank_ratio=0.5, param_budget=0.5)
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
         _global_ranks(model, "rank_ratio", 1.5)
 
@@ -119,25 +120,11 @@ def test_spectrum_frame_is_normalised(analysed):
         assert list(part["index"]) == list(range(1, 33))
 
 
-def test_rank_config_round_trip_and_errors(analysed):
-    model, _, analyses, _ = analysed
+def test_ranks_digest_ignores_order(analysed):
+    model, _, _, _ = analysed
     ranks = _global_ranks(model, "rank_ratio", 0.5)
-    shapes = analysis.shapes_of(analyses)
-    text = rank_config.rank_config_to_json(ranks, model="tiny", task="demo")
-    assert json.loads(text)["model"] == "tiny"
-    assert rank_config.rank_config_from_json(text, shapes) == ranks
     assert rank_config.ranks_digest(ranks) == rank_config.ranks_digest(dict(reversed(list(ranks.items()))))
-    with pytest.raises(ValueError, match="not valid JSON"):
-        rank_config.rank_config_from_json("{nope", shapes)
-    with pytest.raises(ValueError, match="'ranks' object"):
-        rank_config.rank_config_from_json("[1, 2]", shapes)
-    with pytest.raises(ValueError, match="does not have"):
-        rank_config.rank_config_from_json(json.dumps({"ranks": {**ranks, "bert.pooler.dense": 3}}), shapes)
-    with pytest.raises(ValueError, match="miss"):
-        rank_config.rank_config_from_json(json.dumps({"ranks": dict(list(ranks.items())[1:])}), shapes)
-    too_high = {**ranks, "bert.encoder.layer.0.attention.self.query": 33}
-    with pytest.raises(ValueError, match="out of range"):
-        rank_config.rank_config_from_json(json.dumps({"ranks": too_high}), shapes)
+    assert rank_config.ranks_digest(ranks) != rank_config.ranks_digest({**ranks, next(iter(ranks)): 3})
 
 
 def test_concentration_extremes():
@@ -217,21 +204,21 @@ def test_cached_task_fisher_finds_what_task_fisher_computed(tiny_task):
     from fwsvd.fisher.task import task_fisher
 
     model, tokenizer, task = tiny_task
-    settings = dict(num_examples=5000, seed=0, max_length=32, mode="per_example")  # capped at the split size
-    assert cached_task_fisher(model, task, **settings) is None
-    computed = task_fisher(model, tokenizer, task, **settings)
-    cached = cached_task_fisher(model, task, **settings)
+    settings = FisherConfig(num_examples=5000, seed=0, max_length=32, mode="per_example")  # capped at the split
+    assert cached_task_fisher(model, task, settings) is None
+    computed = task_fisher(model, tokenizer, task, settings)
+    cached = cached_task_fisher(model, task, settings)
     assert cached is not None and cached.from_cache
     assert all(torch.equal(cached.importances[name], computed.importances[name]) for name in computed.importances)
 
 
 def test_evaluate_methods_and_archive(tiny_task, tmp_path):
-    from fwsvd.io.persistence import load_compressed
+    from fwsvd.io.persistence import load_compressed, read_compressed_info
     from fwsvd.fisher.task import task_fisher
 
     model, tokenizer, task = tiny_task
     before = {name: value.clone() for name, value in model.state_dict().items()}
-    fisher = task_fisher(model, tokenizer, task, num_examples=32, max_length=32).importances
+    fisher = task_fisher(model, tokenizer, task, FisherConfig(num_examples=32, max_length=32)).importances
     calls = []
     results = evaluate_methods(model, tokenizer, task, 0.5, fisher=fisher,
                                        methods=("dense", "svd", "fwsvd"), limit=10, batch_size=4, max_length=32,
@@ -245,13 +232,16 @@ def test_evaluate_methods_and_archive(tiny_task, tmp_path):
     assert list(table["method"]) == ["dense", "svd", "fwsvd"]
     assert {"setting", "examples", "params", "accuracy"} <= set(table.columns)
 
-    archive = compressed_archive(model, 0.5, method="fwsvd", fisher=fisher, tokenizer=tokenizer)
+    config = CompressionConfig(rank_ratio=0.5)
+    archive = compressed_archive(model, config, fisher=fisher, tokenizer=tokenizer)
     with zipfile.ZipFile(io.BytesIO(archive)) as opened:
         names = opened.namelist()
         assert any(name.endswith("config.json") for name in names)
         opened.extractall(tmp_path / "unzipped")
     reloaded = load_compressed(tmp_path / "unzipped" / "model")
     assert sum(p.numel() for p in reloaded.parameters()) == results["fwsvd"]["params"]
+    recorded = CompressionConfig.from_dict(read_compressed_info(tmp_path / "unzipped" / "model")["config"])
+    assert recorded == config.with_ranks(recorded.rank_pattern) and set(recorded.rank_pattern.values()) == {16}
 
 
 def test_cached_analyses_round_trip_and_follow_the_weights(cache_dir):

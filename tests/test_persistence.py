@@ -17,7 +17,7 @@ from transformers import (
 )
 
 from conftest import VOCAB, random_batch, tiny_models
-from fwsvd import DecompositionStore, LowRankLinear, compress_, dense_weight, find_targets
+from fwsvd import CompressionConfig, DecompositionStore, LowRankLinear, compress_, dense_weight, find_targets
 from fwsvd.io.persistence import (
     FORMAT_VERSION,
     INFO_FILE,
@@ -30,14 +30,16 @@ from fwsvd.io.persistence import (
 PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
 
 
-def _compressed(model: torch.nn.Module, ratio: float = 0.5, method: str = "svd") -> torch.nn.Module:
+def _compressed(model: torch.nn.Module, ratio: float = 0.5, method: str = "svd") -> tuple[torch.nn.Module,
+                                                                                          CompressionConfig]:
+    """``model`` compressed in place, and the config that reproduces it (``report.config``)."""
     fisher = None
     if method == "fwsvd":
         generator = torch.Generator().manual_seed(1)
         fisher = {name: torch.rand(dense_weight(module).shape[1], generator=generator)
                   for name, module in find_targets(model).items()}
-    compress_(model, ratio, method=method, fisher=fisher, store=DecompositionStore(use_disk=False))
-    return model
+    report = compress_(model, ratio, method=method, fisher=fisher, store=DecompositionStore(use_disk=False))
+    return model, report.config
 
 
 def _logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -56,29 +58,31 @@ def _assert_no_pickles(directory: Path) -> None:
 @pytest.mark.parametrize("family", ["bert", "gpt2", "distilbert", "roberta", "electra"])
 @pytest.mark.parametrize("method", ["svd", "fwsvd"])
 def test_round_trip_gives_identical_logits(family, method, tmp_path):
-    model = _compressed(tiny_models()[family], method=method)
+    model, config = _compressed(tiny_models()[family], method=method)
     batch = random_batch()
-    save_compressed(model, tmp_path / "out", method=method)
+    save_compressed(model, tmp_path / "out", config=config)
     loaded = load_compressed(tmp_path / "out")
     assert type(loaded) is type(model)
     assert not loaded.training
     assert torch.equal(_logits(loaded, batch), _logits(model, batch))
     ranks = {name: module.rank for name, module in loaded.named_modules() if isinstance(module, LowRankLinear)}
-    assert ranks == read_compressed_info(tmp_path / "out")["ranks"]
+    recorded = CompressionConfig.from_dict(read_compressed_info(tmp_path / "out")["config"])
+    assert recorded == config and recorded.method == method and recorded.rank_pattern == ranks
     _assert_no_pickles(tmp_path / "out")
 
 
 def test_info_records_structure_method_and_provenance(tmp_path):
-    model = _compressed(tiny_models()["gpt2"], 0.25)
+    model, config = _compressed(tiny_models()["gpt2"], 0.25)
     provenance = {"data_id": "demo:train", "num_examples": 64, "mode": "per_example"}
-    save_compressed(model, tmp_path, method="svd", fisher_provenance=provenance, extra={"note": "x"})
+    save_compressed(model, tmp_path, config=config, fisher_provenance=provenance, extra={"note": "x"})
     info = read_compressed_info(tmp_path)
     assert info["format_version"] == FORMAT_VERSION
     assert info["architecture"] == "GPT2ForSequenceClassification"
-    assert info["method"] == "svd" and info["fisher_provenance"] == provenance and info["extra"] == {"note": "x"}
+    assert info["config"]["method"] == "svd" and info["fisher_provenance"] == provenance
+    assert info["extra"] == {"note": "x"}
     assert info["base_config"]["model_type"] == "gpt2"
     assert {layer["source_kind"] for layer in info["layers"].values()} == {"conv1d"}
-    assert set(info["ranks"]) == set(info["layers"]) and len(info["ranks"]) == 8
+    assert set(info["config"]["rank_pattern"]) == set(info["layers"]) and len(info["layers"]) == 8
     assert (tmp_path / "config.json").is_file() and (tmp_path / WEIGHTS_FILE).is_file()
 
 
@@ -114,8 +118,8 @@ def test_directory_size_is_in_proportion_to_the_parameters(tmp_path):
 
 @pytest.mark.parametrize("family", ["bert", "gpt2"])
 def test_dense_export_loads_with_plain_from_pretrained(family, tmp_path):
-    model = _compressed(tiny_models()[family])
-    save_compressed(model, tmp_path, method="svd", dense=True)
+    model, config = _compressed(tiny_models()[family])
+    save_compressed(model, tmp_path, config=config, dense=True)
     plain = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
     assert not any(isinstance(module, LowRankLinear) for module in plain.modules())
     batch = random_batch()
@@ -130,7 +134,7 @@ def test_dense_export_loads_with_plain_from_pretrained(family, tmp_path):
 def test_tokenizer_is_saved_alongside(tmp_path):
     from tiny_task import minilm_tokenizer
 
-    model = _compressed(tiny_models()["bert"])
+    model, _ = _compressed(tiny_models()["bert"])
     save_compressed(model, tmp_path, tokenizer=minilm_tokenizer())
     assert (tmp_path / "tokenizer.json").is_file() or (tmp_path / "vocab.txt").is_file()
 
@@ -141,7 +145,8 @@ def test_tokenizer_is_saved_alongside(tmp_path):
 
 @pytest.fixture
 def saved(tmp_path) -> Path:
-    save_compressed(_compressed(tiny_models()["bert"]), tmp_path / "model", method="svd")
+    model, config = _compressed(tiny_models()["bert"])
+    save_compressed(model, tmp_path / "model", config=config)
     return tmp_path / "model"
 
 
@@ -202,5 +207,44 @@ def test_missing_weights_file(saved):
 
 def test_unserialisable_extra_is_refused_before_writing(tmp_path):
     with pytest.raises(ValueError, match="JSON-serialisable"):
-        save_compressed(_compressed(tiny_models()["bert"]), tmp_path / "out", extra={"tensor": torch.ones(1)})
+        save_compressed(_compressed(tiny_models()["bert"])[0], tmp_path / "out", extra={"tensor": torch.ones(1)})
     assert not (tmp_path / "out" / INFO_FILE).exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# Format version 1 (method and ranks at the top level, no config) still loads
+
+
+def _as_format_1(directory: Path, method: str | None) -> dict:
+    info = json.loads((directory / INFO_FILE).read_text())
+    config = info.pop("config")
+    info.update(format_version=1, method=method, ranks=config["rank_pattern"])
+    (directory / INFO_FILE).write_text(json.dumps(info))
+    return config
+
+
+def test_format_version_1_directory_loads_and_reads_as_a_config(saved):
+    batch = random_batch()
+    expected = _logits(load_compressed(saved), batch)
+    config = _as_format_1(saved, "svd")
+    assert FORMAT_VERSION == 2
+    torch.testing.assert_close(_logits(load_compressed(saved), batch), expected, rtol=0, atol=0)
+    info = read_compressed_info(saved)
+    assert "method" not in info and "ranks" not in info  # read in the current shape
+    recorded = CompressionConfig.from_dict(info["config"])
+    assert recorded.method == "svd" and recorded.rank_pattern == config["rank_pattern"]
+    assert recorded == CompressionConfig(method="svd").with_ranks(config["rank_pattern"])
+
+
+def test_format_version_1_without_a_method_has_no_config(saved):
+    _as_format_1(saved, None)
+    assert read_compressed_info(saved)["config"] is None
+    assert any(isinstance(module, LowRankLinear) for module in load_compressed(saved).modules())
+
+
+def test_an_invalid_recorded_config_is_reported(saved):
+    info = json.loads((saved / INFO_FILE).read_text())
+    info["config"]["method"] = "pca"
+    (saved / INFO_FILE).write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="invalid compression config.*pca"):
+        load_compressed(saved)

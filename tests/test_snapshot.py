@@ -15,9 +15,8 @@ import torch
 
 from conftest import tiny_bert
 from fwsvd import DecompositionStore, analyze_layers, find_targets
-from fwsvd.view import rank_config
+from fwsvd.config import CompressionConfig
 from fwsvd.view.analysis import layer_frame, shapes_of, spectrum_frame, totals
-from fwsvd.surgery.compress import ranks_for_param_fraction, resolve_ranks
 from fwsvd.view.snapshot import files_identity, load_snapshot, save_snapshot, snapshot_path
 from fwsvd.surgery.targets import find_blocks, target_shapes
 
@@ -52,7 +51,7 @@ def test_snapshot_round_trip_draws_the_same_tables(analysed, tmp_path):
     assert all(isinstance(value, np.ndarray) for value in loaded.analyses[name].singular_values.values())
     assert loaded.analyses[name].curves["svd"].weighted is None and "fwsvd" not in loaded.analyses[name].curves
     for ratio in (0.1, 0.33, 1.0):
-        ranks = resolve_ranks(find_targets(model), ratio)
+        ranks = CompressionConfig(rank_ratio=ratio).resolve_ranks(target_shapes(find_targets(model)))
         expected, actual = layer_frame(analyses, ranks, find_blocks(model)), layer_frame(loaded.analyses, ranks,
                                                                                           loaded.blocks)
         assert expected.equals(actual)
@@ -100,21 +99,8 @@ def test_files_identity_follows_every_file(tmp_path):
     assert files_identity(tmp_path / "config.json")[0][:2] == ["config.json", 2]
 
 
-def test_rank_rules_on_shapes_match_the_model_level_ones():
-    model = tiny_bert()
-    targets = find_targets(model)
-    shapes = target_shapes(targets)
-    for ratio in (0.01, 0.33, 0.5, 1.0):
-        assert rank_config.global_ranks(shapes, "rank_ratio", ratio) == resolve_ranks(targets, ratio)
-        assert rank_config.global_ranks(shapes, "param_budget", ratio) == ranks_for_param_fraction(targets, ratio)
-    with pytest.raises(ValueError, match="global mode"):
-        rank_config.global_ranks(shapes, "energy", 0.5)
-    with pytest.raises(ValueError, match="did you mean"):
-        rank_config.ranks_for_shapes(shapes, {"bert.encoder.layer.0.attention.self.querry": 2})
-
-
 def test_the_torch_free_modules_do_not_load_torch():
-    code = ("import sys, fwsvd, fwsvd.view.analysis, fwsvd.view.rank_config, fwsvd.view.snapshot, fwsvd.storage.locations; "
+    code = ("import sys, fwsvd, fwsvd.config, fwsvd.view.analysis, fwsvd.view.rank_config, fwsvd.view.snapshot, fwsvd.storage.locations; "
             "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules)))")
     result = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True,
                             cwd=ROOT, check=True)

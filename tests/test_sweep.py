@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fwsvd import DecompositionStore, find_targets
+from fwsvd.config import CompressionConfig, FisherConfig
 from fwsvd.fisher.task import task_fisher
 from fwsvd.evaluate.sweep import SweepRun, run_sweep
 from fwsvd.data.tasks import local_task
@@ -38,7 +39,7 @@ def test_full_rank_svd_equals_the_dense_model(model, tokenizer, task):
 
 
 def test_sweep_shapes_copies_and_store_reuse(model, tokenizer, task, cache_dir):
-    fisher = task_fisher(model, tokenizer, task, num_examples=32, batch_size=16, max_length=32)
+    fisher = task_fisher(model, tokenizer, task, FisherConfig(num_examples=32, batch_size=16, max_length=32))
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     store = DecompositionStore(use_disk=False)
     seen: list[SweepRun] = []
@@ -75,7 +76,8 @@ def test_finetuning_after_compression(model, tokenizer, task):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"methods": ["fwsvd"]}, "needs Fisher"),
-    ({"methods": ["pca"]}, "methods must be among"),
+    ({"methods": ["pca"]}, "method must be one of"),
+    ({"config": CompressionConfig(rank_pattern={"bert.encoder.layer.0.output.dense": 2})}, "pins 1 layer"),
     ({"rank_ratios": [0.0]}, r"\(0, 1\]"),
     ({"rank_ratios": [1.5]}, r"\(0, 1\]"),
     ({"rank_ratios": []}, "at least one"),

@@ -1,9 +1,12 @@
 """Fisher: estimate (or load) how much each input feature of each layer matters to the task."""
 
+from dataclasses import replace
+
 import streamlit as st
 import ui_charts as charts
 import ui_state as ui
 
+from fwsvd.config import FisherConfig
 from fwsvd.fisher.summary import compare_fisher, cumulative_share, fisher_frame, importance_matrix
 
 MODES = {"per_example": "Exact (per example)", "batch": "Batch shortcut"}
@@ -15,7 +18,7 @@ st.caption("FWSVD weighs each input feature of a layer by its Fisher importance:
            "faithfully; unimportant ones absorb the error.")
 
 
-def settings_widgets(settings: ui.FisherSettings) -> ui.FisherSettings:
+def settings_widgets(settings: FisherConfig) -> FisherConfig:
     left, middle, right = st.columns(3)
     mode = left.radio("Mode", list(MODES), index=list(MODES).index(settings.mode), format_func=MODES.get,
                       key="fisher_mode", horizontal=True,
@@ -24,10 +27,10 @@ def settings_widgets(settings: ui.FisherSettings) -> ui.FisherSettings:
     count = middle.select_slider("Training examples", EXAMPLE_COUNTS, value=settings.num_examples
                                  if settings.num_examples in EXAMPLE_COUNTS else 1024, key="fisher_examples")
     seed = right.number_input("Seed", min_value=0, value=settings.seed, step=1, key="fisher_seed")
-    return ui.FisherSettings(mode=mode, num_examples=int(count), seed=int(seed), max_length=settings.max_length)
+    return replace(settings, mode=mode, num_examples=int(count), seed=int(seed))
 
 
-def compute(loaded: ui.Loaded, settings: ui.FisherSettings) -> None:
+def compute(loaded: ui.Loaded, settings: FisherConfig) -> None:
     bar, progress = ui.progress_bar(f"Estimating the {MODES[settings.mode].lower()} Fisher over "
                                     f"{settings.num_examples} training examples")
     ui.compute_fisher(loaded, settings, progress)
@@ -65,10 +68,10 @@ def show_importance(loaded: ui.Loaded, fisher) -> None:
                  })
 
 
-def show_exact_vs_batch(loaded: ui.Loaded, settings: ui.FisherSettings, fisher) -> None:
+def show_exact_vs_batch(loaded: ui.Loaded, settings: FisherConfig, fisher) -> None:
     st.subheader("Exact vs batch Fisher")
     other_mode = "batch" if settings.mode == "per_example" else "per_example"
-    other_settings = ui.FisherSettings(other_mode, settings.num_examples, settings.seed, settings.max_length)
+    other_settings = replace(settings, mode=other_mode)
     other = ui.fisher_for(loaded, other_settings)
     if other is None:
         st.caption(f"Compare with the {MODES[other_mode].lower()} Fisher over the same examples.")
@@ -89,9 +92,9 @@ def show_exact_vs_batch(loaded: ui.Loaded, settings: ui.FisherSettings, fisher) 
 
 with ui.error_box():
     loaded = ui.require_model()
-    settings = settings_widgets(ui.fisher_settings())
-    if settings != ui.fisher_settings():
-        ui.set_fisher_settings(mode=settings.mode, num_examples=settings.num_examples, seed=settings.seed)
+    settings = settings_widgets(ui.fisher_config())
+    if settings != ui.fisher_config():
+        ui.set_fisher_config(settings)
     fisher = ui.fisher_for(loaded, settings)
     if fisher is None:
         st.info(f"No {MODES[settings.mode].lower()} Fisher over {settings.num_examples} examples (seed "

@@ -4,6 +4,7 @@ import streamlit as st
 import ui_charts as charts
 import ui_state as ui
 
+from fwsvd.config import CompressionConfig
 from fwsvd.view import analysis, rank_config
 
 GLOBAL_MODES = {"rank_ratio": "Rank ratio", "param_budget": "Parameter budget"}
@@ -21,8 +22,8 @@ st.caption("Each target layer W is replaced by two thin factors of rank r. SVD k
 
 def apply_global(shapes: dict[str, tuple[int, int]]) -> None:
     """Widget callback: one control sets every layer's rank."""
-    mode = st.session_state["global_mode"]
-    ui.set_ranks(rank_config.global_ranks(shapes, mode, st.session_state[f"global_{mode}"]))
+    mode = st.session_state["global_mode"]  # a CompressionConfig field: rank_ratio or param_budget
+    ui.set_ranks(CompressionConfig(**{mode: st.session_state[f"global_{mode}"]}).resolve_ranks(shapes))
 
 
 def apply_slider(name: str) -> None:
@@ -178,7 +179,7 @@ def fisher_prompt() -> None:
                icon=":material/warning:")
     if st.button("Compute Fisher now (default settings)", type="primary", key="explorer_compute_fisher"):
         bar, progress = ui.progress_bar("Estimating the Fisher importances")
-        ui.compute_fisher(ui.require_model(), ui.fisher_settings(), progress)
+        ui.compute_fisher(ui.require_model(), ui.fisher_config(), progress)
         st.rerun()
     st.page_link(ui.PAGES["fisher"], label="Or choose the settings on the Fisher page",
                  icon=":material/arrow_forward:")

@@ -1,53 +1,72 @@
-"""Export: the rank configuration (JSON, and back), the compressed model and the results (CSV)."""
+"""Export: the compression config (JSON, and back), the compressed model and the results (CSV)."""
 
 import json
 
 import streamlit as st
 import ui_state as ui
 
-from fwsvd.view import analysis, rank_config
-from fwsvd.io.archive import compressed_archive
+from fwsvd.config import CompressionConfig, read_rank_document
 from fwsvd.evaluate.methods import evaluations_frame
+from fwsvd.io.archive import compressed_archive
+from fwsvd.view import analysis, rank_config
+
+METHODS = {"fwsvd": "FWSVD", "svd": "SVD"}
 
 st.title("Export")
 
 
-def rank_configuration(loaded: ui.Loaded, analyses: dict, ranks: dict[str, int]) -> None:
-    st.subheader("Rank configuration")
+def compression_config(config: CompressionConfig, analyses: dict) -> None:
+    st.subheader("Compression config")
     left, right = st.columns(2, gap="large")
-    text = rank_config.rank_config_to_json(ranks, model=loaded.source.model, task=loaded.source.task_label)
-    left.download_button("Download ranks (JSON)", text, file_name="fwsvd_ranks.json", mime="application/json",
-                         key="download_ranks", icon=":material/download:")
-    left.caption(f"{len(ranks)} layers, digest `{rank_config.ranks_digest(ranks)}`")
-    upload = right.file_uploader("Load a rank configuration", type=["json"], key="upload_ranks")
-    if upload is not None:
-        loaded_ranks = rank_config.rank_config_from_json(upload.getvalue(), analysis.shapes_of(analyses))
-        if loaded_ranks == ranks:
-            right.success("These ranks are the current ranks.", icon=":material/check_circle:")
-        elif right.button("Use these ranks", type="primary", key="apply_uploaded_ranks"):
-            ui.set_ranks(loaded_ranks)
-            st.rerun()
-        else:
-            right.info(f"Valid configuration for {len(loaded_ranks)} layers (digest "
-                       f"`{rank_config.ranks_digest(loaded_ranks)}`).", icon=":material/info:")
+    left.download_button("Download ranks (JSON)", config.to_json(), file_name="fwsvd_config.json",
+                         mime="application/json", key="download_ranks", icon=":material/download:")
+    left.caption(f"{METHODS[config.method]} at these ranks on {len(config.rank_pattern)} layers (digest "
+                 f"`{rank_config.ranks_digest(config.rank_pattern)}`), with the Fisher settings. "
+                 "`fwsvd compress --config fwsvd_config.json` builds the same model.")
+    upload = right.file_uploader("Load a rank document", type=["json"], key="upload_ranks",
+                                 help="This page's download, 'fwsvd compress --json' output, a saved model's "
+                                      "fwsvd_compressed.json, an older rank file or {layer: rank}.")
+    if upload is None:
+        return
+    shapes = analysis.shapes_of(analyses)
+    uploaded = read_rank_document(upload.getvalue(), shapes)
+    ranks = uploaded.resolve_ranks(shapes, analyses)
+    if len(ranks) < len(shapes):
+        raise ValueError(f"the document leaves {len(shapes) - len(ranks)} of {len(shapes)} layers dense; the rank "
+                         "explorer sets a rank for every layer")
+    if ranks == config.rank_pattern and uploaded.method == config.method:
+        right.success("These ranks are the current ranks.", icon=":material/check_circle:")
+    else:
+        right.info(f"{METHODS.get(uploaded.method, uploaded.method)} on {len(ranks)} layers (digest "
+                   f"`{rank_config.ranks_digest(ranks)}`).", icon=":material/info:")
+        right.button("Use these ranks", type="primary", key="apply_uploaded_ranks", on_click=use_ranks,
+                     args=(ranks, uploaded.method))
+    if uploaded.fisher.key() != config.fisher.key():
+        right.caption(f"Its Fisher settings ({uploaded.fisher.key()}) differ from the explorer's: choose them on the "
+                      "Fisher page to match.")
 
 
-def model_archive(loaded: ui.Loaded, fisher, ranks: dict[str, int]) -> None:
+def use_ranks(ranks: dict[str, int], method: str) -> None:
+    """Button callback: the uploaded ranks (and method) become the session's."""
+    ui.set_ranks(ranks)
+    if method in METHODS:
+        st.session_state["export_method"] = method
+
+
+def model_archive(loaded: ui.Loaded, fisher, config: CompressionConfig) -> None:
     st.subheader("Compressed model")
-    method = st.radio("Method", ["fwsvd", "svd"], format_func={"fwsvd": "FWSVD", "svd": "SVD"}.get,
-                      horizontal=True, key="export_method", persist_state="session")
+    digest = rank_config.ranks_digest(config.rank_pattern)
 
     def archive() -> bytes:
         # Built only when the button is clicked: a compressed copy plus a zip of its folder.
-        return compressed_archive(loaded.model, ranks, method=method, fisher=fisher.importances,
-                                          tokenizer=loaded.tokenizer, fisher_provenance=fisher.provenance,
-                                          store=ui.decomposition_store(),
-                                          extra={"ranks_digest": rank_config.ranks_digest(ranks)})
+        return compressed_archive(loaded.model, config, fisher=fisher.importances, tokenizer=loaded.tokenizer,
+                                  fisher_provenance=fisher.provenance, store=ui.decomposition_store(),
+                                  extra={"ranks_digest": digest})
 
-    st.download_button(f"Download the {method.upper()} model at the current ranks (zip)", archive,
-                       file_name=f"fwsvd_{method}_{rank_config.ranks_digest(ranks)}.zip", mime="application/zip",
+    st.download_button(f"Download the {METHODS[config.method]} model at the current ranks (zip)", archive,
+                       file_name=f"fwsvd_{config.method}_{digest}.zip", mime="application/zip",
                        key="download_model", icon=":material/download:")
-    st.caption("Safetensors + JSON, no pickles; reload with `fwsvd.io.persistence.load_compressed('model')`.")
+    st.caption("Safetensors + JSON, no pickles; reload with `fwsvd.load_compressed('model')`.")
 
 
 def results(loaded: ui.Loaded, analyses: dict, ranks: dict[str, int]) -> None:
@@ -76,7 +95,10 @@ with ui.error_box():
     fisher = ui.require_fisher(loaded, "Exports need the Fisher importances: compute them on the Fisher page.")
     analyses = ui.analyses_for(loaded, fisher)
     ranks = ui.ranks(loaded.source.key, analyses)
+    method = st.radio("Method", list(METHODS), format_func=METHODS.get, horizontal=True, key="export_method",
+                      persist_state="session", help="Of both the config and the model below.")
+    config = ui.compression_config(method)
     with ui.error_box():
-        rank_configuration(loaded, analyses, ranks)
-    model_archive(loaded, fisher, ranks)
+        compression_config(config, analyses)
+    model_archive(loaded, fisher, config)
     results(loaded, analyses, ranks)

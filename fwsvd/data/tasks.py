@@ -29,6 +29,8 @@ from typing import Literal
 import datasets
 import numpy as np
 
+from fwsvd.view.explorer import Source
+
 TaskKind = Literal["classification", "regression", "token_classification"]
 Role = Literal["train", "validation", "test"]
 ROLES: tuple[str, ...] = ("train", "validation", "test")
@@ -216,6 +218,17 @@ def local_task(
         metric_names=metrics, source="local", data_files=tuple(sorted(files.items())),
         validation_fraction=validation_fraction, test_fraction=test_fraction, seed=seed,
     )
+
+
+def task_of(source: Source) -> Task:
+    """The task a dashboard :class:`~fwsvd.view.explorer.Source` names: a registered task, or its local file
+    with its column names."""
+    if source.task == "local":
+        if not source.data_file:
+            raise ValueError("choose a local data file for the task")
+        return local_task(source.data_file, text_column=source.text_column, label_column=source.label_column,
+                          text_pair_column=source.pair_column)
+    return get_task(source.task)
 
 
 def _resolve_files(data_files: str | os.PathLike[str] | Mapping[str, str | os.PathLike[str]]) -> dict[str, str]:

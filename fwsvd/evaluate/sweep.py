@@ -7,7 +7,7 @@ and, optionally, fine-tunes the copy before scoring it. The dense model itself i
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from fwsvd.config import CompressionConfig
 from fwsvd.surgery.compress import compressed_copy
 from fwsvd.data.batches import make_batches
 from fwsvd.evaluate.evaluation import EvalResult, evaluate_model
-from fwsvd.view.analysis import METHODS
 from fwsvd.evaluate.finetune import finetune_
 from fwsvd.fisher.estimate import FisherResult
 from fwsvd.factorize.store import DecompositionStore
@@ -64,14 +64,6 @@ class SweepResult:
         return pd.DataFrame(rows)
 
 
-def check_rank_ratio(ratio: float) -> float:
-    """``ratio`` as a float if it lies in (0, 1]; else ValueError."""
-    ratio = float(ratio)
-    if math.isnan(ratio) or not 0.0 < ratio <= 1.0:
-        raise ValueError(f"a rank ratio must lie in (0, 1] (a share of each layer's full rank), got {ratio}")
-    return ratio
-
-
 def run_sweep(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -80,6 +72,7 @@ def run_sweep(
     methods: Iterable[str] = ("svd", "fwsvd"),
     rank_ratios: Iterable[float] = (0.5, 0.33, 0.25),
     fisher: Mapping[str, torch.Tensor] | FisherResult | None = None,
+    config: CompressionConfig | None = None,
     role: Role = "test",
     limit: int | None = None,
     batch_size: int = 32,
@@ -94,39 +87,43 @@ def run_sweep(
 
     ``fisher`` ({layer: importance} or a FisherResult) is needed for "fwsvd"; estimate it on the train split
     (``task_fisher``). ``finetune_epochs`` > 0 fine-tunes each copy on the train split first
-    (the paper's recipe — Adam, lr 2e-5, batch 32 — unless ``finetune_kwargs`` says otherwise).
+    (the paper's recipe — Adam, lr 2e-5, batch 32 — unless ``finetune_kwargs`` says otherwise). ``config``
+    gives the rest of every run's recipe (target_modules, allocation); each run replaces its method and rank
+    rule, so it must pin no layer (rank_pattern).
     ``progress(done, total)`` counts models evaluated (dense included); ``on_run(run)`` sees each run as it
     finishes, for live tables.
     """
-    methods, ratios = tuple(methods), tuple(check_rank_ratio(ratio) for ratio in rank_ratios)
-    unknown = [method for method in methods if method not in METHODS]
-    if unknown or not methods:
-        raise ValueError(f"methods must be among {', '.join(METHODS)}, got {', '.join(methods) or 'none'}")
-    if not ratios:
-        raise ValueError("give at least one rank ratio")
+    base = config if config is not None else CompressionConfig()
+    if base.rank_pattern:
+        raise ValueError(f"a sweep sets every layer by rank ratio, but the config pins {len(base.rank_pattern)} "
+                         "layer(s) in rank_pattern: leave it empty")
+    configs = [dataclasses.replace(base, method=method, rank_ratio=ratio, param_budget=None)
+               for method in methods for ratio in rank_ratios]  # checks every method and ratio first
+    if not configs:
+        raise ValueError("give at least one method and one rank ratio")
     if finetune_epochs < 0:
         raise ValueError(f"finetune_epochs must be >= 0, got {finetune_epochs}")
     importances = fisher.importances if isinstance(fisher, FisherResult) else fisher
-    if "fwsvd" in methods and importances is None:
+    if any(run.method == "fwsvd" for run in configs) and importances is None:
         raise ValueError("method 'fwsvd' needs Fisher importances: pass fisher=task_fisher(model, tokenizer, task)")
 
     batches = make_batches(task, tokenizer, role, batch_size=batch_size, max_length=max_length, limit=limit)
-    total = 1 + len(methods) * len(ratios)
+    total = 1 + len(configs)
     result = SweepResult(dense=evaluate_model(model, tokenizer, task, role, batches=batches))
     if progress is not None:
         progress(1, total)
     tuning = {"max_length": max_length, **(finetune_kwargs or {})}
-    for method in methods:
-        for ratio in ratios:
-            compressed, _ = compressed_copy(model, ratio, method=method, fisher=importances, store=store)
-            if finetune_epochs:
-                finetune_(compressed, tokenizer, task, epochs=finetune_epochs, **tuning)
-            evaluation = evaluate_model(compressed, tokenizer, task, role, batches=batches)
-            run = SweepRun(method=method, rank_ratio=ratio, params=evaluation.params, metrics=evaluation.metrics,
-                           latency_s_per_batch=evaluation.latency_s_per_batch, finetuned=finetune_epochs > 0)
-            result.runs.append(run)
-            if on_run is not None:
-                on_run(run)
-            if progress is not None:
-                progress(1 + len(result.runs), total)
+    for run_config in configs:
+        compressed, _ = compressed_copy(model, run_config, fisher=importances, store=store)
+        if finetune_epochs:
+            finetune_(compressed, tokenizer, task, epochs=finetune_epochs, **tuning)
+        evaluation = evaluate_model(compressed, tokenizer, task, role, batches=batches)
+        run = SweepRun(method=run_config.method, rank_ratio=run_config.rank_ratio, params=evaluation.params,
+                       metrics=evaluation.metrics, latency_s_per_batch=evaluation.latency_s_per_batch,
+                       finetuned=finetune_epochs > 0)
+        result.runs.append(run)
+        if on_run is not None:
+            on_run(run)
+        if progress is not None:
+            progress(1 + len(result.runs), total)
     return result

@@ -9,25 +9,27 @@ from typing import Any
 import torch
 from torch import nn
 
+from fwsvd.config import CompressionConfig
 from fwsvd.factorize.store import DecompositionStore
 from fwsvd.surgery.compress import compressed_copy
 
-def compressed_archive(model: nn.Module, ranks: Mapping[str, int] | float, *, method: str,
-                       fisher: Mapping[str, torch.Tensor] | None, tokenizer: Any = None,
-                       fisher_provenance: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
-                       store: DecompositionStore | None = None) -> bytes:
-    """A zip of the folder :func:`fwsvd.io.persistence.save_compressed` writes for a compressed copy of
-    ``model`` (``model/`` inside the archive; reload with ``load_compressed``). The model is not modified."""
+
+def compressed_archive(model: nn.Module, config: CompressionConfig, *, fisher: Mapping[str, torch.Tensor] | None,
+                       tokenizer: Any = None, fisher_provenance: dict[str, Any] | None = None,
+                       extra: dict[str, Any] | None = None, store: DecompositionStore | None = None) -> bytes:
+    """A zip of the folder :func:`fwsvd.io.persistence.save_compressed` writes for a copy of ``model``
+    compressed by ``config`` (``model/`` inside the archive; reload with ``load_compressed``). The model is
+    not modified."""
     import io
     import tempfile
     import zipfile
 
     from fwsvd.io.persistence import save_compressed
 
-    compressed, _ = compressed_copy(model, ranks, method=method, fisher=fisher, store=store)
+    compressed, report = compressed_copy(model, config, fisher=fisher, store=store)
     buffer = io.BytesIO()
     with tempfile.TemporaryDirectory() as scratch:
-        directory = save_compressed(compressed, Path(scratch) / "model", tokenizer=tokenizer, method=method,
+        directory = save_compressed(compressed, Path(scratch) / "model", config=report.config, tokenizer=tokenizer,
                                     fisher_provenance=fisher_provenance, extra=extra)
         # Stored, not deflated: float weights barely compress and deflating them costs seconds.
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:

@@ -4,8 +4,9 @@ A compressed directory holds
 
 * ``model.safetensors`` — the model's state dict as it is, the low-rank factors included (shared tensors
   such as tied embeddings stored once), so the file is as small as the parameter count says;
-* ``fwsvd_compressed.json`` — format version, the model class, its full config, the method, every
-  factorized layer's shape / rank / bias / source kind, the Fisher provenance and the fwsvd version;
+* ``fwsvd_compressed.json`` — format version, the model class, its full config, the compression config
+  (:class:`~fwsvd.config.CompressionConfig`'s document, every rank pinned: what the Export page downloads),
+  every factorized layer's shape / rank / bias / source kind, the Fisher provenance and the fwsvd version;
 * ``config.json`` (and the tokenizer, when given), so the usual tools can read the config.
 
 Loading rebuilds the model from its config (no weights download), puts an empty ``LowRankLinear`` of the
@@ -32,6 +33,7 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import CONFIG_MAPPING, PreTrainedModel, PreTrainedTokenizerBase
 
+from fwsvd.config import COMPRESSED_FORMAT, CompressionConfig, config_from_document
 from fwsvd.surgery.compress import densify_
 from fwsvd.storage.atomic import write_text_atomic
 from fwsvd.surgery.lowrank import LowRankLinear
@@ -40,7 +42,8 @@ from fwsvd.surgery.modules import count_parameters, replace_module
 INFO_FILE = "fwsvd_compressed.json"
 WEIGHTS_FILE = "model.safetensors"
 #: Bump when the directory layout or the JSON's meaning changes; newer files are refused, not misread.
-FORMAT_VERSION = 1
+#: 1: the method and ranks at the top level; 2: a CompressionConfig document under "config".
+FORMAT_VERSION = 2
 
 
 def fwsvd_version() -> str:
@@ -78,33 +81,38 @@ def save_compressed(
     model: PreTrainedModel,
     directory: str | os.PathLike[str],
     *,
+    config: CompressionConfig | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,
-    method: str | None = None,
     fisher_provenance: dict[str, Any] | None = None,
     dense: bool = False,
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``model`` (compressed in place by ``compress_``) to ``directory``; returns the directory.
 
-    ``method`` ("svd" / "fwsvd") and ``fisher_provenance`` (``FisherResult.provenance``) are recorded for
-    whoever reads the model later; ``extra`` is any further JSON-serialisable information (e.g. fine-tuning
-    settings). ``dense=True`` writes a plain transformers folder with the factors multiplied back.
+    ``config`` (``report.config``) is recorded with its ranks pinned to the model's low-rank layers, so it
+    reproduces the compression (None: recorded as unknown); ``fisher_provenance``
+    (``FisherResult.provenance``) says which Fisher it used; ``extra`` is any further JSON-serialisable
+    information (e.g. fine-tuning settings). ``dense=True`` writes a plain transformers folder with the factors
+    multiplied back.
     """
     if not isinstance(model, PreTrainedModel):
         raise ValueError(f"save_compressed takes a transformers PreTrainedModel, got {type(model).__name__}")
     directory = Path(directory).expanduser()
     if directory.is_file():
         raise ValueError(f"{directory} is a file; save_compressed writes a directory")
+    layers = low_rank_layers(model)
+    if config is not None and not layers:
+        raise ValueError("a config was given, but the model has no low-rank layers: compress it first")
     info = {
-        "format": "fwsvd-compressed",
+        "format": COMPRESSED_FORMAT,
         "format_version": FORMAT_VERSION,
         "fwsvd_version": fwsvd_version(),
         "architecture": type(model).__name__,
         "dense": dense,
         "dtype": _float_dtype(model),
-        "method": method,
-        "ranks": {name: layer["rank"] for name, layer in low_rank_layers(model).items()},
-        "layers": low_rank_layers(model),
+        "config": None if config is None else config.with_ranks(
+            {name: layer["rank"] for name, layer in layers.items()}).to_dict(),
+        "layers": layers,
         "params": count_parameters(model),
         "fisher_provenance": fisher_provenance,
         "extra": extra or {},
@@ -129,11 +137,13 @@ def save_compressed(
 
 def _not_serialisable(value: Any) -> Any:
     raise ValueError(f"cannot record {type(value).__name__} {value!r} in {INFO_FILE}: "
-                     "method, fisher_provenance and extra must be JSON-serialisable")
+                     "fisher_provenance and extra must be JSON-serialisable")
 
 
 def read_compressed_info(directory: str | os.PathLike[str]) -> dict[str, Any]:
-    """The checked contents of a compressed directory's ``fwsvd_compressed.json``."""
+    """The checked contents of a compressed directory's ``fwsvd_compressed.json``, in the current format:
+    ``info["config"]`` is a :class:`~fwsvd.config.CompressionConfig` document (``CompressionConfig.from_dict``)
+    or None where unknown. A format version 1 file (method and ranks at the top level) reads as the same."""
     directory = Path(directory).expanduser()
     if not directory.exists():
         raise FileNotFoundError(f"compressed model directory not found: {directory}")
@@ -148,7 +158,7 @@ def read_compressed_info(directory: str | os.PathLike[str]) -> dict[str, Any]:
         info = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path} is not valid JSON ({error}); the directory is damaged") from error
-    if not isinstance(info, dict) or info.get("format") != "fwsvd-compressed":
+    if not isinstance(info, dict) or info.get("format") != COMPRESSED_FORMAT:
         raise ValueError(f"{path} does not describe an fwsvd compressed model")
     version = info.get("format_version")
     if not isinstance(version, int) or version < 1:
@@ -159,6 +169,16 @@ def read_compressed_info(directory: str | os.PathLike[str]) -> dict[str, Any]:
     missing = [key for key in ("architecture", "dense", "layers", "base_config") if key not in info]
     if missing:
         raise ValueError(f"{path} lacks {', '.join(missing)}; the directory is damaged")
+    try:
+        if version == 1:
+            method, ranks = info.pop("method", None), info.pop("ranks", None)
+            info["config"] = None if not (method and ranks) else config_from_document(
+                {"format": COMPRESSED_FORMAT, "method": method, "ranks": ranks}).to_dict()
+        elif info.get("config") is not None:
+            CompressionConfig.from_dict(info["config"])
+    except ValueError as error:
+        raise ValueError(f"{path} records an invalid compression config ({error}); the directory is damaged") \
+            from error
     return info
 
 

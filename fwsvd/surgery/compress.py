@@ -1,13 +1,15 @@
 """compress_: the one place where a model's Linear layers are swapped for low-rank pairs.
 
-One tree walk finds the targets (fwsvd.surgery.targets), resolves the requested ranks, takes each layer's
-decomposition from a DecompositionStore (computed once, then truncated for any rank) and replaces the layer
-by a LowRankLinear. The returned report carries, per layer, the shape, rank, parameter counts, the
-reconstruction errors and a flag where the rank is at or above break-even.
+One tree walk finds the targets (fwsvd.surgery.targets), a CompressionConfig (fwsvd.config) says which of them
+to compress and at which ranks, each layer's decomposition comes from a DecompositionStore (computed once,
+then truncated for any rank) and the layer is replaced by a LowRankLinear. The returned report carries the
+configuration with every rank pinned and, per layer, the shape, rank, parameter counts, the reconstruction
+errors and a flag where the rank is at or above break-even.
 """
 
 from __future__ import annotations
 
+import copy
 import weakref
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -16,14 +18,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from fwsvd.view import rank_config
-from fwsvd.view.analysis import METHODS, ErrorCurves, Method
+from fwsvd.config import CompressionConfig, Ranks, as_config
+from fwsvd.view.analysis import METHODS, ErrorCurves, LayerAnalysis, Method
 from fwsvd.factorize.closed_form import Decomposition
 from fwsvd.surgery.lowrank import LowRankLinear
 from fwsvd.factorize.layers import dense_weight, source_kind_of
 from fwsvd.surgery.modules import count_parameters, replace_module
 from fwsvd.surgery.module_copy import copy_sharing
-from fwsvd.view.rank_config import Ranks, break_even_rank, ranks_for_shapes
+from fwsvd.view.rank_config import break_even_rank
 from fwsvd.factorize.store import DecompositionStore
 from fwsvd.surgery.targets import TargetFilter, find_targets, target_shapes
 
@@ -54,14 +56,16 @@ def default_store() -> DecompositionStore:
     return _default_store
 
 
-def resolve_ranks(targets: Mapping[str, nn.Module], ranks: Ranks) -> dict[str, int]:
-    """{layer name: rank} for the layers to compress, checked against each layer's 1..min(out, in)."""
-    return ranks_for_shapes(target_shapes(targets), ranks)
+def resolve_ranks(targets: Mapping[str, nn.Module], ranks: CompressionConfig | Ranks) -> dict[str, int]:
+    """{layer name: rank} that ``ranks`` (as for :func:`compress_`) gives the layers of ``targets``
+    ({name: layer}, e.g. :func:`find_targets`); checked against each layer's 1..min(out, in)."""
+    shapes = target_shapes(targets)
+    return as_config(ranks, shapes).resolve_ranks(shapes)
 
 
 def ranks_for_param_fraction(targets: Mapping[str, nn.Module], fraction: float) -> dict[str, int]:
     """Per-layer ranks that keep about ``fraction`` of each target layer's weight parameters."""
-    return rank_config.ranks_for_param_fraction(target_shapes(targets), fraction)
+    return CompressionConfig(param_budget=fraction).resolve_ranks(target_shapes(targets))
 
 
 @dataclass(frozen=True)
@@ -99,12 +103,14 @@ class LayerReport:
 
 @dataclass
 class CompressionReport:
-    """What compress_ did, layer by layer, and the model's parameter counts before and after."""
+    """What compress_ did, layer by layer, and the model's parameter counts before and after. ``config``
+    reproduces it: the configuration used, every rank pinned (None after set_ranks_ on mixed methods)."""
 
     method: str
     layers: list[LayerReport] = field(default_factory=list)
     model_params_before: int = 0
     model_params_after: int = 0
+    config: CompressionConfig | None = None
 
     @property
     def ranks(self) -> dict[str, int]:
@@ -131,6 +137,7 @@ class CompressionReport:
             "params_before": self.params_before,
             "params_after": self.params_after,
             "layers": [layer.to_dict() for layer in self.layers],
+            "config": None if self.config is None else self.config.to_dict(),
         }
 
     def to_dataframe(self):  # -> pandas.DataFrame; imported lazily to keep import time low
@@ -187,43 +194,72 @@ def _report_for(name: str, method: str, out_features: int, in_features: int, bia
 
 def compress_(
     model: nn.Module,
-    ranks: Ranks,
+    config: CompressionConfig | Ranks,
     *,
-    method: str = "fwsvd",
+    method: str | None = None,
     fisher: Fisher | None = None,
     filter_fn: TargetFilter | None = None,
     store: DecompositionStore | None = None,
 ) -> CompressionReport:
-    """Replace the target Linear / Conv1D layers of ``model``, in place, by rank-r LowRankLinear pairs.
+    """Replace target Linear / Conv1D layers of ``model``, in place, by rank-r LowRankLinear pairs.
 
-    Targets: every Linear / Conv1D inside the transformer blocks (narrowed by ``filter_fn(name, module)``).
-    ``method``: "fwsvd" (needs ``fisher``: {layer name: (in_features,) importance}) or "svd"; with "svd",
-    a given ``fisher`` is used only to report Fisher-weighted errors. Decompositions come from ``store``
-    (default: a process-wide store over the disk cache), so a second call with other ranks runs no SVD.
+    ``config``: a :class:`~fwsvd.config.CompressionConfig` (method, target_modules, rank rule, rank_pattern), or
+    shorthand ranks with ``method`` (default "fwsvd") and ``filter_fn(name, module)`` narrowing the targets:
+    an int (that rank everywhere), a float in (0, 1] (the rank ratio) or ``{layer name: rank}`` (only those
+    layers). Targets are the Linear / Conv1D layers inside the transformer blocks. "fwsvd" needs ``fisher``
+    ({layer name: (in_features,) importance}); with "svd" a given ``fisher`` only adds Fisher-weighted errors
+    to the report. Decompositions come from ``store`` (default: a process-wide store over the disk cache), so
+    a second call with other ranks runs no SVD.
     """
-    return _compress_targets(model, find_targets(model, filter_fn), ranks, method=method, fisher=fisher,
-                             store=store)
+    targets, config = _targets_and_config(model, config, method, filter_fn)
+    return _compress_targets(model, targets, config, fisher=fisher, store=store)
 
 
-def _compress_targets(model: nn.Module, targets: Mapping[str, nn.Module], ranks: Ranks, *, method: str,
-                      fisher: Fisher | None, store: DecompositionStore | None) -> CompressionReport:
-    """compress_ for targets already found ({qualified name in ``model``: layer})."""
-    method = check_method(method)
+def _targets_and_config(model: nn.Module, config: CompressionConfig | Ranks, method: str | None,
+                        filter_fn: TargetFilter | None) -> tuple[dict[str, nn.Module], CompressionConfig]:
+    """The model's targets and the checked configuration for them (the shorthand ranks made one)."""
+    if filter_fn is not None and isinstance(config, CompressionConfig):
+        raise ValueError("filter_fn goes with shorthand ranks (an int, a float or a dict); a CompressionConfig "
+                         "chooses its layers with target_modules")
+    targets = find_targets(model, filter_fn)
     if not targets:
         raise ValueError(
             "no layers to compress: every Linear in the transformer blocks is already low-rank or excluded "
             "by filter_fn; compress the dense model instead"
         )
-    layer_ranks = resolve_ranks(targets, ranks)
-    check_fisher(fisher, list(layer_ranks), method)
+    shapes = target_shapes(targets)
+    config = as_config(config, shapes, method=method)
+    config.check(shapes)
+    return targets, config
+
+
+def _compress_targets(model: nn.Module, targets: Mapping[str, nn.Module], config: CompressionConfig, *,
+                      fisher: Fisher | None, store: DecompositionStore | None) -> CompressionReport:
+    """compress_ for targets already found ({qualified name in ``model``: layer}) and a checked config."""
+    method = config.method
+    shapes = target_shapes(targets)
+    selected = [name for name in targets if config.selects(name)]
+    check_fisher(fisher, selected, method)
     store = store if store is not None else default_store()
-    report = CompressionReport(method=method, model_params_before=count_parameters(model))
-    for name, rank in layer_ranks.items():
+    # Every selected layer's decomposition first: an allocation chooses the ranks from their error curves.
+    fetched: dict[str, tuple[Decomposition, ErrorCurves]] = {}
+    for name in selected:
         module = targets[name]
         importance = fisher[name] if fisher is not None else None
         decomposition_importance = importance if method == "fwsvd" else None
         decomposition = store.get(module, decomposition_importance)
         curves = store.curves(module, decomposition_importance, importance)
+        fetched[name] = decomposition, curves
+    analyses = None
+    if config.allocation is not None:
+        analyses = {name: LayerAnalysis(name, *shapes[name], {method: decomposition.s}, {method: curves})
+                    for name, (decomposition, curves) in fetched.items()}
+    layer_ranks = config.resolve_ranks(shapes, analyses)
+    report = CompressionReport(method=method, model_params_before=count_parameters(model),
+                               config=config.with_ranks(layer_ranks))
+    for name, rank in layer_ranks.items():
+        module = targets[name]
+        decomposition, curves = fetched[name]
         report.layers.append(_layer_report(name, method, module, rank, curves))
         weight = dense_weight(module)
         low_rank = LowRankLinear.from_decomposition(decomposition, rank, module.bias, source_kind_of(module),
@@ -234,12 +270,13 @@ def _compress_targets(model: nn.Module, targets: Mapping[str, nn.Module], ranks:
     return report
 
 
-def set_ranks_(model: nn.Module, ranks: Ranks) -> CompressionReport:
+def set_ranks_(model: nn.Module, config: CompressionConfig | Ranks) -> CompressionReport:
     """Change the ranks of a model compressed by :func:`compress_` / :func:`compressed_copy`, in place.
 
     Each LowRankLinear whose rank changes is cut again from the decomposition it was built from: no SVD, and
-    no copy of the rest of the model — the fast way to try rank after rank. ``ranks`` as for compress_
-    (a dict may name only some layers; the others keep their rank). The changed layers get new parameters,
+    no copy of the rest of the model — the fast way to try rank after rank. ``config`` as for compress_, applied
+    to the low-rank layers (its method must be theirs); layers it does not set keep their rank (a dict may name
+    only some layers; an allocation cannot make a layer dense again). The changed layers get new parameters,
     so training done on them since compression is discarded, and an optimizer built before must be rebuilt.
     Works on layers compressed in this process (a model loaded from disk keeps no decompositions).
     """
@@ -253,12 +290,21 @@ def set_ranks_(model: nn.Module, ranks: Ranks) -> CompressionReport:
             "this process (a model loaded from disk, or a copy of a compressed model); set ranks by compressing "
             "the dense model"
         )
+    methods = sorted({_origins[layer].method for layer in layers.values()})
+    if isinstance(config, CompressionConfig) and methods != [config.method]:
+        raise ValueError(f"config.method is {config.method!r}, but the low-rank layers were built with "
+                         f"{', '.join(methods)}: set_ranks_ re-cuts the same decompositions; compress the dense "
+                         "model to change the method")
     shapes = {name: (layer.out_features, layer.in_features) for name, layer in layers.items()}
-    requested = ranks_for_shapes(shapes, ranks)
-    methods = {_origins[layer].method for layer in layers.values()}
+    config = as_config(config, shapes, method=None if isinstance(config, CompressionConfig) else methods[0])
+    analyses = None
+    if config.allocation is not None:
+        analyses = {name: LayerAnalysis(name, *shapes[name], {config.method: _origins[layer].decomposition.s},
+                                        {config.method: _origins[layer].curves}) for name, layer in layers.items()}
+    requested = config.resolve_ranks(shapes, analyses)
     # As compress_ reports it: the model before any compression, the dense layers in place of the pairs.
     low_rank_params = sum(parameter.numel() for layer in layers.values() for parameter in layer.parameters())
-    report = CompressionReport(method=methods.pop() if len(methods) == 1 else "mixed",
+    report = CompressionReport(method=methods[0] if len(methods) == 1 else "mixed",
                                model_params_before=count_parameters(model) - low_rank_params)
     for name, layer in layers.items():
         origin = _origins[layer]
@@ -271,27 +317,33 @@ def set_ranks_(model: nn.Module, ranks: Ranks) -> CompressionReport:
                                          origin.curves))
     report.model_params_before += report.params_before
     report.model_params_after = count_parameters(model)
+    if len(methods) == 1:
+        report.config = config.with_ranks(report.ranks)
     return report
 
 
 def compressed_copy(
     model: nn.Module,
-    ranks: Ranks,
+    config: CompressionConfig | Ranks,
     *,
-    method: str = "fwsvd",
+    method: str | None = None,
     fisher: Fisher | None = None,
     filter_fn: TargetFilter | None = None,
     store: DecompositionStore | None = None,
 ) -> tuple[nn.Module, CompressionReport]:
     """A compressed copy of ``model`` (arguments as for :func:`compress_`); the original is left untouched.
 
-    The target layers are about to be replaced, so the copy shares them instead of copying their weights
+    The layers to compress are about to be replaced, so the copy shares them instead of copying their weights
     first (for BERT-base, 85M of 110M parameters): this keeps a rank change fast and light. The shared
-    layers sit at the same names in the copy, so the targets found here serve both models.
+    layers sit at the same names in the copy, so the targets found here serve both models; any an allocation
+    leaves dense are copied afterwards, so the two models never share a layer.
     """
-    targets = find_targets(model, filter_fn)
-    duplicate = copy_sharing(model, targets.values())
-    report = _compress_targets(duplicate, targets, ranks, method=method, fisher=fisher, store=store)
+    targets, config = _targets_and_config(model, config, method, filter_fn)
+    shared = {name: module for name, module in targets.items() if config.selects(name)}
+    duplicate = copy_sharing(model, shared.values())
+    report = _compress_targets(duplicate, targets, config, fisher=fisher, store=store)
+    for name in shared.keys() - report.ranks.keys():
+        replace_module(duplicate, name, copy.deepcopy(shared[name]))
     return duplicate, report
 
 
