@@ -20,6 +20,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from fwsvd.data.tasks import Role, Task
+from fwsvd.storage.sharing import exclusive
 
 #: Label value ignored by the cross-entropy loss and by the NER metrics.
 IGNORE_INDEX = -100
@@ -93,14 +94,18 @@ def _group_by_length(order: np.ndarray, lengths: list[int], batch_size: int, see
 
 def _encode_split(task: Task, tokenizer: PreTrainedTokenizerBase, role: Role, max_length: int) -> _Encoded:
     key = (task.data_id(role), task.kind, max_length)
-    per_tokenizer = _ENCODED.setdefault(tokenizer, {})
-    if key not in per_tokenizer:
-        dataset = task.load_split(role)
-        if task.kind == "token_classification":
-            per_tokenizer[key] = _encode_tokens(task, tokenizer, dataset, max_length)
-        else:
-            per_tokenizer[key] = _encode_texts(task, tokenizer, dataset, max_length)
-    return per_tokenizer[key]
+    # A fast tokenizer is not thread-safe: each call sets the truncation length on its one Rust tokenizer, so a
+    # call from another thread would truncate with the wrong length (or fail, "Already borrowed"). Under its
+    # lock, which also has a split asked for by two sessions at once tokenised once.
+    with exclusive(tokenizer):
+        per_tokenizer = _ENCODED.setdefault(tokenizer, {})
+        if key not in per_tokenizer:
+            dataset = task.load_split(role)
+            if task.kind == "token_classification":
+                per_tokenizer[key] = _encode_tokens(task, tokenizer, dataset, max_length)
+            else:
+                per_tokenizer[key] = _encode_texts(task, tokenizer, dataset, max_length)
+        return per_tokenizer[key]
 
 
 def _encode_texts(task: Task, tokenizer: PreTrainedTokenizerBase, dataset: Any, max_length: int) -> _Encoded:

@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from fwsvd.data.batches import IGNORE_INDEX, make_batches
 from fwsvd.evaluate.metrics import compute_metrics
 from fwsvd.surgery.modules import count_parameters
+from fwsvd.storage.sharing import exclusive
 from fwsvd.data.tasks import Role, Task
 
 Progress = Callable[[int, int], None]
@@ -45,26 +46,30 @@ def predict(
     *,
     progress: Progress | None = None,
 ) -> tuple[list[torch.Tensor], list[float]]:
-    """(logits per batch, seconds per batch), in inference mode; the model's train/eval mode is restored.
+    """(logits per batch, seconds per batch), in inference mode; every module's train/eval mode is restored.
 
     ``labels`` are not passed to the model, so no loss is computed and timed.
     """
     device = _device_of(model)
-    was_training = model.training
-    model.eval()
     logits, seconds = [], []
-    try:
-        with torch.inference_mode():
-            for done, batch in enumerate(batches, start=1):
-                inputs = {key: value.to(device) for key, value in batch.items() if key != "labels"}
-                start = time.perf_counter()
-                output = model(**inputs)
-                seconds.append(time.perf_counter() - start)
-                logits.append(output.logits.float().cpu())
-                if progress is not None:
-                    progress(done, len(batches))
-    finally:
-        model.train(was_training)
+    # A shared model (the dashboard's dense one) is run by one thread at a time: another's eval/train switch
+    # or Fisher hooks must not meet these forward passes. Compressed copies are other objects: not held up.
+    with exclusive(model):
+        training = [(module, module.training) for module in model.modules()]
+        model.eval()
+        try:
+            with torch.inference_mode():
+                for done, batch in enumerate(batches, start=1):
+                    inputs = {key: value.to(device) for key, value in batch.items() if key != "labels"}
+                    start = time.perf_counter()
+                    output = model(**inputs)
+                    seconds.append(time.perf_counter() - start)
+                    logits.append(output.logits.float().cpu())
+                    if progress is not None:
+                        progress(done, len(batches))
+        finally:
+            for module, flag in training:
+                module.training = flag
     return logits, seconds
 
 

@@ -3,6 +3,10 @@
 Kept in memory and in the disk cache, keyed by content: a digest of the weight, a digest of the importance
 (None for plain SVD) and the factorization's settings. A weight that changes gets a new key, so a stale
 decomposition is never used; a cache file that fails its checks is recomputed (see fwsvd.storage.tensor_cache).
+
+A store may serve several threads (the dashboard keeps one per process for every session): its memory is
+bounded (least recently used entries go first; they are read back from the disk cache when asked for again),
+and a key asked for by two threads at once is computed once while SVDs of different keys run in parallel.
 """
 
 from __future__ import annotations
@@ -11,8 +15,11 @@ import logging
 import os
 import threading
 import weakref
+from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -25,6 +32,26 @@ logger = logging.getLogger(__name__)
 
 #: Bump when the stored decomposition's definition changes, so that old cache files are not reused.
 FORMAT_VERSION = 2  # 2: factors kept as U·S and Vᵀ·D⁻¹
+#: What a store keeps in memory by default, in bytes (decompositions and error curves); BERT-base's 72
+#: decompositions are about 0.5 GB per method. The environment variable overrides it.
+DEFAULT_MAX_BYTES = 2 << 30
+MAX_BYTES_ENV = "FWSVD_STORE_MAX_BYTES"
+
+_T = TypeVar("_T")
+
+
+def default_max_bytes() -> int:
+    """``FWSVD_STORE_MAX_BYTES`` (a number of bytes, ``2e9`` accepted) when set, else DEFAULT_MAX_BYTES."""
+    value = os.environ.get(MAX_BYTES_ENV, "").strip()
+    if not value:
+        return DEFAULT_MAX_BYTES
+    try:
+        limit = int(float(value))
+    except ValueError:
+        raise ValueError(f"{MAX_BYTES_ENV} must be a number of bytes, got {value!r}") from None
+    if limit < 0:
+        raise ValueError(f"{MAX_BYTES_ENV} must be >= 0, got {value!r}")
+    return limit
 
 
 class _DigestMemo:
@@ -36,16 +63,30 @@ class _DigestMemo:
 
     def __init__(self) -> None:
         self._entries: dict[int, tuple[weakref.ref, int, str]] = {}
+        self._lock = threading.Lock()
 
     def digest(self, tensor: torch.Tensor) -> str:
-        entry = self._entries.get(id(tensor))
+        key = id(tensor)
+        with self._lock:
+            entry = self._entries.get(key)
         if entry is not None:
             ref, version, digest = entry
             if ref() is tensor and version == tensor._version:
                 return digest
+        version = tensor._version  # before hashing: a write meanwhile makes the next call hash again
         digest = tensor_digest(tensor)
-        self._entries[id(tensor)] = (weakref.ref(tensor), tensor._version, digest)
+        ref = weakref.ref(tensor, partial(_drop_entry, self._entries, key))
+        with self._lock:
+            self._entries[key] = (ref, version, digest)
         return digest
+
+
+def _drop_entry(entries: dict[int, tuple[weakref.ref, int, str]], key: int, ref: weakref.ref) -> None:
+    # The tensor died: forget its digest. Without the memo's lock (garbage collection may run while a thread
+    # holds it); a dict pop is atomic.
+    entry = entries.get(key)
+    if entry is not None and entry[0] is ref:
+        entries.pop(key, None)
 
 
 class _CacheWriter:
@@ -67,13 +108,13 @@ class _CacheWriter:
 
     def put(self, key: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         path = str(self._cache.path_for(key))
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fwsvd-cache-writer")
         with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fwsvd-cache-writer")
             future = self._executor.submit(self._write, key, tensors, path)
             self._pending[path] = future
+            self._submitted = [done for done in self._submitted if not done.done()] + [future]
         future.add_done_callback(lambda done: self._forget(path, done))
-        self._submitted.append(future)
 
     def _write(self, key: dict[str, Any], tensors: dict[str, torch.Tensor], path: str) -> None:
         try:
@@ -97,24 +138,76 @@ class _CacheWriter:
             future.result()
 
     def flush(self) -> None:
-        for future in self._submitted:
+        with self._lock:
+            submitted, self._submitted = self._submitted, []
+        for future in submitted:
             future.result()
-        self._submitted.clear()
 
 
 class DecompositionStore:
     """SVD / FWSVD decompositions and their error curves, computed once per (weight, importance).
 
-    ``use_disk=False`` keeps everything in memory only (tests, throw-away experiments).
+    ``use_disk=False`` keeps everything in memory only (tests, throw-away experiments). ``max_bytes`` bounds
+    what is kept in memory (default :func:`default_max_bytes`: ``FWSVD_STORE_MAX_BYTES``, else 2 GiB): past it
+    the least recently used decompositions and curves are dropped, and read back from the disk cache (or, with
+    ``use_disk=False``, recomputed) when asked for again. A model compressed from a dropped decomposition keeps
+    its own reference, so ``set_ranks_`` still works on it. Safe to share between threads.
     """
 
-    def __init__(self, cache_dir: str | os.PathLike[str] | None = None, use_disk: bool = True) -> None:
+    def __init__(self, cache_dir: str | os.PathLike[str] | None = None, use_disk: bool = True,
+                 max_bytes: int | None = None) -> None:
         self._disk = TensorCache(cache_dir, namespace="decompositions") if use_disk else None
         self._writer = _CacheWriter(self._disk) if self._disk is not None else None
-        self._decompositions: dict[str, Decomposition] = {}
-        self._curves: dict[tuple[str, str | None, str | None], ErrorCurves] = {}
+        self.max_bytes = default_max_bytes() if max_bytes is None else int(max_bytes)
+        if self.max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        # One LRU over decompositions ("decomposition", name) and curves ("curves", names): value and bytes.
+        self._memory: OrderedDict[tuple[Any, ...], tuple[Any, int]] = OrderedDict()
+        self._memory_bytes = 0
+        self._in_flight: dict[tuple[Any, ...], Future] = {}
+        self._lock = threading.Lock()
         self._digests = _DigestMemo()
         self.computed = 0  # SVDs actually run by this store: lets callers and tests see cache behaviour
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes of the decompositions and curves held in memory now (at most ``max_bytes``)."""
+        return self._memory_bytes
+
+    def _memoized(self, key: tuple[Any, ...], compute: Callable[[], _T], size: Callable[[_T], int]) -> _T:
+        """The value of ``key`` from memory, else from ``compute()`` — run by one thread while any other
+        asking for the same key waits for its result, outside the lock so that other keys go on meanwhile."""
+        with self._lock:
+            entry = self._memory.get(key)
+            if entry is not None:
+                self._memory.move_to_end(key)
+                return entry[0]
+            pending = self._in_flight.get(key)
+            owner = pending is None
+            if owner:
+                pending = self._in_flight[key] = Future()
+        if not owner:
+            return pending.result()
+        try:
+            value = compute()
+        except BaseException as error:
+            with self._lock:
+                del self._in_flight[key]
+            pending.set_exception(error)
+            raise
+        with self._lock:
+            del self._in_flight[key]
+            self._remember(key, value, size(value))
+        pending.set_result(value)
+        return value
+
+    def _remember(self, key: tuple[Any, ...], value: Any, nbytes: int) -> None:
+        """Keep ``value``, then drop the least recently used entries until within max_bytes (called locked)."""
+        self._memory[key] = (value, nbytes)
+        self._memory_bytes += nbytes
+        while self._memory_bytes > self.max_bytes and self._memory:
+            _, (_, dropped) = self._memory.popitem(last=False)
+            self._memory_bytes -= dropped
 
     def _key(self, weight_digest: str, importance_digest: str | None) -> dict[str, Any]:
         return {
@@ -131,9 +224,12 @@ class DecompositionStore:
         importance_digest = None if importance is None else self._digests.digest(importance)
         key = self._key(weight_digest, importance_digest)
         name = f"{weight_digest}/{importance_digest}"
-        decomposition = self._decompositions.get(name)
-        if decomposition is not None:
-            return decomposition
+        return self._memoized(("decomposition", name),
+                              partial(self._load_or_decompose, module, importance, key, name), _decomposition_bytes)
+
+    def _load_or_decompose(self, module: nn.Module, importance: torch.Tensor | None, key: dict[str, Any],
+                           name: str) -> Decomposition:
+        decomposition = None
         if self._disk is not None:
             _CacheWriter.wait_for(str(self._disk.path_for(key)))
             tensors = self._disk.get(key)
@@ -144,25 +240,24 @@ class DecompositionStore:
                     logger.warning("cached decomposition for %s is unusable (%s); it will be recomputed", name, error)
         if decomposition is None:
             decomposition = decompose(dense_weight(module), importance)
-            self.computed += 1
+            with self._lock:
+                self.computed += 1
             if self._writer is not None:
                 self._writer.put(key, decomposition.to_tensors())
-        self._decompositions[name] = decomposition
         return decomposition
 
     def curves(self, module: nn.Module, importance: torch.Tensor | None,
                weighting: torch.Tensor | None) -> ErrorCurves:
         """Error curves at every rank of one layer's decomposition (SVD when ``importance`` is None, else
         FWSVD); Fisher-weighted errors use the importance ``weighting`` (None: plain errors only)."""
-        decomposition = self.get(module, importance)
         name = (self._digests.digest(module.weight),
                 None if importance is None else self._digests.digest(importance),
                 None if weighting is None else self._digests.digest(weighting))
-        curves = self._curves.get(name)
-        if curves is None:
-            curves = error_curves(decomposition, weighting)
-            self._curves[name] = curves
-        return curves
+
+        def compute() -> ErrorCurves:
+            return error_curves(self.get(module, importance), weighting)
+
+        return self._memoized(("curves", *name), compute, _curves_bytes)
 
     def flush(self) -> None:
         """Wait until every decomposition this store computed is written to the disk cache."""
@@ -171,5 +266,14 @@ class DecompositionStore:
 
     def clear_memory(self) -> None:
         """Forget what is held in memory (the disk cache stays)."""
-        self._decompositions.clear()
-        self._curves.clear()
+        with self._lock:
+            self._memory.clear()
+            self._memory_bytes = 0
+
+
+def _decomposition_bytes(decomposition: Decomposition) -> int:
+    return sum(tensor.numel() * tensor.element_size() for tensor in decomposition.to_tensors().values())
+
+
+def _curves_bytes(curves: ErrorCurves) -> int:
+    return sum(int(getattr(array, "nbytes", 0)) for array in (curves.plain, curves.weighted) if array is not None)

@@ -31,7 +31,9 @@ from torch import nn
 from tqdm import tqdm
 
 from fwsvd.storage.tensor_cache import TensorCache, model_digest
+from fwsvd.config import FISHER_MODES, FisherConfig
 from fwsvd.storage.locations import key_digest
+from fwsvd.storage.sharing import exclusive
 from fwsvd.fisher.distributed import all_reduce_sum_, broadcast_, rank_and_world_size
 from fwsvd.factorize.layers import FACTORIZABLE, dense_weight
 from fwsvd.surgery.targets import find_targets
@@ -39,7 +41,7 @@ from fwsvd.surgery.targets import find_targets
 logger = logging.getLogger(__name__)
 
 Mode = Literal["per_example", "batch"]
-MODES: tuple[str, ...] = ("per_example", "batch")
+MODES = FISHER_MODES
 Progress = Callable[[int, int], None]
 TargetSpec = Mapping[str, nn.Module] | Iterable[str] | None
 
@@ -148,16 +150,9 @@ def load_or_estimate_fisher(
     if mode == "batch" and batch_size is None:
         raise ValueError("mode='batch' depends on how examples are grouped: pass the batch_size used by batches")
     resolved = resolve_targets(model, targets)
-    provenance: dict[str, Any] = {
-        "model_digest": model_digest(model),
-        "data_id": data_id,
-        "num_examples": num_examples,
-        "seed": seed,
-        "max_length": max_length,
-        "mode": mode,
-    }
-    if mode == "batch":
-        provenance["batch_size"] = batch_size
+    settings = FisherConfig(mode=mode, num_examples=num_examples, seed=seed, max_length=max_length,
+                            **({} if batch_size is None else {"batch_size": batch_size}))
+    provenance: dict[str, Any] = {"model_digest": model_digest(model), "data_id": data_id, **settings.key()}
     key = {"kind": "fisher", "format": CACHE_FORMAT, **provenance,
            "targets": key_digest({"names": sorted(resolved)})}
     cache = TensorCache(cache_dir, namespace="fisher")
@@ -361,28 +356,31 @@ def _estimate(
     if show_progress is None:
         show_progress = progress is None and rank == 0 and sys.stderr.isatty()
 
-    training = [(module, module.training) for module in model.modules()]
-    requires_grad = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
-    capture = _GradientCapture(resolved, device, per_example=mode == "per_example")
-    examples = 0
-    bar = tqdm(total=total or None, desc=f"Fisher ({mode})", unit="batch", disable=not show_progress)
-    try:
-        model.eval()
-        for parameter, _ in requires_grad:
-            parameter.requires_grad_(False)
-        with torch.enable_grad():
-            for done, batch in enumerate(batches, start=1):
-                examples += _backward_batch(model, batch, capture, device, mode)
-                bar.update()
-                if progress is not None:
-                    progress(done, total)
-    finally:
-        bar.close()
-        capture.remove()
-        for parameter, flag in requires_grad:
-            parameter.requires_grad_(flag)
-        for module, flag in training:
-            module.training = flag
+    # The model may be shared (one per dashboard process): no other thread runs, evaluates or copies it
+    # while its modes, requires_grad flags and hooks are changed here.
+    with exclusive(model):
+        training = [(module, module.training) for module in model.modules()]
+        requires_grad = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
+        capture = _GradientCapture(resolved, device, per_example=mode == "per_example")
+        examples = 0
+        bar = tqdm(total=total or None, desc=f"Fisher ({mode})", unit="batch", disable=not show_progress)
+        try:
+            model.eval()
+            for parameter, _ in requires_grad:
+                parameter.requires_grad_(False)
+            with torch.enable_grad():
+                for done, batch in enumerate(batches, start=1):
+                    examples += _backward_batch(model, batch, capture, device, mode)
+                    bar.update()
+                    if progress is not None:
+                        progress(done, total)
+        finally:
+            bar.close()
+            capture.remove()
+            for parameter, flag in requires_grad:
+                parameter.requires_grad_(flag)
+            for module, flag in training:
+                module.training = flag
 
     names = list(capture.sums)
     flat = torch.cat([capture.sums[name] for name in names] + [torch.tensor([examples], device=device).float()])

@@ -17,14 +17,21 @@ from typing import Any
 
 from torch import nn
 
+from fwsvd.storage.sharing import exclusive
+
 _ATOMIC = (type(None), bool, int, float, complex, str, bytes)
 _COPY_HOOKS = ("__deepcopy__", "__reduce_ex__", "__reduce__", "__getstate__", "__setstate__")
 
 
 def copy_sharing(model: nn.Module, shared: Iterable[nn.Module] = ()) -> nn.Module:
-    """``copy.deepcopy(model)``, except that the modules in ``shared`` are the same objects in the copy."""
+    """``copy.deepcopy(model)``, except that the modules in ``shared`` are the same objects in the copy.
+
+    Under the model's lock (fwsvd.storage.sharing): a copy taken while another thread estimates a Fisher or
+    evaluates the model would otherwise carry that pass's modes, ``requires_grad`` flags or hooks.
+    """
     memo: dict[int, Any] = {id(module): module for module in shared}
-    return _copy_module(model, memo)
+    with exclusive(model):
+        return _copy_module(model, memo)
 
 
 def _copies_like_module(cls: type) -> bool:
