@@ -1,0 +1,541 @@
+"""Weighted low-rank approximations in closed form — SVD, FWSVD, ASVD, whitening, two-sided K-FAC — one SVD each.
+
+Weights are nn.Linear-shaped, ``(out m, in n)``: ``y = x Wᵀ + b``. Every method minimises its own weighted
+error ``||P (W − Ŵ) Q||_F`` over all rank-r ``Ŵ``, for invertible P (m×m) and Q (n×n). Since ``Ŵ ↦ P Ŵ Q`` is a
+rank-preserving bijection, Eckart–Young on ``P·W·Q`` gives the minimiser, and the inverses map it back::
+
+    svd(P·W·Q) = U Σ Vᵀ        Ŵ_r = (P⁻¹ U_r Σ_r) (V_rᵀ Q⁻¹) = second @ first
+
+=======  ==========================  =========================  ============================================
+method   P                           Q                          what ``||P (W − Ŵ) Q||_F`` measures
+=======  ==========================  =========================  ============================================
+svd      I                           I                          the plain Frobenius error
+fwsvd    I                           diag(sqrt(I_j))            Fisher-weighted error (Hsu et al., 2022)
+asvd     I                           diag(mean_t |x_j|^α)       activation-aware error (Yuan et al., 2023)
+whiten   I                           S, S·Sᵀ = A = Σ_t x xᵀ     output error ``||(W − Ŵ) X||_F`` (DRONE 2021;
+                                                                SVD-LLM 2024)
+kfac     Rᵀ, R·Rᵀ = G = Σ_t g gᵀ     S, S·Sᵀ = A                K-FAC Fisher ``vec(ΔW)ᵀ (A ⊗ G) vec(ΔW)``
+                                                                (GFWSVD 2025; KFAC-SVD 2026)
+=======  ==========================  =========================  ============================================
+
+x (n,) are a layer's inputs and g (m,) the gradients of its outputs, one per token. Only ``R·Rᵀ`` and ``S·Sᵀ``
+enter the objective (``||Rᵀ ΔW S||² = tr(ΔWᵀ G ΔW A)``), so each root is taken in the form that is cheapest to
+multiply by and to undo: a diagonal, a Cholesky factor, or ``E·diag(sqrt λ)`` from an eigendecomposition.
+
+With P = I, ``left = U Σ`` has orthogonal columns and every rank's error is a sum over components; kfac's
+``left = P⁻¹ U Σ`` does not, and :func:`error_curve_general` then sums over pairs of components (a k×k Gram
+matrix) — still every rank at once, without forming any ``Ŵ_r``.
+
+This module depends on torch only, so that it can move within the package freely.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+WeightedMethod = Literal["svd", "fwsvd", "asvd", "whiten", "kfac"]
+WEIGHTED_METHODS: tuple[WeightedMethod, ...] = ("svd", "fwsvd", "asvd", "whiten", "kfac")
+
+#: Importances (fwsvd) and mean |x| (asvd) below this fraction of their largest value are raised to it, so a
+#: feature never seen active gets a finite Q⁻¹ and is simply the least protected. The factors do not change
+#: when a weighting is scaled, so a relative floor is natural.
+IMPORTANCE_FLOOR = 1e-6
+#: ASVD's exponent: Q = diag(mean_t |x_j|^α). Yuan et al. find α = 0.5 best.
+ASVD_ALPHA = 0.5
+#: whiten factors ``A + ridge·I`` with ``ridge = WHITEN_RIDGE · trace(A)/n``: it makes the Cholesky factor
+#: exist when fewer tokens than input features were seen (A singular), at a cost to the objective of at
+#: most ``ridge·||W − Ŵ||²_F``; the reconstruction at full rank stays exact because the same factor is undone.
+WHITEN_RIDGE = 1e-6
+#: Eigenvalues of a second moment below this fraction of its largest one are raised to it (kfac, and whiten
+#: when Cholesky fails): the square root then has a condition number of at most 1/sqrt(floor) = 1e3, so
+#: undoing it costs at most three decimal digits.
+EIGENVALUE_FLOOR = 1e-6
+
+_NEEDS = {
+    "asvd": "the mean absolute input per feature (statistics.input_abs_sum and statistics.tokens)",
+    "whiten": "the input second moment (statistics.input_moment)",
+    "kfac": "input and output second moments (statistics.input_moment and statistics.output_moment)",
+}
+_HOW = {
+    "asvd": "StatisticsAccumulator.add_input in forward hooks over the task data",
+    "whiten": "StatisticsAccumulator.add_input in forward hooks over the task data",
+    "kfac": "StatisticsAccumulator.add_input in forward hooks and add_output_grad in the backward pass "
+            "over the task data",
+}
+
+
+# --------------------------------------------------------------------------------------------- statistics
+
+
+@dataclass(frozen=True)
+class LayerStatistics:
+    """Token statistics of one (m, n) layer: what asvd, whiten and kfac weigh the error with.
+
+    ``input_moment`` A = Σ_t x xᵀ (n, n), ``output_moment`` G = Σ_t g gᵀ (m, m) — None when no output gradient
+    was collected (a forward-only pass is enough for asvd and whiten) — ``input_abs_sum`` Σ_t |x| (n,), and
+    the number of tokens summed over. Sums, not means: no method's factors change when a statistic is scaled
+    (the SVD moves a constant factor into Σ and undoing P, Q takes it out again), so sums over batches, shards
+    or processes simply add; ``tokens`` turns ``input_abs_sum`` into ASVD's mean. Validated on construction:
+    ValueError for shapes that do not fit, NaN/inf, negative sums or a negative token count.
+    """
+
+    input_moment: torch.Tensor
+    output_moment: torch.Tensor | None
+    input_abs_sum: torch.Tensor
+    tokens: int
+
+    def __post_init__(self) -> None:
+        _check_matrix("input_moment", self.input_moment)
+        n = self.input_moment.shape[0]
+        if self.input_abs_sum.shape != (n,):
+            raise ValueError(f"input_abs_sum must have one entry per input feature ({n}, from input_moment), "
+                             f"got shape {tuple(self.input_abs_sum.shape)}")
+        _check_finite_non_negative("input_abs_sum", self.input_abs_sum)
+        if self.output_moment is not None:
+            _check_matrix("output_moment", self.output_moment)
+        if isinstance(self.tokens, bool) or not isinstance(self.tokens, int) or self.tokens < 0:
+            raise ValueError(f"tokens must be a non-negative int, got {self.tokens!r}")
+
+    @property
+    def in_features(self) -> int:
+        return self.input_moment.shape[0]
+
+    @property
+    def out_features(self) -> int | None:
+        return None if self.output_moment is None else self.output_moment.shape[0]
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """A flat {name: tensor} dict for a safetensors file (``tokens`` as a 0-d int64 tensor)."""
+        tensors = {"input_moment": self.input_moment, "input_abs_sum": self.input_abs_sum,
+                   "tokens": torch.tensor(self.tokens, dtype=torch.int64)}
+        if self.output_moment is not None:
+            tensors["output_moment"] = self.output_moment
+        return tensors
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, torch.Tensor]) -> LayerStatistics:
+        """The inverse of :meth:`to_tensors`; ValueError for missing, unexpected or invalid tensors."""
+        required = {"input_moment", "input_abs_sum", "tokens"}
+        missing = required - set(tensors)
+        unexpected = set(tensors) - required - {"output_moment"}
+        if missing or unexpected:
+            raise ValueError(f"layer statistics need tensors {sorted(required)} (and optionally output_moment); "
+                             f"missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+        tokens = tensors["tokens"]
+        if tokens.numel() != 1 or tokens.dtype.is_floating_point or tokens.dtype.is_complex \
+                or tokens.dtype == torch.bool:
+            raise ValueError(f"tokens must be a single integer, got a {tokens.dtype} tensor of shape "
+                             f"{tuple(tokens.shape)}")
+        return cls(input_moment=tensors["input_moment"], output_moment=tensors.get("output_moment"),
+                   input_abs_sum=tensors["input_abs_sum"], tokens=int(tokens.item()))
+
+
+def _check_matrix(name: str, moment: torch.Tensor) -> None:
+    if moment.dim() != 2 or moment.shape[0] != moment.shape[1] or not moment.dtype.is_floating_point:
+        raise ValueError(f"{name} must be a square floating-point matrix, got a {moment.dtype} tensor "
+                         f"of shape {tuple(moment.shape)}")
+    if not torch.isfinite(moment).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    _check_finite_non_negative(f"the diagonal of {name}", moment.diagonal())
+
+
+def _check_finite_non_negative(name: str, values: torch.Tensor) -> None:
+    if not torch.isfinite(values).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    if (values < 0).any():
+        raise ValueError(f"{name} must be non-negative (a sum of squares or absolute values), "
+                         f"got a minimum of {values.min().item():.3g}")
+
+
+class StatisticsAccumulator:
+    """Running :class:`LayerStatistics` of several layers, fed by forward and backward hooks.
+
+    Each call gathers the kept tokens into an (N, features) matrix and adds its Gram matrix with one matmul
+    (``A += xᵀx``), in float32 on ``device``: float32 rounding of A and G (~1e-7 of their largest eigenvalue)
+    is below the eigenvalue floor, and where it leaves A indefinite by more than whiten's ridge, whiten falls
+    back to the floored eigen root; float64 would halve the speed on CPUs and cost far more on most GPUs. A
+    layer called several times per forward pass contributes each call's tokens. Data-parallel callers
+    all-reduce the sums of :meth:`result` (sums add across processes).
+    """
+
+    def __init__(self, shapes: Mapping[str, tuple[int, int]], device: torch.device | str = "cpu") -> None:
+        """``shapes``: {layer name: (out_features, in_features)}."""
+        self._shapes = {name: (int(out_features), int(in_features))
+                        for name, (out_features, in_features) in shapes.items()}
+        zeros = dict(device=device, dtype=torch.float32)
+        self._device = torch.device(device)
+        self._input_moments = {name: torch.zeros(n, n, **zeros) for name, (_, n) in self._shapes.items()}
+        self._input_abs_sums = {name: torch.zeros(n, **zeros) for name, (_, n) in self._shapes.items()}
+        # Created on the first gradient: a layer that never receives one has no output moment (None).
+        self._output_moments: dict[str, torch.Tensor] = {}
+        self._tokens = dict.fromkeys(self._shapes, 0)
+
+    def add_input(self, name: str, x: torch.Tensor, keep: torch.Tensor | None = None) -> None:
+        """Add a layer's inputs ``x`` (..., n), e.g. (B, T, n); ``keep`` (B, T) is False at padding tokens."""
+        _, n = self._shape(name)
+        tokens = self._kept_tokens(x, keep, n, f"input of layer {name!r}")
+        self._input_moments[name].addmm_(tokens.T, tokens)
+        self._input_abs_sums[name].add_(tokens.abs().sum(dim=0))
+        self._tokens[name] += tokens.shape[0]
+
+    def add_output_grad(self, name: str, g: torch.Tensor, keep: torch.Tensor | None = None) -> None:
+        """Add the gradients ``g`` (..., m) of a layer's outputs; ``keep`` as in :meth:`add_input`."""
+        m, _ = self._shape(name)
+        tokens = self._kept_tokens(g, keep, m, f"output gradient of layer {name!r}")
+        moment = self._output_moments.get(name)
+        if moment is None:
+            moment = self._output_moments[name] = torch.zeros(m, m, device=self._device, dtype=torch.float32)
+        moment.addmm_(tokens.T, tokens)
+
+    def result(self) -> dict[str, LayerStatistics]:
+        """{layer name: LayerStatistics} as float32 CPU copies (accumulation may continue afterwards)."""
+        def cpu(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.to(device="cpu", dtype=torch.float32, copy=True)
+
+        return {
+            name: LayerStatistics(
+                input_moment=cpu(self._input_moments[name]),
+                output_moment=cpu(self._output_moments[name]) if name in self._output_moments else None,
+                input_abs_sum=cpu(self._input_abs_sums[name]),
+                tokens=self._tokens[name],
+            )
+            for name in self._shapes
+        }
+
+    def _shape(self, name: str) -> tuple[int, int]:
+        if name not in self._shapes:
+            raise ValueError(f"unknown layer {name!r}; this accumulator collects {sorted(self._shapes)}")
+        return self._shapes[name]
+
+    def _kept_tokens(self, values: torch.Tensor, keep: torch.Tensor | None, features: int,
+                     what: str) -> torch.Tensor:
+        """The rows of ``values`` at kept tokens, as a float32 (N, features) matrix on the accumulator's device."""
+        if values.dim() < 1 or values.shape[-1] != features:
+            raise ValueError(f"the {what} must have {features} features in its last dimension, "
+                             f"got shape {tuple(values.shape)}")
+        values = values.detach()
+        if keep is None:
+            rows = values.reshape(-1, features)
+        else:
+            if keep.shape != values.shape[:-1]:
+                raise ValueError(f"keep must have the token shape {tuple(values.shape[:-1])} of the {what}, "
+                                 f"got {tuple(keep.shape)}")
+            rows = values[keep.to(device=values.device, dtype=torch.bool)]
+        return rows.to(device=self._device, dtype=torch.float32)
+
+
+# --------------------------------------------------------------------------------------------- transforms
+
+
+@dataclass(frozen=True)
+class MomentRoot:
+    """An invertible factor ``R`` with ``R·Rᵀ = M`` for a (floored) weighting M, kept in its cheapest form.
+
+    ``kind`` "diagonal": R = diag(``scale``) (fwsvd, asvd). "cholesky": R = ``basis``, lower triangular, undone
+    by a triangular solve (whiten). "eigen": R = ``basis``·diag(``scale``) with ``basis`` orthogonal eigenvectors
+    and ``scale`` the square roots of floored eigenvalues, so that R⁻¹ = diag(1/scale)·basisᵀ costs a matmul and
+    the symmetric root E·diag(scale)·Eᵀ never needs forming (kfac; whiten when Cholesky fails).
+    """
+
+    kind: Literal["diagonal", "cholesky", "eigen"]
+    basis: torch.Tensor | None = None
+    scale: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        expected = {"diagonal": (False, True), "cholesky": (True, False), "eigen": (True, True)}[self.kind]
+        if ((self.basis is not None), (self.scale is not None)) != expected:
+            raise ValueError(f"a {self.kind} root needs {'basis' if expected[0] else 'no basis'} and "
+                             f"{'scale' if expected[1] else 'no scale'}")
+
+    def to(self, **kwargs: object) -> MomentRoot:
+        return MomentRoot(self.kind, *(None if t is None else t.to(**kwargs) for t in (self.basis, self.scale)))
+
+    def multiply(self, matrix: torch.Tensor) -> torch.Tensor:
+        """``matrix @ R``."""
+        if self.kind == "diagonal":
+            return matrix * self.scale
+        if self.kind == "cholesky":
+            return matrix @ self.basis
+        return (matrix @ self.basis) * self.scale
+
+    def divide(self, matrix: torch.Tensor) -> torch.Tensor:
+        """``matrix @ R⁻¹``, by a division, a triangular solve or an orthogonal transpose — never an inverse."""
+        if self.kind == "diagonal":
+            return matrix / self.scale
+        if self.kind == "cholesky":
+            return torch.linalg.solve_triangular(self.basis, matrix, upper=False, left=False)
+        return (matrix / self.scale) @ self.basis.T
+
+
+@dataclass(frozen=True)
+class WeightTransforms:
+    """A method's ``P = Rᵀ`` (``output_root`` R, R·Rᵀ = G) and ``Q = S`` (``input_root``); None is the identity.
+
+    Its decomposition is ``svd(P·W·Q) = U Σ Vᵀ`` with ``left = P⁻¹ U Σ`` and ``right = Vᵀ Q⁻¹``.
+    """
+
+    output_root: MomentRoot | None = None
+    input_root: MomentRoot | None = None
+
+    def to(self, **kwargs: object) -> WeightTransforms:
+        return WeightTransforms(*(None if root is None else root.to(**kwargs)
+                                  for root in (self.output_root, self.input_root)))
+
+    def apply(self, weight: torch.Tensor) -> torch.Tensor:
+        """``P·W·Q``; the output side as ``(Wᵀ R)ᵀ`` = Rᵀ W."""
+        matrix = weight if self.input_root is None else self.input_root.multiply(weight)
+        return matrix if self.output_root is None else self.output_root.multiply(matrix.T).T
+
+    def restore_left(self, left: torch.Tensor) -> torch.Tensor:
+        """``P⁻¹ · left`` = R⁻ᵀ·left = (leftᵀ R⁻¹)ᵀ."""
+        return left if self.output_root is None else self.output_root.divide(left.T).T
+
+    def restore_right(self, right: torch.Tensor) -> torch.Tensor:
+        """``right · Q⁻¹``."""
+        return right if self.input_root is None else self.input_root.divide(right)
+
+
+def method_transforms(
+    method: str,
+    shape: tuple[int, int],
+    *,
+    importance: torch.Tensor | None = None,
+    statistics: LayerStatistics | None = None,
+    alpha: float = ASVD_ALPHA,
+    device: torch.device | str = "cpu",
+) -> WeightTransforms:
+    """The P and Q of ``method`` for an (m, n) = ``shape`` weight, in float64 on ``device``.
+
+    Inputs each method needs: svd none; fwsvd ``importance`` (n,) non-negative Fisher per input feature; asvd
+    ``statistics.input_abs_sum`` and ``tokens``; whiten ``statistics.input_moment``; kfac
+    ``statistics.input_moment`` and ``output_moment``. Missing or unfit inputs raise ValueError naming the
+    method and what it needs. A weighting that is zero everywhere carries no information and becomes the
+    identity (fwsvd on a zero importance is svd; kfac with G = 0 weighs the input side only).
+    """
+    if method not in WEIGHTED_METHODS:
+        raise ValueError(f"method must be one of {', '.join(WEIGHTED_METHODS)}, got {method!r}")
+    in_features = shape[1]
+    if method == "svd":
+        return WeightTransforms()
+    if method == "fwsvd":
+        if importance is None:
+            raise ValueError("method 'fwsvd' needs a Fisher importance per input feature: estimate it with "
+                             "fwsvd's estimate_fisher over the task data")
+        scale = _floored_scale(_checked_importance(importance, in_features).to(device), 0.5)
+        return WeightTransforms(input_root=None if scale is None else MomentRoot("diagonal", scale=scale))
+    statistics = _checked_statistics(method, statistics, shape)
+    if method == "asvd":
+        if not math.isfinite(alpha):
+            raise ValueError(f"asvd's alpha must be a finite number, got {alpha!r}")
+        mean_abs = statistics.input_abs_sum.to(device=device, dtype=torch.float64) / statistics.tokens
+        scale = _floored_scale(mean_abs, alpha)
+        return WeightTransforms(input_root=None if scale is None else MomentRoot("diagonal", scale=scale))
+    input_moment = statistics.input_moment.to(device=device, dtype=torch.float64)
+    if method == "whiten":
+        return WeightTransforms(input_root=_whitening_root(input_moment))
+    output_moment = statistics.output_moment.to(device=device, dtype=torch.float64)
+    return WeightTransforms(output_root=_eigen_root(output_moment), input_root=_eigen_root(input_moment))
+
+
+def _checked_importance(importance: torch.Tensor, in_features: int) -> torch.Tensor:
+    importance = torch.as_tensor(importance).detach()
+    if importance.dim() != 1 or importance.numel() != in_features:
+        raise ValueError(f"importance must be a 1-D tensor with one value per input feature ({in_features}), "
+                         f"got shape {tuple(importance.shape)}")
+    importance = importance.to(torch.float64)
+    _check_finite_non_negative("importance", importance)
+    return importance
+
+
+def _checked_statistics(method: str, statistics: LayerStatistics | None,
+                        shape: tuple[int, int]) -> LayerStatistics:
+    """``statistics`` if they hold what ``method`` needs for an (m, n) weight, else a ValueError saying what."""
+    if statistics is None or (method == "kfac" and statistics.output_moment is None):
+        lacking = "no statistics were given" if statistics is None else "statistics.output_moment is None"
+        raise ValueError(f"method {method!r} needs {_NEEDS[method]}, but {lacking}: estimate statistics with "
+                         f"{_HOW[method]}")
+    out_features, in_features = shape
+    if statistics.in_features != in_features or (method == "kfac" and statistics.out_features != out_features):
+        raise ValueError(f"statistics of a layer with {statistics.in_features} inputs and "
+                         f"{statistics.out_features} outputs do not fit a weight of shape {shape}")
+    if statistics.tokens == 0:
+        raise ValueError(f"method {method!r} needs {_NEEDS[method]}, but the statistics were gathered over 0 "
+                         "tokens: did the layer's hooks run on the task data?")
+    return statistics
+
+
+def _floored_scale(weights: torch.Tensor, power: float) -> torch.Tensor | None:
+    """``weights^power`` after raising weights below IMPORTANCE_FLOOR × their maximum; None if all are zero."""
+    largest = weights.max()
+    if largest == 0:
+        return None
+    return weights.clamp_min(largest * IMPORTANCE_FLOOR).pow(power)
+
+
+def _whitening_root(moment: torch.Tensor) -> MomentRoot | None:
+    """A root S of ``A`` (S·Sᵀ ≈ A): Cholesky of ``A + ridge·I``, else the floored eigen root; None for A = 0.
+
+    Cholesky is several times cheaper than an eigendecomposition and undone by a triangular solve. It fails
+    only when rounding has left A indefinite by more than the ridge (e.g. float32 sums dominated by a few
+    outlier features), and then the eigen root with floored eigenvalues takes over.
+    """
+    in_features = moment.shape[0]
+    mean_diagonal = moment.diagonal().sum() / in_features
+    if mean_diagonal == 0:
+        return None
+    shifted = moment.clone()
+    shifted.diagonal().add_(WHITEN_RIDGE * mean_diagonal)
+    factor, info = torch.linalg.cholesky_ex(shifted)
+    if info.item() == 0:
+        return MomentRoot("cholesky", basis=factor)
+    return _eigen_root(moment)
+
+
+def _eigen_root(moment: torch.Tensor) -> MomentRoot | None:
+    """``E·diag(sqrt(max(λ, EIGENVALUE_FLOOR·λ_max)))`` from ``moment = E diag(λ) Eᵀ``; None for a zero moment.
+
+    Only the lower triangle is read (as by Cholesky), so rounding asymmetry of summed Gram matrices is moot.
+    """
+    values, vectors = torch.linalg.eigh(moment)
+    largest = values[-1]
+    if largest <= 0:
+        return None
+    return MomentRoot("eigen", basis=vectors, scale=values.clamp_min(largest * EIGENVALUE_FLOOR).sqrt())
+
+
+# -------------------------------------------------------------------------------------------- decomposition
+
+
+@dataclass(frozen=True)
+class WeightedDecomposition:
+    """``svd(P·W·Q) = U Σ Vᵀ`` kept as ``left = P⁻¹ U Σ`` (m, k), ``s`` = Σ (k,), ``right = Vᵀ Q⁻¹`` (k, n).
+
+    k = min(m, n), s descending; row-major, contiguous, on the CPU, float64 for a float64 weight and float32
+    otherwise. Keeping the products makes a rank a pair of slice copies. ``left_orthogonal`` is True when
+    P = I: then left's columns are orthogonal with norms s, which makes error curves a sum over components.
+    """
+
+    left: torch.Tensor
+    s: torch.Tensor
+    right: torch.Tensor
+    method: WeightedMethod
+    left_orthogonal: bool
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.left.shape[0], self.right.shape[1])
+
+    @property
+    def full_rank(self) -> int:
+        return self.s.numel()
+
+    def factors(self, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(first (rank, n), second (m, rank))`` with ``second @ first`` the method's rank-``rank`` optimum.
+
+        New contiguous tensors, never views of this decomposition, so callers may train them in place.
+        """
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= self.full_rank:
+            raise ValueError(f"rank {rank!r} for a weight of shape {self.shape} is out of range: "
+                             f"choose an integer from 1 to {self.full_rank}")
+        return self.right[:rank].clone(), self.left[:, :rank].clone(memory_format=torch.contiguous_format)
+
+    def reconstruct(self, rank: int) -> torch.Tensor:
+        first, second = self.factors(rank)
+        return second @ first
+
+
+def decompose_weighted(
+    weight: torch.Tensor,
+    method: str,
+    *,
+    importance: torch.Tensor | None = None,
+    statistics: LayerStatistics | None = None,
+    alpha: float = ASVD_ALPHA,
+) -> WeightedDecomposition:
+    """The decomposition of an (m, n) ``weight`` that ``method`` truncates (see :func:`method_transforms`).
+
+    Computed on the weight's device, in float64 for a float64 weight and float32 otherwise — except the
+    roots of A and G, always float64: second moments span many orders of magnitude, and their small
+    eigenvalues are exactly the directions the methods must not get wrong. A wide matrix is decomposed
+    through its transpose (LAPACK's SVD of a tall matrix is several times faster on CPU).
+    """
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be a 2-D (out_features, in_features) tensor, got shape {tuple(weight.shape)}")
+    if not torch.isfinite(weight).all():
+        raise ValueError("weight contains NaN or infinite values")
+    dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    transforms = method_transforms(method, tuple(weight.shape), importance=importance, statistics=statistics,
+                                   alpha=alpha, device=weight.device).to(device=weight.device, dtype=dtype)
+    matrix = transforms.apply(weight.detach().to(dtype))
+    if matrix.shape[0] >= matrix.shape[1]:
+        u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    else:
+        v, s, uh = torch.linalg.svd(matrix.T, full_matrices=False)
+        u, vh = uh.T, v.T
+    to_store = dict(device="cpu", dtype=dtype)
+    # .contiguous() after .to(): the transposed route leaves column-major factors, and row-major storage is
+    # what makes a rank cut a copy of whole rows.
+    return WeightedDecomposition(
+        left=transforms.restore_left(u * s).to(**to_store).contiguous(),
+        s=s.to(**to_store).contiguous(),
+        right=transforms.restore_right(vh).to(**to_store).contiguous(),
+        method=method,
+        left_orthogonal=transforms.output_root is None,
+    )
+
+
+# ------------------------------------------------------------------------------------------- error curves
+
+
+def error_curve_general(decomposition: WeightedDecomposition, weighting: torch.Tensor | None = None) -> torch.Tensor:
+    """``||(W − Ŵ_r)·diag(weighting)||_F`` for every rank r = 0..k (index r), float64, from one decomposition.
+
+    ``W − Ŵ_r = Σ_{i≥r} l_i ρ_iᵀ`` (0-based) with l_i the columns of ``left`` and ρ_i the rows of
+    ``right·diag(weighting)``. With orthogonal l_i (P = I) its squared norm is ``Σ_{i≥r} s_i² ||ρ_i||²``
+    (:func:`orthogonal_tail_energies`); otherwise (kfac) it is ``Σ_{i,j≥r} (LᵀL)_ij (ρρᵀ)_ij``
+    (:func:`gram_tail_energies`). ``weighting=None`` gives the plain Frobenius error; pass sqrt(importance)
+    for the Fisher-weighted error. W here is ``left @ right``, which equals the weight up to rounding.
+    """
+    rows = decomposition.right.to(torch.float64)
+    if weighting is not None:
+        weighting = torch.as_tensor(weighting).to(device="cpu", dtype=torch.float64)
+        if weighting.shape != (rows.shape[1],) or not torch.isfinite(weighting).all():
+            raise ValueError(f"weighting must be a finite (in_features,) = ({rows.shape[1]},) tensor, "
+                             f"got shape {tuple(weighting.shape)}")
+        rows = rows * weighting
+    if decomposition.left_orthogonal:
+        energies = orthogonal_tail_energies(decomposition.s, rows)
+    else:
+        energies = gram_tail_energies(decomposition.left, rows)
+    return energies.clamp_min(0).sqrt()
+
+
+def own_objective_curve(decomposition: WeightedDecomposition) -> torch.Tensor:
+    """``||P (W − Ŵ_r) Q||_F`` for r = 0..k: each method's own objective, ``sqrt(Σ_{i≥r} s_i²)``."""
+    return _suffix_sums(decomposition.s.to(torch.float64).square()).sqrt()
+
+
+def orthogonal_tail_energies(s: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``Σ_{i≥r} s_i² ||rows_i||²`` for r = 0..k: the squared errors when left's columns are orthogonal, norms s."""
+    return _suffix_sums(s.to(torch.float64).square() * rows.to(torch.float64).square().sum(dim=1))
+
+
+def gram_tail_energies(left: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``||Σ_{i≥r} left_i rows_iᵀ||²_F = Σ_{i,j≥r} (LᵀL ⊙ ρρᵀ)_ij`` for r = 0..k, for any left, in O(k²) after
+    two Gram products: the bottom-right block sums of all r are the diagonal of the 2-D cumulative sum of the
+    flipped k×k matrix. Summing from the small end keeps the tail accurate.
+    """
+    left, rows = left.to(torch.float64), rows.to(torch.float64)
+    products = (left.T @ left) * (rows @ rows.T)
+    blocks = products.flip(0, 1).cumsum(0).cumsum(1)
+    return torch.cat([blocks.diagonal().flip(0), blocks.new_zeros(1)])
+
+
+def _suffix_sums(values: torch.Tensor) -> torch.Tensor:
+    """``Σ_{i≥r} values_i`` for r = 0..k (k + 1 entries, the last 0)."""
+    return torch.cat([values.flip(0).cumsum(0).flip(0), values.new_zeros(1)])
