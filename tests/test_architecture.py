@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fwsvd"
 #: Pipeline stages in order: each may import itself and any stage before it, never one after it.
 STAGES = ("storage", "view", "config", "data", "factorize", "surgery", "fisher", "evaluate", "io", "cli")
 #: Stages the dashboard draws from before torch is loaded.
-TORCH_FREE = ("storage.locations", "storage.atomic", "view", "config")
+TORCH_FREE = ("storage.locations", "storage.atomic", "storage.sharing", "view", "config")
 HEAVY = ("torch", "transformers", "datasets", "safetensors")
 
 
