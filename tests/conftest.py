@@ -24,22 +24,18 @@ transformers.logging.set_verbosity_error()
 VOCAB = 120
 
 
+def _tiny_bert_config(num_labels: int, seed: int) -> BertConfig:
+    torch.manual_seed(seed)  # the weights drawn next, by the model built on this config
+    return BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=48, max_position_embeddings=64, num_labels=num_labels)
+
+
 def tiny_bert(num_labels: int = 2, seed: int = 0) -> BertForSequenceClassification:
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=48, max_position_embeddings=64, num_labels=num_labels,
-    )
-    return BertForSequenceClassification(config).eval()
+    return BertForSequenceClassification(_tiny_bert_config(num_labels, seed)).eval()
 
 
 def tiny_bert_token(num_labels: int = 5, seed: int = 0) -> BertForTokenClassification:
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=48, max_position_embeddings=64, num_labels=num_labels,
-    )
-    return BertForTokenClassification(config).eval()
+    return BertForTokenClassification(_tiny_bert_config(num_labels, seed)).eval()
 
 
 def tiny_models(seed: int = 0) -> dict[str, torch.nn.Module]:

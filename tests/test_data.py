@@ -11,7 +11,7 @@ import torch
 from fwsvd.data import batches, tasks
 from fwsvd.data.batches import IGNORE_INDEX, align_labels, make_batches
 from fwsvd.data.tasks import local_task
-from tiny_text import sentiment_frame, tiny_tokenizer
+from tiny_text import sentiment_frame, sentiment_task, tiny_tokenizer
 
 
 @pytest.fixture
@@ -21,10 +21,7 @@ def tokenizer():
 
 @pytest.fixture
 def sentiment(tmp_path):
-    path = tmp_path / "reviews.csv"
-    sentiment_frame(repeats=2).to_csv(path, index=False)  # 32 rows
-    return local_task({"train": path, "validation": path, "test": path},
-                      text_column="review", label_column="sentiment")
+    return sentiment_task(tmp_path, repeats=2)  # 32 rows
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from fwsvd.evaluate.evaluation import count_parameters, evaluate_model, predict
 from fwsvd.data.batches import make_batches
 from fwsvd.evaluate.metrics import compute_metrics
 from fwsvd.data.tasks import local_task
-from tiny_text import sentiment_frame, tiny_tokenizer
+from tiny_text import sentiment_task, tiny_tokenizer
 
 
 class _Factored(nn.Module):
@@ -33,10 +33,7 @@ class _Factored(nn.Module):
 
 @pytest.fixture
 def sentiment(tmp_path):
-    path = tmp_path / "reviews.csv"
-    sentiment_frame(repeats=3).to_csv(path, index=False)  # 48 rows
-    return local_task({"train": path, "validation": path, "test": path},
-                      text_column="review", label_column="sentiment")
+    return sentiment_task(tmp_path, repeats=3)  # 48 rows
 
 
 def test_metrics_params_and_sizes(sentiment):

@@ -12,15 +12,12 @@ from conftest import tiny_bert, tiny_bert_token
 from fwsvd.evaluate.evaluation import evaluate_model
 from fwsvd.evaluate.finetune import finetune_
 from fwsvd.data.tasks import local_task
-from tiny_text import sentiment_frame, tiny_tokenizer
+from tiny_text import sentiment_task, tiny_tokenizer
 
 
 @pytest.fixture
 def sentiment(tmp_path):
-    path = tmp_path / "reviews.csv"
-    sentiment_frame(repeats=4).to_csv(path, index=False)  # 64 rows
-    return local_task({"train": path, "validation": path, "test": path},
-                      text_column="review", label_column="sentiment")
+    return sentiment_task(tmp_path, repeats=4)  # 64 rows
 
 
 def test_learns_and_reports(sentiment):

@@ -5,6 +5,8 @@ The vocabulary stays below conftest.VOCAB (120) so its ids fit the tiny random m
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 from transformers import BertTokenizer
 
@@ -31,3 +33,13 @@ def sentiment_frame(repeats: int = 5) -> pd.DataFrame:
     """Reviews with string labels; the label follows from the words, so a tiny model can learn it."""
     rows = [(text, "positive") for text in POSITIVE] + [(text, "negative") for text in NEGATIVE]
     return pd.DataFrame(rows * repeats, columns=["review", "sentiment"])
+
+
+def sentiment_task(directory: Path, repeats: int):
+    """A local task over one CSV of ``sentiment_frame(repeats)`` (16 rows a repeat) serving every split."""
+    from fwsvd.data.tasks import local_task
+
+    path = directory / "reviews.csv"
+    sentiment_frame(repeats=repeats).to_csv(path, index=False)
+    return local_task({"train": path, "validation": path, "test": path},
+                      text_column="review", label_column="sentiment")
