@@ -30,7 +30,7 @@ from fwsvd.surgery.compress import compress_
 from fwsvd.surgery.targets import find_targets, target_shapes
 from fwsvd.io.demo import demo_info, ensure_demo_model
 from fwsvd.evaluate.evaluation import count_parameters, evaluate_model
-from fwsvd.view.analysis import METHODS
+from fwsvd.view.analysis import DEFAULT_METHODS, METHODS
 from fwsvd.evaluate.finetune import finetune_
 from fwsvd.fisher.estimate import FisherResult
 from fwsvd.io.persistence import save_compressed
@@ -508,8 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             "and rank ratio (optionally fine-tuned first).")
     _add_model(sweep, "the dense fine-tuned model")
     _add_task(sweep)
-    sweep.add_argument("--methods", type=_names, default=list(METHODS),
-                       help=f"comma-separated; default: {','.join(METHODS)}")
+    sweep.add_argument("--methods", type=_names, default=list(DEFAULT_METHODS),
+                       help=f"comma-separated, of {','.join(METHODS)}; default: {','.join(DEFAULT_METHODS)}")
     sweep.add_argument("--rank-ratios", type=_numbers, default=[0.5, 0.33, 0.25],
                        help="comma-separated, each in (0, 1]; default: 0.5,0.33,0.25")
     sweep.add_argument("--finetune-epochs", type=_non_negative_int, default=0, metavar="N",

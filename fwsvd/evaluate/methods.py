@@ -11,12 +11,12 @@ from torch import nn
 
 from fwsvd.factorize.store import DecompositionStore
 from fwsvd.surgery.compress import compressed_copy
-from fwsvd.view.analysis import METHODS
+from fwsvd.view.analysis import DEFAULT_METHODS
 
 Progress = Callable[[int, int], None]
 
 def evaluate_methods(model: nn.Module, tokenizer: Any, task: Any, ranks: Mapping[str, int] | float, *,
-                     fisher: Mapping[str, torch.Tensor] | None, methods: Sequence[str] = METHODS,
+                     fisher: Mapping[str, torch.Tensor] | None, methods: Sequence[str] = DEFAULT_METHODS,
                      role: str = "validation", limit: int | None = None, batch_size: int = 32,
                      max_length: int = 128, store: DecompositionStore | None = None,
                      progress: Progress | None = None) -> dict[str, dict[str, Any]]:

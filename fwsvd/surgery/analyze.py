@@ -17,7 +17,7 @@ from fwsvd.storage.tensor_cache import TensorCache, tensor_digest
 from fwsvd.surgery.compress import Fisher, check_fisher, check_method, default_store
 from fwsvd.factorize.layers import dense_weight
 from fwsvd.surgery.targets import TargetFilter, find_targets
-from fwsvd.view.analysis import METHODS, LayerAnalysis, analyses_from_arrays, analyses_to_arrays
+from fwsvd.view.analysis import DEFAULT_METHODS, LayerAnalysis, analyses_from_arrays, analyses_to_arrays
 
 #: Bump when what :func:`cached_analyses` stores changes, so old files are recomputed.
 ANALYSIS_FORMAT = 1
@@ -27,7 +27,7 @@ def analyze_layers(
     model: nn.Module,
     fisher: Fisher | None = None,
     *,
-    methods: tuple[str, ...] = METHODS,
+    methods: tuple[str, ...] = DEFAULT_METHODS,
     filter_fn: TargetFilter | None = None,
     store: DecompositionStore | None = None,
 ) -> dict[str, LayerAnalysis]:

@@ -20,16 +20,34 @@ import pandas as pd
 
 from fwsvd.view.rank_config import break_even_rank
 
-Method = Literal["svd", "fwsvd"]
-METHODS: tuple[Method, ...] = ("svd", "fwsvd")
+Method = Literal["svd", "fwsvd", "asvd", "whiten", "kfac"]
+#: Every closed-form method (see :mod:`fwsvd.factorize.weighted` for what each minimises).
+METHODS: tuple[Method, ...] = ("svd", "fwsvd", "asvd", "whiten", "kfac")
+#: The paper's comparison: what the dashboard analyses and the sweep runs unless asked for more.
+DEFAULT_METHODS: tuple[Method, ...] = ("svd", "fwsvd")
+#: Display names.
+METHOD_LABELS: dict[str, str] = {"svd": "SVD", "fwsvd": "FWSVD", "asvd": "ASVD", "whiten": "Whitened SVD",
+                                 "kfac": "K-FAC SVD"}
+#: Methods weighted by token statistics of the layers' inputs (and, for kfac, output gradients), which the
+#: Fisher pass gathers only when asked: ``task_fisher(..., statistics=True)``.
+STATISTICS_METHODS: tuple[Method, ...] = ("asvd", "whiten", "kfac")
+
+
+def needs_statistics(method: str) -> bool:
+    """True for a method weighted by token statistics (:data:`STATISTICS_METHODS`); ValueError for an
+    unknown method."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    return method in STATISTICS_METHODS
 
 
 @dataclass(frozen=True)
 class ErrorCurves:
     """Reconstruction errors at every rank r = 0..k (index r) of one layer, for one method.
 
-    ``plain`` is ``‖W − Ŵ_r‖``, ``weighted`` is ``‖(W − Ŵ_r)·D‖`` (None without Fisher); one-dimensional
-    torch tensors or numpy arrays.
+    ``plain`` is ``‖W − Ŵ_r‖``, ``weighted`` is ``‖(W − Ŵ_r)·D‖`` with D = diag(sqrt(Fisher importance))
+    (None without Fisher); one-dimensional torch tensors or numpy arrays. Whatever objective a method
+    minimises, both curves are in these two units, so that every method is compared on the same scale.
     """
 
     plain: Any
@@ -53,7 +71,7 @@ class LayerAnalysis:
     name: str
     out_features: int
     in_features: int
-    singular_values: dict[str, Any]  # method -> (k,) singular values of W (svd) or W·D (fwsvd)
+    singular_values: dict[str, Any]  # method -> (k,) singular values of the matrix it factors (W, W·D, P·W·Q)
     curves: dict[str, ErrorCurves]  # method -> errors at ranks 0..k
 
     @property
@@ -158,7 +176,8 @@ def totals(frame: pd.DataFrame) -> dict[str, Any]:
 def spectrum_frame(analysis: LayerAnalysis) -> pd.DataFrame:
     """Long format (method, index 1..k, value): each method's singular values divided by its largest.
 
-    SVD factors W and FWSVD factors W·D, whose scales differ; normalising shows the two decays side by side.
+    SVD factors W, FWSVD W·D and the others P·W·Q, whose scales differ; normalising shows the decays side
+    by side.
     """
     parts = []
     for method, values in analysis.singular_values.items():
