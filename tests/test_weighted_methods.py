@@ -19,7 +19,6 @@ from fwsvd.factorize.weighted import (
     WEIGHTED_METHODS,
     WHITEN_RIDGE,
     LayerStatistics,
-    StatisticsAccumulator,
     decompose_weighted,
     error_curve_general,
     gram_tail_energies,
@@ -27,6 +26,7 @@ from fwsvd.factorize.weighted import (
     orthogonal_tail_energies,
     own_objective_curve,
 )
+from fwsvd.fisher.statistics import StatisticsAccumulator
 
 SHAPES = [(7, 5), (5, 9), (6, 6)]
 

@@ -62,10 +62,12 @@ _NEEDS = {
     "kfac": "input and output second moments (statistics.input_moment and statistics.output_moment)",
 }
 _HOW = {
-    "asvd": "StatisticsAccumulator.add_input in forward hooks over the task data",
-    "whiten": "StatisticsAccumulator.add_input in forward hooks over the task data",
-    "kfac": "StatisticsAccumulator.add_input in forward hooks and add_output_grad in the backward pass "
-            "over the task data",
+    "asvd": "task_fisher(..., statistics=True), or StatisticsAccumulator.add_input in forward hooks over the "
+            "task data",
+    "whiten": "task_fisher(..., statistics=True), or StatisticsAccumulator.add_input in forward hooks over the "
+              "task data",
+    "kfac": "task_fisher(..., statistics=True), or StatisticsAccumulator.add_input in forward hooks and "
+            "add_output_grad in the backward pass over the task data",
 }
 
 
@@ -150,83 +152,6 @@ def _check_finite_non_negative(name: str, values: torch.Tensor) -> None:
     if (values < 0).any():
         raise ValueError(f"{name} must be non-negative (a sum of squares or absolute values), "
                          f"got a minimum of {values.min().item():.3g}")
-
-
-class StatisticsAccumulator:
-    """Running :class:`LayerStatistics` of several layers, fed by forward and backward hooks.
-
-    Each call gathers the kept tokens into an (N, features) matrix and adds its Gram matrix with one matmul
-    (``A += xᵀx``), in float32 on ``device``: float32 rounding of A and G (~1e-7 of their largest eigenvalue)
-    is below the eigenvalue floor, and where it leaves A indefinite by more than whiten's ridge, whiten falls
-    back to the floored eigen root; float64 would halve the speed on CPUs and cost far more on most GPUs. A
-    layer called several times per forward pass contributes each call's tokens. Data-parallel callers
-    all-reduce the sums of :meth:`result` (sums add across processes).
-    """
-
-    def __init__(self, shapes: Mapping[str, tuple[int, int]], device: torch.device | str = "cpu") -> None:
-        """``shapes``: {layer name: (out_features, in_features)}."""
-        self._shapes = {name: (int(out_features), int(in_features))
-                        for name, (out_features, in_features) in shapes.items()}
-        zeros = dict(device=device, dtype=torch.float32)
-        self._device = torch.device(device)
-        self._input_moments = {name: torch.zeros(n, n, **zeros) for name, (_, n) in self._shapes.items()}
-        self._input_abs_sums = {name: torch.zeros(n, **zeros) for name, (_, n) in self._shapes.items()}
-        # Created on the first gradient: a layer that never receives one has no output moment (None).
-        self._output_moments: dict[str, torch.Tensor] = {}
-        self._tokens = dict.fromkeys(self._shapes, 0)
-
-    def add_input(self, name: str, x: torch.Tensor, keep: torch.Tensor | None = None) -> None:
-        """Add a layer's inputs ``x`` (..., n), e.g. (B, T, n); ``keep`` (B, T) is False at padding tokens."""
-        _, n = self._shape(name)
-        tokens = self._kept_tokens(x, keep, n, f"input of layer {name!r}")
-        self._input_moments[name].addmm_(tokens.T, tokens)
-        self._input_abs_sums[name].add_(tokens.abs().sum(dim=0))
-        self._tokens[name] += tokens.shape[0]
-
-    def add_output_grad(self, name: str, g: torch.Tensor, keep: torch.Tensor | None = None) -> None:
-        """Add the gradients ``g`` (..., m) of a layer's outputs; ``keep`` as in :meth:`add_input`."""
-        m, _ = self._shape(name)
-        tokens = self._kept_tokens(g, keep, m, f"output gradient of layer {name!r}")
-        moment = self._output_moments.get(name)
-        if moment is None:
-            moment = self._output_moments[name] = torch.zeros(m, m, device=self._device, dtype=torch.float32)
-        moment.addmm_(tokens.T, tokens)
-
-    def result(self) -> dict[str, LayerStatistics]:
-        """{layer name: LayerStatistics} as float32 CPU copies (accumulation may continue afterwards)."""
-        def cpu(tensor: torch.Tensor) -> torch.Tensor:
-            return tensor.to(device="cpu", dtype=torch.float32, copy=True)
-
-        return {
-            name: LayerStatistics(
-                input_moment=cpu(self._input_moments[name]),
-                output_moment=cpu(self._output_moments[name]) if name in self._output_moments else None,
-                input_abs_sum=cpu(self._input_abs_sums[name]),
-                tokens=self._tokens[name],
-            )
-            for name in self._shapes
-        }
-
-    def _shape(self, name: str) -> tuple[int, int]:
-        if name not in self._shapes:
-            raise ValueError(f"unknown layer {name!r}; this accumulator collects {sorted(self._shapes)}")
-        return self._shapes[name]
-
-    def _kept_tokens(self, values: torch.Tensor, keep: torch.Tensor | None, features: int,
-                     what: str) -> torch.Tensor:
-        """The rows of ``values`` at kept tokens, as a float32 (N, features) matrix on the accumulator's device."""
-        if values.dim() < 1 or values.shape[-1] != features:
-            raise ValueError(f"the {what} must have {features} features in its last dimension, "
-                             f"got shape {tuple(values.shape)}")
-        values = values.detach()
-        if keep is None:
-            rows = values.reshape(-1, features)
-        else:
-            if keep.shape != values.shape[:-1]:
-                raise ValueError(f"keep must have the token shape {tuple(values.shape[:-1])} of the {what}, "
-                                 f"got {tuple(keep.shape)}")
-            rows = values[keep.to(device=values.device, dtype=torch.bool)]
-        return rows.to(device=self._device, dtype=torch.float32)
 
 
 # --------------------------------------------------------------------------------------------- transforms
