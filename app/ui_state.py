@@ -287,9 +287,10 @@ def explorer_view() -> ExplorerView | None:
 
 def view_from_model(loaded: Loaded, fisher: Any, config: FisherConfig) -> ExplorerView:
     """The rank explorer's data computed from the loaded model and its Fisher; saved as a snapshot when
-    the model is a local directory."""
-    view = ExplorerView(loaded.source.key, analyses_for(loaded, fisher), loaded.blocks, fisher_key(fisher),
-                        len(loaded.task.load_split("validation")), metric_of(loaded))
+    the model is a local directory. Built as ``fwsvd demo`` builds it ahead of time."""
+    from fwsvd.io.explorer import explorer_view_of
+
+    view = explorer_view_of(loaded.source, loaded.model, loaded.task, fisher, analyses=analyses_for(loaded, fisher))
     key = snapshot_key(loaded.source, config)
     if key is not None:
         _save_snapshot(json.dumps(key, sort_keys=True), view)

@@ -29,6 +29,7 @@ from fwsvd.config import ALLOCATIONS, FISHER_MODES, CompressionConfig, FisherCon
 from fwsvd.surgery.compress import compress_
 from fwsvd.surgery.targets import find_targets, target_shapes
 from fwsvd.io.demo import demo_info, ensure_demo_model
+from fwsvd.io.explorer import prepare_explorer
 from fwsvd.evaluate.evaluation import count_parameters, evaluate_model
 from fwsvd.view.analysis import DEFAULT_METHODS, METHODS
 from fwsvd.evaluate.finetune import finetune_
@@ -44,6 +45,7 @@ PROG = "fwsvd"
 #: Library errors that mean "the input is wrong", shown as one line; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError, ConnectionError, ModuleNotFoundError)
 APP_FILE = Path(__file__).resolve().parent.parent / "app" / "streamlit_app.py"
+APP_ADDRESS = "127.0.0.1"
 
 Handler = Callable[[argparse.Namespace], dict[str, Any]]
 
@@ -317,7 +319,12 @@ def _cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     directory = ensure_demo_model(force=args.force).resolve()
     metrics = demo_info(directory)["test_metrics"]
     print(f"demo model: {directory}\ntest: {_metrics_text(metrics)}")
-    return {"model_dir": str(directory), "metrics": metrics}
+    # The dashboard's first page is the rank explorer on the default Fisher: cache both now, so a new user
+    # sees SVD against FWSVD at once instead of a "compute the Fisher" prompt.
+    with _progress("Fisher for the rank explorer", "batch") as progress:
+        snapshot = prepare_explorer(progress=progress)
+    print(f"rank explorer snapshot: {snapshot}")
+    return {"model_dir": str(directory), "metrics": metrics, "explorer_snapshot": str(snapshot)}
 
 
 def _cmd_fisher(args: argparse.Namespace) -> dict[str, Any]:
@@ -436,20 +443,51 @@ def _cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
             "training": training, "settings": settings}
 
 
+def _streamlit_options(tokens: Sequence[str]) -> dict[str, str]:
+    """``--section.option VALUE`` / ``--section.option=VALUE`` items passed through to streamlit, checked
+    against streamlit's own options so that a typo is refused here rather than after the server starts."""
+    from streamlit.config import get_config_options
+
+    known = get_config_options()
+    options: dict[str, str] = {}
+    items = iter(tokens)
+    for token in items:
+        name, separator, value = token.partition("=")
+        key = name[2:]
+        if not name.startswith("--") or key not in known:
+            hint = "a streamlit option (--section.option VALUE, see 'streamlit config show')"
+            raise UserError(f"unrecognized argument {token!r} for 'fwsvd app': expected --port, --address, --json "
+                            f"or {hint}")
+        if not separator:
+            value = next(items, None)
+            if value is None:
+                raise UserError(f"streamlit option {name} needs a value")
+        options[key] = value
+    return options
+
+
 def _cmd_app(args: argparse.Namespace) -> dict[str, Any]:
     if not APP_FILE.is_file():
         raise FileNotFoundError(f"the dashboard {APP_FILE} is missing: 'fwsvd app' runs from a source checkout "
                                 "of fwsvd (the app/ folder is not part of the installed package)")
     if importlib.util.find_spec("streamlit") is None:
         raise ModuleNotFoundError("the dashboard needs streamlit: pip install 'streamlit>=1.50'")
-    command = [sys.executable, "-m", "streamlit", "run", str(APP_FILE), "--server.address", args.address,
-               "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    options = {"server.address": args.address, "server.headless": "true", "browser.gatherUsageStats": "false"}
     if args.port is not None:
-        command += ["--server.port", str(args.port)]
-    port = args.port if args.port is not None else 8501
-    print(f"dashboard: http://{args.address}:{port} (Ctrl-C stops it)", flush=True)
+        options["server.port"] = str(args.port)
+    passed = _streamlit_options(args.streamlit_options)
+    ours = {"server.port": (args.port, None), "server.address": (args.address, APP_ADDRESS)}
+    for key, (value, default) in ours.items():
+        if key in passed and value != default and str(value) != passed[key]:
+            raise UserError(f"--{key.split('.')[1]} {value} and --{key} {passed[key]} disagree; give one")
+    options.update(passed)
+    command = [sys.executable, "-m", "streamlit", "run", str(APP_FILE)]
+    for key, value in options.items():
+        command += [f"--{key}", value]
+    url = f"http://{options['server.address']}:{options.get('server.port', 8501)}"
+    print(f"dashboard: {url} (Ctrl-C stops it)", flush=True)
     return_code = subprocess.call(command)
-    return {"command": command, "url": f"http://{args.address}:{port}", "returncode": return_code}
+    return {"command": command, "url": url, "returncode": return_code}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -463,7 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="build (once) the offline demo model and show its test metrics",
                                description="Build, once, MiniLM-L6 fine-tuned on Rotten Tomatoes reviews "
-                                           "(about 6 minutes on 2 CPU cores), under the cache folder.")
+                                           "(about 6 minutes on 2 CPU cores), under the cache folder, and "
+                                           "cache its default Fisher and the rank explorer's snapshot so "
+                                           "the dashboard opens on the full explorer.")
     demo.add_argument("--force", action="store_true", help="rebuild even if it exists")
     _add_json(demo)
     demo.set_defaults(handler=_cmd_demo)
@@ -540,9 +580,11 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.set_defaults(handler=_cmd_finetune)
 
     app = commands.add_parser("app", help="run the Streamlit dashboard",
-                              description="Run the dashboard with streamlit, headless, on a local address.")
+                              description="Run the dashboard with streamlit, headless, on a local address. "
+                                          "Other streamlit options (--section.option VALUE, e.g. "
+                                          "--theme.base dark) are passed on to 'streamlit run'.")
     app.add_argument("--port", type=_positive_int, help="default: streamlit's (8501)")
-    app.add_argument("--address", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
+    app.add_argument("--address", default=APP_ADDRESS, help=f"default: {APP_ADDRESS} (this machine only)")
     _add_json(app)
     app.set_defaults(handler=_cmd_app)
     return parser
@@ -576,7 +618,10 @@ def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; returns the exit code (0, or 2 for bad input)."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown and args.command != "app":  # only the dashboard passes options on (to streamlit)
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        args.streamlit_options = unknown
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else 0
     # The CLI draws its own bars; those of datasets (per file) and transformers (per weight load) bury them.

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Run the dashboard on the offline demo: set up, build the demo model once (about 6 minutes on 2 cores,
-# reused afterwards), then serve the app on http://127.0.0.1:8501. Extra arguments go to `fwsvd app`.
+# Run the dashboard on the offline demo: set up, build the demo model, its default Fisher and the rank
+# explorer's snapshot once (about 6 minutes on 2 cores, reused afterwards), then serve the app on
+# http://127.0.0.1:8501. Extra arguments go to `fwsvd app`: --port N, --address A, or any streamlit option
+# (--server.port 8600, --theme.base dark); anything else is refused with one line before the server starts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

