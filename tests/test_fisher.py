@@ -108,12 +108,17 @@ def test_multi_label_classification():
     assert_close(estimate_fisher(model, batches), single_example_loop(model, batches))
 
 
-def test_weights_shared_across_layers_sum_their_calls_before_squaring():
-    """ALBERT applies one block at every depth: an example's gradient is the sum over those calls."""
+def tiny_albert() -> AlbertForSequenceClassification:
+    """ALBERT applies one block at every depth: each of its layers is called 3 times per forward pass."""
     torch.manual_seed(0)
-    model = AlbertForSequenceClassification(AlbertConfig(
+    return AlbertForSequenceClassification(AlbertConfig(
         vocab_size=VOCAB, embedding_size=16, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
         intermediate_size=48, max_position_embeddings=64)).eval()
+
+
+def test_weights_shared_across_layers_sum_their_calls_before_squaring():
+    """An example's gradient is the sum over the calls of a shared layer."""
+    model = tiny_albert()
     batches = [random_batch(4, 12, seed=7)]
     assert_close(estimate_fisher(model, batches), single_example_loop(model, batches))
 

@@ -12,6 +12,9 @@ replaces the (out, in) per-example gradient whenever that is cheaper (T·(in+out
 sequences). Forward hooks keep ``x``, tensor hooks receive ``g`` during the single backward pass and reduce it
 at once, so the memory stays that of a plain backward pass; the weights' own gradients are never computed
 (their ``requires_grad`` is switched off for the pass), which pays for the extra Gram products.
+
+The same hooks can also sum the token statistics asvd, whiten and kfac need (``statistics=True``; see
+:mod:`fwsvd.fisher.statistics`), in the same pass and over the same tokens. Without it they do no extra work.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -34,8 +37,10 @@ from fwsvd.storage.tensor_cache import TensorCache, model_digest
 from fwsvd.config import FISHER_MODES, FisherConfig
 from fwsvd.storage.locations import key_digest
 from fwsvd.storage.sharing import exclusive
-from fwsvd.fisher.distributed import all_reduce_sum_, broadcast_, rank_and_world_size
+from fwsvd.fisher.distributed import all_reduce_sum_, broadcast_, is_distributed, rank_and_world_size
+from fwsvd.fisher.statistics import StatisticsAccumulator, split_statistics, statistics_to_tensors
 from fwsvd.factorize.layers import FACTORIZABLE, dense_weight
+from fwsvd.factorize.weighted import LayerStatistics
 from fwsvd.surgery.targets import find_targets
 
 logger = logging.getLogger(__name__)
@@ -53,13 +58,15 @@ CACHE_FORMAT = 1
 
 @dataclass
 class FisherResult:
-    """Importances plus where they came from (``provenance`` is JSON-serialisable, saved with models)."""
+    """Importances plus where they came from (``provenance`` is JSON-serialisable, saved with models), and
+    the target layers' token statistics when they were asked for (``statistics=True``), else None."""
 
     importances: dict[str, torch.Tensor]
     from_cache: bool
     path: Path | None
     seconds: float
     provenance: dict[str, Any]
+    statistics: dict[str, LayerStatistics] | None = None
 
 
 def resolve_targets(model: nn.Module, targets: TargetSpec = None) -> dict[str, nn.Module]:
@@ -87,6 +94,21 @@ def resolve_targets(model: nn.Module, targets: TargetSpec = None) -> dict[str, n
     return resolved
 
 
+@overload
+def estimate_fisher(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], *, mode: Mode = ...,
+                    targets: TargetSpec = ..., progress: Progress | None = ..., total: int | None = ...,
+                    show_progress: bool | None = ..., statistics: Literal[False] = ...) -> dict[str, torch.Tensor]:
+    ...
+
+
+@overload
+def estimate_fisher(model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], *, mode: Mode = ...,
+                    targets: TargetSpec = ..., progress: Progress | None = ..., total: int | None = ...,
+                    show_progress: bool | None = ..., statistics: Literal[True]
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, LayerStatistics]]:
+    ...
+
+
 def estimate_fisher(
     model: nn.Module,
     batches: Iterable[Mapping[str, torch.Tensor]],
@@ -96,7 +118,8 @@ def estimate_fisher(
     progress: Progress | None = None,
     total: int | None = None,
     show_progress: bool | None = None,
-) -> dict[str, torch.Tensor]:
+    statistics: bool = False,
+) -> dict[str, torch.Tensor] | tuple[dict[str, torch.Tensor], dict[str, LayerStatistics]]:
     """Fisher importance of each target layer: {name: (in_features,) float32 CPU tensor}.
 
     ``mode="per_example"``: Σ over examples of each example's own squared weight gradient, summed over the
@@ -112,12 +135,16 @@ def estimate_fisher(
     ``len(batches)`` when it has one, else the ``total`` argument, else 0 for unknown). ``show_progress``
     draws a tqdm bar (default: when no ``progress`` is given and stderr is a terminal, on rank 0).
 
+    ``statistics=True`` returns ``(importances, {name: LayerStatistics})``: each layer's token statistics
+    (:mod:`fwsvd.fisher.statistics`) from the same pass, over the same tokens, all-reduced like the Fisher;
+    their output moment is over the gradient of the summed per-example loss in either mode.
+
     The model runs in eval mode and is returned as it was: weights, ``.grad``, ``requires_grad`` flags and
     train/eval modes untouched, hooks removed even when a batch raises.
     """
-    importances, _ = _estimate(model, batches, mode=mode, targets=targets, progress=progress, total=total,
-                               show_progress=show_progress)
-    return importances
+    importances, _, layer_statistics = _estimate(model, batches, mode=mode, targets=targets, progress=progress,
+                                                 total=total, show_progress=show_progress, statistics=statistics)
+    return (importances, layer_statistics) if statistics else importances
 
 
 def load_or_estimate_fisher(
@@ -134,6 +161,7 @@ def load_or_estimate_fisher(
     cache_dir: str | Path | None = None,
     progress: Progress | None = None,
     show_progress: bool | None = None,
+    statistics: bool = False,
 ) -> FisherResult:
     """The cached Fisher importances for this model and data, computed (and cached) when absent.
 
@@ -144,6 +172,11 @@ def load_or_estimate_fisher(
     corrupt, truncated or mismatched cache file is reported (logged warning), recomputed and overwritten.
     In a ``torch.distributed`` group the factory yields this rank's shard; rank 0 reads and writes the
     cache and shares a hit with the other ranks.
+
+    ``statistics=True`` also gives the layers' token statistics (``FisherResult.statistics``). They are
+    cached with the importances, in one file under the Fisher's key plus ``"statistics"``: a Fisher cached
+    without them is computed again together with them (one pass), and a request without statistics takes
+    the importances of such a file when the Fisher alone was never cached.
     """
     start = time.perf_counter()
     _check_mode(mode)
@@ -155,29 +188,58 @@ def load_or_estimate_fisher(
     provenance: dict[str, Any] = {"model_digest": model_digest(model), "data_id": data_id, **settings.key()}
     key = {"kind": "fisher", "format": CACHE_FORMAT, **provenance,
            "targets": key_digest({"names": sorted(resolved)})}
+    with_statistics = {**key, "statistics": True}
     cache = TensorCache(cache_dir, namespace="fisher")
-    path = cache.path_for(key)
     rank, _ = rank_and_world_size()
     device = _model_device(model)
 
-    cached = cache.get(key) if rank == 0 else None
-    if cached is not None and not _fits_targets(cached, resolved):
-        logger.warning("cache file %s does not match the model's target layers; it will be recomputed", path)
-        cached = None
+    # The Fisher alone is read from either file; statistics only from the file that holds them.
+    keys = [with_statistics] if statistics else [key, with_statistics]
+    path, cached = cache.path_for(keys[0]), None
+    if rank == 0:
+        for candidate in keys:
+            cached = _read_cached(cache, candidate, resolved, statistics)
+            if cached is not None:
+                path = cache.path_for(candidate)
+                break
     # Every rank must take the same branch, or the collectives below would wait forever.
     hit = bool(broadcast_(torch.tensor([cached is not None], dtype=torch.uint8, device=device)).item())
     if hit:
-        importances = _share_from_rank0(cached, resolved, device)
-        return FisherResult(importances, True, path, time.perf_counter() - start, provenance)
+        importances = _share_from_rank0(cached[0] if cached else None, resolved, device)
+        layer_statistics = _share_statistics_from_rank0(cached[1] if cached else None, resolved, device) \
+            if statistics else None
+        return FisherResult(importances, True, path, time.perf_counter() - start, provenance, layer_statistics)
 
-    importances, seen = _estimate(model, batches(), mode=mode, targets=resolved, progress=progress,
-                                  show_progress=show_progress)
+    importances, seen, layer_statistics = _estimate(model, batches(), mode=mode, targets=resolved,
+                                                    progress=progress, show_progress=show_progress,
+                                                    statistics=statistics)
     if seen != num_examples:
         logger.warning("Fisher of %s was estimated over %d examples, not the %d its cache key records",
                        data_id, seen, num_examples)
     if rank == 0:
-        path = cache.put(key, importances)
-    return FisherResult(importances, False, path, time.perf_counter() - start, provenance)
+        path = (cache.put(with_statistics, {**importances, **statistics_to_tensors(layer_statistics)})
+                if statistics else cache.put(key, importances))
+    return FisherResult(importances, False, path, time.perf_counter() - start, provenance, layer_statistics)
+
+
+def _read_cached(cache: TensorCache, key: Mapping[str, Any], targets: Mapping[str, nn.Module],
+                 statistics: bool) -> tuple[dict[str, torch.Tensor], dict[str, LayerStatistics] | None] | None:
+    """(importances, statistics or None) from the cache file of ``key`` if it fits ``targets`` and holds
+    statistics when they are asked for; None when absent or unusable (a warning says why)."""
+    tensors = cache.get(key)
+    if tensors is None:
+        return None
+    path = cache.path_for(key)
+    try:
+        importances, layer_statistics = split_statistics(tensors)
+    except ValueError as error:
+        logger.warning("cache file %s holds invalid statistics (%s); it will be recomputed", path, error)
+        return None
+    if not _fits_targets(importances, targets) or (
+            statistics and not _statistics_fit_targets(layer_statistics, targets)):
+        logger.warning("cache file %s does not match the model's target layers; it will be recomputed", path)
+        return None
+    return importances, layer_statistics if statistics else None
 
 
 def per_example_losses(logits: torch.Tensor, labels: torch.Tensor, config: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -218,6 +280,18 @@ def per_example_losses(logits: torch.Tensor, labels: torch.Tensor, config: Any) 
     return losses, losses.mean()
 
 
+def batch_loss_weights(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B,) weights w with ``batch loss = Σ_i w_i · loss_i`` for :func:`per_example_losses`' two losses.
+
+    Token classification averages over all labelled tokens of the batch, so an example weighs its share of
+    them (0 for one without any); every other head averages over examples, 1/B each.
+    """
+    if logits.dim() == 3 and labels.dim() == 2:
+        counts = (labels != IGNORE_INDEX).sum(1).float()
+        return counts / counts.sum().clamp(min=1)
+    return torch.full((labels.shape[0],), 1 / labels.shape[0], device=logits.device)
+
+
 def squared_gradient_sum(inputs: torch.Tensor, output_grads: torch.Tensor,
                          keep: torch.Tensor | None = None) -> torch.Tensor:
     """Σ_i Σ_o (Σ_t g[i, t, o] · x[i, t, j])², shape (in,): per-example weight gradients of a Linear,
@@ -256,15 +330,23 @@ class _GradientCapture:
     A layer called several times in one forward pass (weights shared across depth, as in ALBERT) gets one
     gradient per call; the example's weight gradient is the sum over calls, so the calls' tokens are
     concatenated before squaring.
+
+    With a ``statistics`` accumulator, the same hooks also add each call's inputs and output gradients to it,
+    over the same kept tokens; without one they do nothing more.
     """
 
-    def __init__(self, targets: Mapping[str, nn.Module], device: torch.device, per_example: bool) -> None:
+    def __init__(self, targets: Mapping[str, nn.Module], device: torch.device, per_example: bool,
+                 statistics: StatisticsAccumulator | None = None) -> None:
         self.per_example = per_example
+        self.statistics = statistics
         self.sums = {name: torch.zeros(dense_weight(module).shape[1], device=device)
                      for name, module in targets.items()}
         self._inputs: dict[str, list[torch.Tensor]] = {name: [] for name in targets}
         self._grads: dict[str, dict[int, torch.Tensor]] = {name: {} for name in targets}
         self._keep: torch.Tensor | None = None
+        #: (B,) factors that turn each example's output gradients into those of the summed per-example
+        #: loss, for the statistics; None when the backward pass is already of that loss. Reset per batch.
+        self.gradient_scale: torch.Tensor | None = None
         self._batch_size = 0
         self._handles = [module.register_forward_hook(partial(self._forward, name))
                          for name, module in targets.items()]
@@ -280,6 +362,7 @@ class _GradientCapture:
             self._inputs[name].clear()
             self._grads[name].clear()
         self._keep = None
+        self.gradient_scale = None
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -297,8 +380,19 @@ class _GradientCapture:
         call = len(self._inputs[name])
         self._inputs[name].append(inputs)
         output.register_hook(partial(self._backward, name, call))
+        if self.statistics is not None:
+            self.statistics.add_input(name, inputs, self._call_keep(inputs))
+
+    def _call_keep(self, tensor: torch.Tensor) -> torch.Tensor | None:
+        """The kept tokens of one call's batch-first ``tensor``; None when every token is kept."""
+        return None if self._keep is None else _token_keep(self._keep, tensor)
 
     def _backward(self, name: str, call: int, grad: torch.Tensor) -> None:
+        if self.statistics is not None:
+            scaled = grad
+            if self.gradient_scale is not None:
+                scaled = grad * self.gradient_scale.reshape(-1, *[1] * (grad.dim() - 1)).to(grad.dtype)
+            self.statistics.add_output_grad(name, scaled, self._call_keep(grad))
         grads = self._grads[name]
         grads[call] = grad
         inputs = self._inputs[name]
@@ -345,8 +439,10 @@ def _estimate(
     progress: Progress | None,
     show_progress: bool | None,
     total: int | None = None,
-) -> tuple[dict[str, torch.Tensor], int]:
-    """estimate_fisher's work; also returns the number of examples seen (over all ranks)."""
+    statistics: bool = False,
+) -> tuple[dict[str, torch.Tensor], int, dict[str, LayerStatistics] | None]:
+    """estimate_fisher's work: (importances, the number of examples seen over all ranks, the statistics if
+    asked for, else None)."""
     _check_mode(mode)
     resolved = resolve_targets(model, targets)
     device = _model_device(model)
@@ -361,7 +457,10 @@ def _estimate(
     with exclusive(model):
         training = [(module, module.training) for module in model.modules()]
         requires_grad = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
-        capture = _GradientCapture(resolved, device, per_example=mode == "per_example")
+        accumulator = StatisticsAccumulator(
+            {name: tuple(dense_weight(module).shape) for name, module in resolved.items()}, device,
+            gradients=True) if statistics else None
+        capture = _GradientCapture(resolved, device, per_example=mode == "per_example", statistics=accumulator)
         examples = 0
         bar = tqdm(total=total or None, desc=f"Fisher ({mode})", unit="batch", disable=not show_progress)
         try:
@@ -390,7 +489,10 @@ def _estimate(
         raise ValueError("batches is empty: the Fisher importance needs at least one labelled example")
     sizes = [capture.sums[name].numel() for name in names]
     importances = {name: part.float().cpu() for name, part in zip(names, flat[:-1].split(sizes))}
-    return importances, examples
+    if accumulator is None:
+        return importances, examples, None
+    accumulator.all_reduce_()
+    return importances, examples, accumulator.result()
 
 
 def _backward_batch(model: nn.Module, batch: Mapping[str, torch.Tensor], capture: _GradientCapture,
@@ -412,6 +514,11 @@ def _backward_batch(model: nn.Module, batch: Mapping[str, torch.Tensor], capture
         outputs = model(**inputs)
         logits = outputs.logits if hasattr(outputs, "logits") else outputs[0]
         losses, batch_loss = per_example_losses(logits, labels, getattr(model, "config", None))
+        if mode == "batch" and capture.statistics is not None:
+            # Statistics are over the gradient of the summed per-example loss; the batch loss weighs example
+            # i by w_i, and examples do not interact, so its gradients are w_i times those: divide.
+            weights = batch_loss_weights(logits, labels)
+            capture.gradient_scale = torch.where(weights > 0, 1 / weights, torch.zeros_like(weights))
         # Examples do not interact in eval mode, so the gradient of the summed losses holds each example's
         # own gradient in its row.
         (losses.sum() if mode == "per_example" else batch_loss).backward()
@@ -434,6 +541,26 @@ def _model_device(model: nn.Module) -> torch.device:
 def _fits_targets(importances: Mapping[str, torch.Tensor], targets: Mapping[str, nn.Module]) -> bool:
     return set(importances) == set(targets) and all(
         importances[name].shape == (dense_weight(module).shape[1],) for name, module in targets.items())
+
+
+def _statistics_fit_targets(statistics: Mapping[str, LayerStatistics], targets: Mapping[str, nn.Module]) -> bool:
+    return set(statistics) == set(targets) and all(
+        (statistics[name].out_features, statistics[name].in_features) == tuple(dense_weight(module).shape)
+        for name, module in targets.items())
+
+
+def _share_statistics_from_rank0(statistics: Mapping[str, LayerStatistics] | None,
+                                 targets: Mapping[str, nn.Module],
+                                 device: torch.device) -> dict[str, LayerStatistics]:
+    """Rank 0's cached statistics on every rank; outside a process group, rank 0's own, as they are."""
+    if not is_distributed():
+        return dict(statistics)
+    accumulator = StatisticsAccumulator({name: tuple(dense_weight(module).shape) for name, module in targets.items()},
+                                        device, gradients=True)
+    if statistics is not None:
+        accumulator.load_(statistics)
+    accumulator.broadcast_()
+    return accumulator.result()
 
 
 def _share_from_rank0(importances: Mapping[str, torch.Tensor] | None, targets: Mapping[str, nn.Module],

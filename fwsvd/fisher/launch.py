@@ -3,7 +3,10 @@
     torchrun --nproc_per_node=2 -m fwsvd.fisher.launch --model DIR --data batches.safetensors --out fisher.safetensors
 
 ``DIR`` is a model saved with ``save_pretrained``; ``batches.safetensors`` holds the tokenised examples as
-tensors with one row per example (``input_ids``, ``attention_mask``, ``labels``, ...). Library users call
+tensors with one row per example (``input_ids``, ``attention_mask``, ``labels``, ...). With ``--statistics``
+the output file also holds each layer's token statistics, all-reduced in the same pass, as
+:func:`fwsvd.fisher.statistics.statistics_to_tensors` lays them out (read back with ``split_statistics``).
+Library users call
 :func:`fwsvd.fisher.distributed.shard_batches` and :func:`fwsvd.estimate_fisher` from their own script.
 """
 
@@ -18,6 +21,7 @@ import torch.distributed as dist
 
 from fwsvd.fisher.distributed import rank_and_world_size, shard_batches
 from fwsvd.fisher.estimate import estimate_fisher
+from fwsvd.fisher.statistics import statistics_to_tensors
 
 
 def init_from_env() -> torch.device:
@@ -57,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="safetensors file the importances are written to (rank 0)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--mode", choices=("per_example", "batch"), default="per_example")
+    parser.add_argument("--statistics", action="store_true",
+                        help="also write each layer's token statistics (input/output second moments, |x| sums)")
     args = parser.parse_args(argv)
 
     import transformers
@@ -71,10 +77,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     model = model_class.from_pretrained(args.model).to(device)
     examples = load_file(args.data)
     batches = shard_batches(iter_example_batches(examples, args.batch_size), rank, world_size)
-    importances = estimate_fisher(model, batches, mode=args.mode, show_progress=rank == 0)
+    result = estimate_fisher(model, batches, mode=args.mode, show_progress=rank == 0, statistics=args.statistics)
+    importances, layer_statistics = result if args.statistics else (result, {})
+    tensors = {**importances, **statistics_to_tensors(layer_statistics)}
     if rank == 0:
-        save_file({name: tensor.contiguous() for name, tensor in importances.items()}, args.out)
-        print(f"wrote the {args.mode} Fisher of {len(importances)} layers over {world_size} processes to {args.out}")
+        save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, args.out)
+        print(f"wrote the {args.mode} Fisher of {len(importances)} layers over {world_size} processes to {args.out}"
+              + (" with their token statistics" if args.statistics else ""))
     dist.destroy_process_group()
 
 

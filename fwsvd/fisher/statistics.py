@@ -14,12 +14,12 @@ about 60 % of the full product's work, the rest mirrored once when the result is
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
 from fwsvd.factorize.weighted import LayerStatistics
-from fwsvd.fisher.distributed import all_reduce_sum_
+from fwsvd.fisher.distributed import all_reduce_sum_, broadcast_
 
 #: Rows of the upper triangle summed per matrix product. Smaller panels skip more of the lower triangle but
 #: run at lower efficiency: on one CPU thread, 4,096 tokens of 1,536 features take 0.63× the full product's
@@ -92,17 +92,39 @@ class StatisticsAccumulator:
             moment = self._output_moments[name] = self._zeros(m, m)
         add_gram_(moment, tokens)
 
+    def load_(self, statistics: Mapping[str, LayerStatistics]) -> None:
+        """Replace the running sums of the named layers by ``statistics`` (e.g. read from a cache file)."""
+        for name, layer in statistics.items():
+            m, n = self._shape(name)
+            if layer.in_features != n or layer.out_features not in (None, m):
+                raise ValueError(f"statistics of layer {name!r} have {layer.in_features} inputs and "
+                                 f"{layer.out_features} outputs; this accumulator's layer has {n} and {m}")
+            self._input_moments[name] = layer.input_moment.to(self._device, torch.float32, copy=True)
+            self._input_abs_sums[name] = layer.input_abs_sum.to(self._device, torch.float32, copy=True)
+            if layer.output_moment is not None:
+                self._output_moments[name] = layer.output_moment.to(self._device, torch.float32, copy=True)
+            self._tokens[name] = layer.tokens
+
     def all_reduce_(self) -> None:
         """Sum every running statistic over the processes of a ``torch.distributed`` group (a no-op outside
         one); every process must have been created with ``gradients=True`` and the same shapes."""
+        self._collective(all_reduce_sum_)
+
+    def broadcast_(self) -> None:
+        """Overwrite every running statistic with rank 0's (a no-op outside a process group); as for
+        :meth:`all_reduce_`, every process must hold the same tensors."""
+        self._collective(broadcast_)
+
+    def _collective(self, operation: Callable[[torch.Tensor], torch.Tensor]) -> None:
         for name in self._shapes:
             for tensor in (self._input_moments[name], self._input_abs_sums[name],
                            self._output_moments.get(name)):
                 if tensor is not None:
-                    all_reduce_sum_(tensor)
+                    operation(tensor)
+        # Token counts as integers: float32 counts would stop being exact past 2**24 tokens.
         counts = torch.tensor([self._tokens[name] for name in self._shapes], dtype=torch.int64,
                               device=self._device)
-        all_reduce_sum_(counts)
+        operation(counts)
         self._tokens = dict(zip(self._shapes, counts.tolist()))
 
     def result(self) -> dict[str, LayerStatistics]:

@@ -28,11 +28,13 @@ def task_fisher(
     *,
     cache_dir: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
+    statistics: bool = False,
 ) -> FisherResult:
     """Fisher importances of ``model``'s target layers over ``config.num_examples`` shuffled (``config.seed``)
     examples of the task's **train** split (``config``: a :class:`~fwsvd.config.FisherConfig`, default the
     paper's exact per-example Fisher over 1024 examples), from the cache when the same model, data and
-    settings were seen before."""
+    settings were seen before. ``statistics=True`` also gives each layer's token statistics over the same
+    examples (``result.statistics[name]``, a LayerStatistics; see :mod:`fwsvd.fisher.statistics`)."""
     config = config if config is not None else FisherConfig()
     # The cache key records the examples actually used: a small train split caps the request.
     used = min(config.num_examples, len(task.load_split("train")))
@@ -44,7 +46,7 @@ def task_fisher(
     return load_or_estimate_fisher(
         model, batches, data_id=task.data_id("train"), num_examples=used, seed=config.seed,
         max_length=config.max_length, mode=config.mode, batch_size=config.batch_size, cache_dir=cache_dir,
-        progress=progress,
+        progress=progress, statistics=statistics,
     )
 
 
@@ -53,9 +55,9 @@ class _NotCached(LookupError):
 
 
 def cached_task_fisher(model: nn.Module, task: Any, config: FisherConfig | None = None, *,
-                       cache_dir: str | Path | None = None) -> FisherResult | None:
-    """The Fisher :func:`task_fisher` would return for ``config`` if the disk cache holds it, else None.
-    Never estimates, so opening the dashboard stays fast.
+                       cache_dir: str | Path | None = None, statistics: bool = False) -> FisherResult | None:
+    """The Fisher :func:`task_fisher` would return for ``config`` (and ``statistics``) if the disk cache
+    holds it, else None. Never estimates, so opening the dashboard stays fast.
 
     ``load_or_estimate_fisher`` builds the data only on a miss, and the factory given here refuses to, so a
     miss costs one digest of the model's weights. The cache key is task_fisher's: the same data identity and
@@ -69,6 +71,6 @@ def cached_task_fisher(model: nn.Module, task: Any, config: FisherConfig | None 
     try:
         return load_or_estimate_fisher(model, refuse, data_id=task.data_id("train"), num_examples=used,
                                        seed=config.seed, max_length=config.max_length, mode=config.mode,
-                                       batch_size=config.batch_size, cache_dir=cache_dir)
+                                       batch_size=config.batch_size, cache_dir=cache_dir, statistics=statistics)
     except _NotCached:
         return None
