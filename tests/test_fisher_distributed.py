@@ -1,4 +1,4 @@
-"""Data-parallel Fisher: 2 CPU processes over gloo give the importances of 1 process.
+"""Data-parallel Fisher: 2 CPU processes over gloo give the importances (and token statistics) of 1 process.
 
 This file is also the worker that torchrun starts in each process (see ``__main__`` at the bottom), so one
 launch covers the library calls, the cache shared from rank 0 and the command-line entry.
@@ -21,6 +21,7 @@ from transformers import BertForTokenClassification
 from fwsvd.fisher.distributed import rank_and_world_size, shard_batches
 from fwsvd.fisher.launch import init_from_env, iter_example_batches, main
 from fwsvd.fisher.estimate import estimate_fisher, load_or_estimate_fisher
+from fwsvd.fisher.statistics import split_statistics, statistics_to_tensors
 
 pytestmark = [pytest.mark.distributed, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -41,9 +42,11 @@ def examples() -> dict[str, torch.Tensor]:
 
 
 def assert_same(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """Equal up to the order of float32 additions (tensors of token statistics included, their counts exactly)."""
     assert actual.keys() == expected.keys()
     for name in expected:
-        torch.testing.assert_close(actual[name], expected[name], rtol=1e-5, atol=1e-7 * expected[name].max().item())
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-5,
+                                   atol=1e-7 * expected[name].abs().max().item())
 
 
 def test_shard_batches_partitions_in_order():
@@ -65,7 +68,13 @@ def write_inputs(directory: Path) -> None:
 
 def cli_arguments(directory: Path) -> list[str]:
     return ["--model", str(directory / "model"), "--data", str(directory / "data.safetensors"),
-            "--out", str(directory / "cli.safetensors"), "--batch-size", "2"]
+            "--out", str(directory / "cli.safetensors"), "--batch-size", "2", "--statistics"]
+
+
+def with_statistics(result: tuple[dict[str, torch.Tensor], dict]) -> dict[str, torch.Tensor]:
+    """Importances and statistics as one flat dict of tensors, as the cache and the command line store them."""
+    importances, statistics = result
+    return {**importances, **statistics_to_tensors(statistics)}
 
 
 def worker(directory: Path) -> None:
@@ -78,6 +87,7 @@ def worker(directory: Path) -> None:
     results = {
         "exact": estimate_fisher(model, shard_batches(batches)),
         "batch": estimate_fisher(model, shard_batches(batches), mode="batch"),
+        "statistics": with_statistics(estimate_fisher(model, shard_batches(batches), statistics=True)),
     }
     # Rank 0 alone reads and writes the cache; a hit reaches every rank without building any data.
     miss = load_or_estimate_fisher(model, lambda: shard_batches(batches), cache_dir=directory, **KEY)
@@ -88,6 +98,12 @@ def worker(directory: Path) -> None:
     hit = load_or_estimate_fisher(model, no_data, cache_dir=directory, **KEY)
     assert not miss.from_cache and hit.from_cache
     results.update(miss=miss.importances, hit=hit.importances)
+    # The same with statistics: all-reduced on a miss, rank 0's cached file shared on a hit.
+    for name in ("statistics-miss", "statistics-hit"):
+        result = load_or_estimate_fisher(model, lambda: shard_batches(batches), cache_dir=directory, **KEY,
+                                         statistics=True)
+        assert result.from_cache == name.endswith("hit")
+        results[name] = with_statistics((result.importances, result.statistics))
     for name, importances in results.items():
         save_file(importances, str(directory / f"{name}-{rank}.safetensors"))
     main(cli_arguments(directory))  # also leaves the process group
@@ -106,12 +122,18 @@ def test_torchrun_two_processes_match_one(tmp_path):
     model = BertForTokenClassification.from_pretrained(tmp_path / "model")
     batches = list(iter_example_batches(load_file(str(tmp_path / "data.safetensors")), 2))
     exact = estimate_fisher(model, batches)
-    expected = {"exact": exact, "batch": estimate_fisher(model, batches, mode="batch"), "miss": exact, "hit": exact}
+    statistics = with_statistics(estimate_fisher(model, batches, statistics=True))
+    expected = {"exact": exact, "batch": estimate_fisher(model, batches, mode="batch"), "miss": exact, "hit": exact,
+                "statistics": statistics, "statistics-miss": statistics, "statistics-hit": statistics}
     for name, importances in expected.items():
         for rank in range(2):
             assert_same(load_file(str(tmp_path / f"{name}-{rank}.safetensors")), importances)
-    assert_same(load_file(str(tmp_path / "cli.safetensors")), exact)
-    assert len(list((tmp_path / "fisher").glob("*.safetensors"))) == 1
+    cli = load_file(str(tmp_path / "cli.safetensors"))
+    assert_same(cli, statistics)
+    _, per_layer = split_statistics(cli)
+    assert {layer.tokens for layer in per_layer.values()} == {int(examples()["attention_mask"].sum())}
+    # One file for the Fisher alone, one for the Fisher with statistics.
+    assert len(list((tmp_path / "fisher").glob("*.safetensors"))) == 2
 
 
 if __name__ == "__main__":
