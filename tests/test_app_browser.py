@@ -154,8 +154,9 @@ def test_walk_through_every_page(browser_page):
     with page.expect_download() as download:
         page.get_by_role("button", name="Download ranks (JSON)").click()
     config = json.loads(Path(download.value.path()).read_text())
-    assert config["ranks"]["bert.encoder.layer.0.attention.self.query"] == 1
-    config["ranks"]["bert.encoder.layer.0.attention.self.query"] = 7
+    assert config["format"] == "fwsvd-compression-config"
+    assert config["rank_pattern"]["bert.encoder.layer.0.attention.self.query"] == 1
+    config["rank_pattern"]["bert.encoder.layer.0.attention.self.query"] = 7
     edited = root / "ranks.json"
     edited.write_text(json.dumps(config))
     page.locator("[data-testid='stFileUploader'] input[type='file']").set_input_files(str(edited))
