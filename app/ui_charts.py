@@ -1,7 +1,8 @@
 """Plotly figures of the dashboard: data frames from ``fwsvd.explore`` in, figures out.
 
-No streamlit here, so the benchmark can time figure building on its own. SVD and FWSVD keep the same two
-colours in every figure; the dense model is a black dashed line.
+No streamlit here, so the benchmark can time figure building on its own. Every figure of methods takes the
+methods to show (any subset of :data:`fwsvd.view.analysis.METHODS`); each method keeps its colour in every
+figure, and the dense model is black (a dashed line where it is a reference).
 """
 
 from __future__ import annotations
@@ -13,10 +14,24 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-COLORS = {"svd": "#E8710A", "fwsvd": "#1A73E8", "dense": "#000000"}
-LABELS = {"svd": "SVD", "fwsvd": "FWSVD", "dense": "dense model"}
+from fwsvd.view.analysis import METHOD_LABELS
+
+COLORS = {"svd": "#E8710A", "fwsvd": "#1A73E8", "asvd": "#188038", "whiten": "#9334E6", "kfac": "#B3261E",
+          "dense": "#000000"}
+#: For a method added to the library after these colours were chosen.
+SPARE_COLORS = ("#12B5CB", "#F9AB00", "#E52592", "#5F6368")
+LABELS = {**METHOD_LABELS, "dense": "dense model"}
 KEPT_COLOR, REMOVED_COLOR, WARNING_COLOR = "#5F6368", "#DADCE0", "#D93025"
-METHODS = ("svd", "fwsvd")
+#: Line style of each rank rule on the allocated-vs-uniform figures.
+RULE_DASH = {"uniform": "solid", "allocated": "dash"}
+
+
+def color(method: str) -> str:
+    return COLORS.get(method) or SPARE_COLORS[sum(map(ord, method)) % len(SPARE_COLORS)]
+
+
+def label(method: str) -> str:
+    return LABELS.get(method, method)
 
 
 def layer_labels(frame: pd.DataFrame) -> list[str]:
@@ -67,19 +82,20 @@ def _grid(rows: int, columns: int, titles: Sequence[str], *, horizontal: float, 
     return layout
 
 
-def error_figure(frame: pd.DataFrame) -> go.Figure:
-    """Per-layer relative reconstruction error at the current ranks, SVD vs FWSVD: plain on top,
-    Fisher-weighted below (SVD minimises the first, FWSVD the second — the one accuracy follows)."""
+def error_figure(frame: pd.DataFrame, methods: Sequence[str]) -> go.Figure:
+    """Per-layer relative reconstruction error at the current ranks for each of ``methods``: plain on top,
+    Fisher-weighted below (SVD minimises the first, FWSVD the second — the one accuracy follows). A layer
+    kept dense has no error."""
     labels = layer_labels(frame)
     traces = []
     for axis, column in (("", "{}_error"), ("2", "{}_weighted_error")):
-        for method in METHODS:
+        for method in methods:
             traces.append(dict(
-                type="bar", x=labels, y=frame[column.format(method)].to_numpy(), name=LABELS[method],
-                marker_color=COLORS[method],
+                type="bar", x=labels, y=frame[column.format(method)].to_numpy(), name=label(method),
+                marker_color=color(method),
                 legendgroup=method, showlegend=axis == "", customdata=frame["rank"].to_numpy(), xaxis=f"x{axis}",
                 yaxis=f"y{axis}", hovertemplate="%{x}<br>rank %{customdata}<br>relative error %{y:.3f}<extra>"
-                                                + LABELS[method] + "</extra>"))
+                                                + label(method) + "</extra>"))
     layout = _base_layout("Reconstruction error per layer at the current ranks", 620)
     layout.update(_grid(2, 1, ("Plain error ‖W − Ŵ‖ / ‖W‖",
                                "Fisher-weighted error ‖(W − Ŵ)·D‖ / ‖W·D‖  (what the task feels)"),
@@ -110,9 +126,11 @@ def params_figure(frame: pd.DataFrame) -> go.Figure:
     ], layout=layout)
 
 
-def spectrum_figure(spectra: Mapping[str, pd.DataFrame], rows: pd.DataFrame, columns: int = 3) -> go.Figure:
-    """Normalised singular values of each layer in ``rows`` (a slice of the layer frame), SVD vs FWSVD,
-    with the current cut (solid) and the break-even rank (dotted)."""
+def spectrum_figure(spectra: Mapping[str, pd.DataFrame], rows: pd.DataFrame, methods: Sequence[str],
+                    columns: int = 3) -> go.Figure:
+    """Normalised singular values of each layer in ``rows`` (a slice of the layer frame) for each of
+    ``methods``, with the current cut (solid; at the full rank for a layer kept dense) and the break-even rank
+    (dotted)."""
     grid_rows = max(1, -(-len(rows) // columns))
     layout = _base_layout("Singular-value spectra (solid line: current rank; dotted: break-even)", 300 * grid_rows + 80)
     layout.update(_grid(grid_rows, columns, list(rows["name_in_block"]), horizontal=0.07, vertical=0.16))
@@ -121,13 +139,13 @@ def spectrum_figure(spectra: Mapping[str, pd.DataFrame], rows: pd.DataFrame, col
     for position, (_, row) in enumerate(rows.iterrows()):
         axis = "" if position == 0 else str(position + 1)
         spectrum = spectra[row["layer"]]
-        for method in METHODS:
+        for method in methods:
             part = spectrum[spectrum["method"] == method]
             traces.append(dict(
                 type="scatter", x=part["index"].to_numpy(), y=part["value"].to_numpy(), mode="lines",
-                name=LABELS[method], legendgroup=method,
-                line=dict(color=COLORS[method], width=2), showlegend=position == 0, xaxis=f"x{axis}",
-                yaxis=f"y{axis}", hovertemplate="σ%{x}: %{y:.3g} of σ1<extra>" + LABELS[method] + "</extra>"))
+                name=label(method), legendgroup=method,
+                line=dict(color=color(method), width=2), showlegend=position == 0, xaxis=f"x{axis}",
+                yaxis=f"y{axis}", hovertemplate="σ%{x}: %{y:.3g} of σ1<extra>" + label(method) + "</extra>"))
         cut_color = WARNING_COLOR if row["above_break_even"] else "#202124"
         for x, line in ((row["rank"], dict(color=cut_color, width=2)),
                         (row["break_even_rank"], dict(color="#9AA0A6", dash="dot", width=1))):
@@ -195,10 +213,10 @@ def exact_vs_batch_figure(frame: pd.DataFrame) -> go.Figure:
     """Agreement of exact per-example Fisher and the batch shortcut, per layer (1 = the same ranking)."""
     labels = layer_labels(frame)
     figure = go.Figure()
-    for column, name, color in (("cosine", "cosine similarity", COLORS["fwsvd"]),
+    for column, name, shade in (("cosine", "cosine similarity", COLORS["fwsvd"]),
                                 ("spearman", "Spearman rank correlation", "#5F6368"),
                                 ("top10_overlap", "top-10% feature overlap", "#9AA0A6")):
-        figure.add_trace(go.Bar(x=labels, y=frame[column], name=name, marker_color=color,
+        figure.add_trace(go.Bar(x=labels, y=frame[column], name=name, marker_color=shade,
                                 hovertemplate="%{x}<br>" + name + " %{y:.3f}<extra></extra>"))
     figure.update_layout(barmode="group")
     figure.update_yaxes(title_text="agreement (1 = identical)", range=[0, 1.05])
@@ -206,36 +224,58 @@ def exact_vs_batch_figure(frame: pd.DataFrame) -> go.Figure:
     return _layout(figure, "Exact per-example Fisher vs the batch shortcut", 440)
 
 
-def compare_figure(frame: pd.DataFrame, metric: str) -> go.Figure:
-    """The paper's figure: the task metric against the model's parameters for SVD and FWSVD over the
-    swept rank ratios, with the dense model as a black dashed line."""
+def _rule_traces(figure: go.Figure, frame: pd.DataFrame, methods: Sequence[str], x: str, y: str,
+                 scale: float, what: str) -> None:
+    """One line per (method, rank rule) of ``frame`` (columns method, rule, rank_ratio and ``x``, ``y``): the
+    method's colour, solid for the uniform rule and dashed for the allocated one."""
+    for method in methods:
+        for rule, dash in RULE_DASH.items():
+            part = frame[(frame["method"] == method) & (frame["rule"] == rule)].sort_values(x)
+            if part.empty:
+                continue
+            name = f"{label(method)}, {rule}"
+            figure.add_trace(go.Scatter(
+                x=(part[x] / scale).tolist(), y=part[y].tolist(), mode="lines+markers", name=name,
+                legendgroup=method, line=dict(color=color(method), width=3, dash=dash), marker=dict(size=9),
+                customdata=part["rank_ratio"].tolist(),
+                hovertemplate="rank ratio %{customdata:.2f}<br>%{x:.3g} " + what + "<br>" + y.replace("_", " ")
+                              + " %{y:.4g}<extra>" + name + "</extra>"))
+
+
+def compare_figure(frame: pd.DataFrame, metric: str, methods: Sequence[str]) -> go.Figure:
+    """The paper's figure: the task metric against the model's parameters for each of ``methods`` over the
+    swept rank ratios, per rank rule (uniform solid, allocated dashed), with the dense model as a black
+    dashed line."""
     figure = go.Figure()
     dense = frame[frame["method"] == "dense"]
-    for method in METHODS:
-        part = frame[frame["method"] == method].sort_values("params")
-        if part.empty:
-            continue
-        figure.add_trace(go.Scatter(
-            x=part["params"] / 1e6, y=part[metric], mode="lines+markers", name=LABELS[method],
-            line=dict(color=COLORS[method], width=3), marker=dict(size=9), customdata=part["rank_ratio"],
-            hovertemplate="rank ratio %{customdata:.2f}<br>%{x:.2f}M parameters<br>" + metric
-                          + " %{y:.4f}<extra>" + LABELS[method] + "</extra>"))
+    _rule_traces(figure, frame, methods, "params", metric, 1e6, "M parameters")
     if not dense.empty:
         figure.add_hline(y=float(dense[metric].iloc[0]), line=dict(color=COLORS["dense"], dash="dash", width=2),
                          annotation_text=f"dense model ({float(dense['params'].iloc[0]) / 1e6:.1f}M)",
                          annotation_position="top left")
     figure.update_xaxes(title_text="model parameters (millions)")
     figure.update_yaxes(title_text=metric.replace("_", " "))
-    return _layout(figure, f"{metric.replace('_', ' ').capitalize()} against model size: SVD vs FWSVD", 460)
+    return _layout(figure, f"{metric.replace('_', ' ').capitalize()} against model size", 460)
 
 
-def evaluation_figure(frame: pd.DataFrame, metric: str) -> go.Figure:
-    """The task metric of the evaluated models at the current ranks (dense, SVD, FWSVD) as bars."""
-    order = [method for method in ("dense", *METHODS) if method in set(frame["method"])]
+def allocation_figure(frame: pd.DataFrame, methods: Sequence[str]) -> go.Figure:
+    """Summed Fisher-weighted error against weight parameters kept, for each of ``methods``: every layer at one
+    rank ratio (solid) against the ranks allocated for the same parameters (dashed)
+    (:func:`ui_allocation.allocation_curves`)."""
+    figure = go.Figure()
+    _rule_traces(figure, frame, methods, "params", "error", 1e6, "M weights kept")
+    figure.update_xaxes(title_text="weight parameters kept in the target layers (millions)")
+    figure.update_yaxes(title_text="Σ over layers of ‖(W − Ŵ)·D‖²", rangemode="tozero")
+    return _layout(figure, "Error against size: uniform ranks (solid) vs allocated ranks (dashed)", 460)
+
+
+def evaluation_figure(frame: pd.DataFrame, metric: str, methods: Sequence[str]) -> go.Figure:
+    """The task metric of the evaluated models at the current ranks (dense, then ``methods``) as bars."""
+    order = [method for method in ("dense", *methods) if method in set(frame["method"])]
     frame = frame.set_index("method").loc[order].reset_index()
     figure = go.Figure(go.Bar(
-        x=[LABELS[method] for method in frame["method"]], y=frame[metric],
-        marker_color=[COLORS[method] for method in frame["method"]],
+        x=[label(method) for method in frame["method"]], y=frame[metric],
+        marker_color=[color(method) for method in frame["method"]],
         text=[f"{value:.3f}" for value in frame[metric]], textposition="outside",
         hovertemplate="%{x}: %{y:.4f}<extra></extra>"))
     figure.update_yaxes(title_text=metric.replace("_", " "), range=[0, max(1.0, float(frame[metric].max()) * 1.15)])

@@ -6,15 +6,17 @@ Nothing here imports torch at module level: the rank explorer draws from an anal
 (:mod:`fwsvd.view.explorer`) when one matches the model's files, and only loads the model when it must.
 The default model and task come from the environment (:meth:`fwsvd.view.explorer.Source.from_environment`),
 so tests can point the app at a tiny model. The session holds one compression: the explorer's Fisher settings
-(a :class:`~fwsvd.config.FisherConfig`), its ranks, and the method chosen on the Export page.
+(a :class:`~fwsvd.config.FisherConfig`), its ranks (a layer at full rank is kept dense, see :mod:`ui_allocation`),
+and the method chosen on the Export page; and the methods compared on every page (the sidebar's choice).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +25,8 @@ import streamlit as st
 
 from fwsvd.config import DEFAULT_RANK_RATIO, CompressionConfig, FisherConfig
 from fwsvd.storage.locations import demo_is_built
-from fwsvd.view.analysis import LayerAnalysis, shapes_of
+from fwsvd.view.analysis import DEFAULT_METHODS, METHOD_LABELS, METHODS, LayerAnalysis, needs_statistics, shapes_of
+from ui_allocation import compressed_ranks
 from fwsvd.view.explorer import ExplorerView, Source, fisher_identity, load_view, save_view, snapshot_key
 
 if TYPE_CHECKING:
@@ -40,6 +43,7 @@ RANKS_OWNER = "ranks_owner"
 EVALUATIONS = "evaluations"
 SWEEPS = "sweeps"
 RANK_WIDGET_PREFIX = "rank::"
+CHOSEN_METHODS = "methods"
 
 PAGES = {
     "model": "pages/1_model_and_task.py",
@@ -84,10 +88,43 @@ def set_fisher_config(config: FisherConfig) -> None:
     st.session_state[FISHER_CONFIG] = config
 
 
-def compression_config(method: str) -> CompressionConfig:
-    """The session's compression with ``method``: the explorer's ranks, every one pinned, and its Fisher
-    settings. What the Export page downloads and records in the model it builds."""
-    return CompressionConfig(method=method, fisher=fisher_config()).with_ranks(st.session_state[RANKS])
+def compression_config(method: str, analyses: dict[str, LayerAnalysis]) -> CompressionConfig:
+    """The session's compression with ``method``: the explorer's ranks, every factorized layer pinned and the
+    layers kept dense left out (of rank_pattern and target_modules alike), and its Fisher settings. What the
+    Export page downloads and records in the model it builds."""
+    ranks = compressed_ranks(st.session_state[RANKS], analyses)
+    if not ranks:
+        raise ValueError("every layer is kept dense at the current ranks (each at its full rank): there is nothing "
+                         "to compress; lower a rank on the Rank explorer")
+    return CompressionConfig(method=method, fisher=fisher_config()).with_ranks(ranks)
+
+
+# --------------------------------------------------------------------------------------------------
+# Methods
+
+
+def method_label(method: str) -> str:
+    """A method's display name (SVD, FWSVD, …); ``dense`` is the uncompressed model."""
+    return "dense model" if method == "dense" else METHOD_LABELS.get(method, method)
+
+
+def methods_text(methods: Sequence[str]) -> str:
+    """Methods for a sentence: "SVD", "SVD and FWSVD", "SVD, FWSVD and ASVD"."""
+    labels = [method_label(method) for method in methods]
+    return labels[0] if len(labels) == 1 else f"{', '.join(labels[:-1])} and {labels[-1]}"
+
+
+def chosen_methods() -> tuple[str, ...]:
+    """The methods to compare, chosen in the sidebar (drawn here; the choice is the session's, shared by every
+    page that calls this), in the library's order; with none chosen, a message and stop."""
+    chosen = st.sidebar.multiselect("Methods to compare", METHODS, default=DEFAULT_METHODS, format_func=method_label,
+                                    key=CHOSEN_METHODS, persist_state="session",
+                                    help="Every error plot, spectrum, evaluation and sweep shows these methods. "
+                                         "Methods weighted by token statistics compute them (once) with the Fisher.")
+    if not chosen:
+        st.info("Choose at least one method to compare in the sidebar.", icon=":material/info:")
+        st.stop()
+    return tuple(method for method in METHODS if method in chosen)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -193,33 +230,40 @@ def progress_bar(text: str) -> tuple[Any, Callable[[int, int], None]]:
 # Fisher
 
 
-def _results_key(current: Source, config: FisherConfig) -> tuple[str, str]:
-    return current.key, json.dumps(config.key(), sort_keys=True)
+def _results_key(current: Source, config: FisherConfig, statistics: bool) -> tuple[str, str, bool]:
+    return current.key, json.dumps(config.key(), sort_keys=True), statistics
 
 
-def fisher_for(loaded: Loaded, config: FisherConfig | None = None) -> Any:
-    """The FisherResult for ``config`` (default: the explorer's) if this session has it or the disk cache
-    holds it, else None."""
+def _statistics_flag(statistics: bool) -> dict[str, bool]:
+    """The library's ``statistics=`` argument, passed only when asked (the plain Fisher is its default)."""
+    return {"statistics": True} if statistics else {}
+
+
+def fisher_for(loaded: Loaded, config: FisherConfig | None = None, *, statistics: bool = False) -> Any:
+    """The FisherResult for ``config`` (default: the explorer's), with the token statistics when
+    ``statistics``, if this session has it or the disk cache holds it, else None."""
     from fwsvd.fisher.task import cached_task_fisher
 
     config = config or fisher_config()
     results = st.session_state.setdefault(FISHER_RESULTS, {})
-    key = _results_key(loaded.source, config)
+    key = _results_key(loaded.source, config, statistics)
     if key not in results:
-        cached = cached_task_fisher(loaded.model, loaded.task, config)
+        cached = cached_task_fisher(loaded.model, loaded.task, config, **_statistics_flag(statistics))
         if cached is None:
             return None
         results[key] = cached
     return results[key]
 
 
-def compute_fisher(loaded: Loaded, config: FisherConfig, progress: Callable[[int, int], None]) -> Any:
+def compute_fisher(loaded: Loaded, config: FisherConfig, progress: Callable[[int, int], None], *,
+                   statistics: bool = False) -> Any:
     from fwsvd.fisher.task import task_fisher
 
-    result = task_fisher(loaded.model, loaded.tokenizer, loaded.task, config, progress=progress)
-    st.session_state.setdefault(FISHER_RESULTS, {})[_results_key(loaded.source, config)] = result
-    if config.key() == fisher_config().key():  # the explorer's Fisher (not a comparison's): analyse it now,
-        view_from_model(loaded, result, config)  # so the rank explorer opens from its snapshot
+    result = task_fisher(loaded.model, loaded.tokenizer, loaded.task, config, progress=progress,
+                         **_statistics_flag(statistics))
+    st.session_state.setdefault(FISHER_RESULTS, {})[_results_key(loaded.source, config, statistics)] = result
+    if config.key() == fisher_config().key() and not statistics:  # the explorer's Fisher (not a comparison's):
+        view_from_model(loaded, result, config)  # analyse it now, so the rank explorer opens from its snapshot
     return result
 
 
@@ -294,6 +338,67 @@ def view_from_model(loaded: Loaded, fisher: Any, config: FisherConfig) -> Explor
     key = snapshot_key(loaded.source, config)
     if key is not None:
         _save_snapshot(json.dumps(key, sort_keys=True), view)
+    return view
+
+
+def method_inputs(fisher: Any, methods: Sequence[str]) -> dict[str, Any]:
+    """The keyword arguments the library's compress / evaluate / analyse calls need for ``methods``: the
+    Fisher importances and, when a method is weighted by token statistics, the statistics gathered with them."""
+    inputs: dict[str, Any] = {"fisher": fisher.importances}
+    if any(needs_statistics(method) for method in methods):
+        inputs["statistics"] = fisher.statistics
+    return inputs
+
+
+def fisher_for_methods(loaded: Loaded, methods: Sequence[str], why: str) -> Any:
+    """The explorer's FisherResult, with the token statistics when a method in ``methods`` needs them: those
+    are gathered in one more pass over the Fisher's examples (a progress bar, once; then cached on disk)."""
+    fisher = require_fisher(loaded, why)
+    if not any(needs_statistics(method) for method in methods) or getattr(fisher, "statistics", None):
+        return fisher
+    config = fisher_config()
+    with_statistics = fisher_for(loaded, config, statistics=True)
+    if with_statistics is None:
+        bar, progress = progress_bar("Gathering the token statistics of "
+                                     + methods_text([method for method in methods if needs_statistics(method)])
+                                     + " (once)")
+        with_statistics = compute_fisher(loaded, config, progress, statistics=True)
+        bar.empty()
+    return with_statistics
+
+
+def with_methods(view: ExplorerView, methods: Sequence[str]) -> ExplorerView:
+    """``view`` with the analyses of every method in ``methods``: those it lacks are computed once (loading
+    the model, and the token statistics a method needs) and saved into the explorer's snapshot."""
+    missing = tuple(method for method in methods if any(method not in layer.curves
+                                                        for layer in view.analyses.values()))
+    if not missing:
+        return view
+    return _extended_view(view, missing, (view.source_key, view.fisher_key, missing))
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _extended_view(_view: ExplorerView, missing: tuple[str, ...], key: tuple) -> ExplorerView:
+    from fwsvd.surgery.analyze import analyze_layers
+
+    # ``key`` (source, Fisher identity and the methods added) stands for the unhashable view.
+    loaded = require_model()
+    fisher = fisher_for_methods(loaded, missing, "Analysing these methods needs the Fisher importances: compute "
+                                                 "them on the Fisher page.")
+    with st.spinner(f"Decomposing every target layer for {methods_text(missing)} (once) …"):
+        added = analyze_layers(loaded.model, methods=missing, store=decomposition_store(),
+                               **method_inputs(fisher, missing))
+    merged = {name: dataclasses.replace(layer, singular_values={**layer.singular_values,
+                                                               **added[name].singular_values},
+                                        curves={**layer.curves, **added[name].curves})
+              for name, layer in _view.analyses.items()}
+    view = dataclasses.replace(_view, analyses=merged)
+    key_now = snapshot_key(loaded.source, fisher_config())
+    if key_now is not None:
+        try:  # the next start opens with these methods too
+            save_view(key_now, view)
+        except OSError as error:
+            logger.warning("could not save the rank explorer's snapshot: %s", error)
     return view
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import streamlit as st
+import torch
 from streamlit.testing.v1 import AppTest
 
 from app_support import prepare_app_environment
@@ -69,6 +70,24 @@ def _metric(at: AppTest, label: str) -> str:
     return next(metric.value for metric in at.metric if metric.label == label)
 
 
+def _view():
+    """The rank explorer's data as the app saved it (its snapshot): the analyses every figure is drawn from."""
+    from fwsvd.config import FisherConfig
+    from fwsvd.view.explorer import Source, load_view, snapshot_key
+
+    return load_view(snapshot_key(Source.from_environment(), FisherConfig()))
+
+
+def _summed_weighted_error(view, ranks: dict[str, int], method: str) -> float:
+    """Σ over the factorized layers of the squared Fisher-weighted error at their rank (dense layers: 0)."""
+    return sum(float(view.analyses[name].curves[method].weighted[rank]) ** 2 for name, rank in ranks.items()
+               if rank < view.analyses[name].full_rank)
+
+
+def _trace_names(at: AppTest, key_part: str) -> set[str]:
+    return {trace["name"] for trace in _chart(at, key_part)["data"]}
+
+
 RANK_KEY = "rank::bert.encoder.layer.0.attention.self.query"
 
 
@@ -108,6 +127,95 @@ def test_rank_explorer_is_the_default_page_and_reacts_to_ranks(app):
     at.radio(key="global_mode").set_value("param_budget").run()
     at.slider(key="global_param_budget").set_value(0.5).run()
     assert at.slider(key=RANK_KEY).value == 8  # half of break-even
+
+
+@pytest.mark.parametrize("method, objective", [("fwsvd", "fisher"), ("svd", "plain")])
+def test_rank_explorer_optimizes_ranks_for_the_budget(app, method, objective):
+    from fwsvd.view.allocation import allocate_ranks
+
+    at = app
+    at.slider(key="global_rank_ratio").set_value(0.3).run()  # rank 10 of 32 everywhere
+    at.selectbox(key="optimize_method").set_value(method).run()
+    at.button(key="optimize_ranks").click().run()
+    assert not at.exception and not at.error
+    view = _view()
+    uniform = {name: 10 for name in view.analyses}
+    budget = sum(10 * (a.out_features + a.in_features) for a in view.analyses.values())
+    expected = allocate_ranks(view.analyses, budget, method=method, objective=objective)
+    assert expected.dense  # the case of interest: some layers stay dense
+    ranks = expected.rank_or_full(view.analyses)
+    block0 = {slider.key[len("rank::"):]: slider.value for slider in at.slider
+              if slider.key and slider.key.startswith("rank::")}
+    assert block0 == {name: rank for name, rank in ranks.items() if name.startswith("bert.encoder.layer.0.")}
+    measure = "Fisher-weighted"
+    uniform_error = _summed_weighted_error(view, uniform, method)
+    optimized_error = _summed_weighted_error(view, ranks, method)
+    assert _metric(at, f"Summed {measure} error, uniform ranks") == f"{uniform_error:.4g}"
+    assert _metric(at, f"Summed {measure} error, optimized ranks") == f"{optimized_error:.4g}"
+    assert _metric(at, "Layers kept dense") == str(len(expected.dense))
+    if method == "fwsvd":
+        assert optimized_error <= uniform_error
+
+    at.button_group(key="rank_editor").set_value("table").run()
+    table = at.data_editor[0].value.set_index("layer")
+    assert dict(table["rank"]) == ranks
+    assert set(table.index[table["dense"]]) == set(expected.dense)
+    assert (table.loc[list(expected.dense), "removed_params"] == 0).all()
+
+    # The Export config leaves the dense layers out, so that `fwsvd compress --config` builds this model.
+    at = _open(at, "5_export.py")
+    at.radio(key="export_method").set_value(method).run()
+    config = json.loads(at.code[0].value)
+    assert config["method"] == method
+    assert config["rank_pattern"] == expected.ranks
+    assert config["target_modules"] == list(expected.ranks)
+    from fwsvd.config import CompressionConfig
+    from fwsvd.io.models import load_model
+    from fwsvd.surgery.compress import compressed_copy
+    from fwsvd.data.tasks import local_task
+
+    task = local_task(os.environ["FWSVD_APP_TASK"], text_column="review", label_column="sentiment")
+    model, _ = load_model(os.environ["FWSVD_APP_MODEL"], task)
+    fisher = None if method == "svd" else {name: torch.ones(a.in_features) for name, a in view.analyses.items()}
+    compressed, _ = compressed_copy(model, CompressionConfig.from_dict(config), fisher=fisher)
+    modules = dict(compressed.named_modules())
+    assert all(type(modules[name]) is torch.nn.Linear for name in expected.dense)
+    assert all(modules[name].rank == rank for name, rank in expected.ranks.items())
+
+    # Moving the global control again replaces the optimized ranks, and the gain is no longer claimed.
+    at = _open(at, "3_rank_explorer.py")
+    at.slider(key="global_rank_ratio").set_value(0.5).run()
+    assert not [metric for metric in at.metric if metric.label == "Layers kept dense"]
+
+
+def test_every_figure_follows_the_chosen_methods(app):
+    at = app
+    assert at.multiselect(key="methods").value == ["svd", "fwsvd"]  # the paper's comparison by default
+    assert _trace_names(at, "error_chart") == _trace_names(at, "spectrum_chart") == {"SVD", "FWSVD"}
+    at.multiselect(key="methods").set_value(["fwsvd"]).run()
+    assert not at.exception and not at.error
+    assert _trace_names(at, "error_chart") == _trace_names(at, "spectrum_chart") == {"FWSVD"}
+    labels = {metric.label for metric in at.metric}
+    assert "Mean Fisher-weighted error, FWSVD" in labels and "Mean Fisher-weighted error, SVD" not in labels
+    assert at.selectbox(key="optimize_method").options == ["FWSVD"]
+    at.button_group(key="rank_editor").set_value("table").run()
+    assert [c for c in at.data_editor[0].value.columns if c.endswith("weighted_error")] == ["fwsvd_weighted_error"]
+
+    at.number_input(key="eval_limit").set_value(16).run()
+    at.button(key="evaluate").click().run()
+    assert list(_table(at, "latency_s_per_batch")["method"]) == ["dense", "fwsvd"]
+    at.multiselect(key="methods").set_value(["svd", "fwsvd"]).run()
+    assert at.button(key="evaluate").proto.label == "Evaluate SVD"
+    at.button(key="evaluate").click().run()  # only the method not evaluated yet
+    assert list(_table(at, "latency_s_per_batch")["method"]) == ["dense", "svd", "fwsvd"]
+    assert at.button(key="evaluate").disabled
+
+    at = _open(at, "5_export.py")
+    assert at.radio(key="export_method").options == ["SVD", "FWSVD"]
+    assert json.loads(at.code[0].value)["method"] == "fwsvd"
+    at.multiselect(key="methods").set_value([]).run()
+    assert not at.exception
+    assert any("Choose at least one method" in info.value for info in at.info)
 
 
 def test_rank_explorer_table_edits_set_ranks(app):
@@ -289,19 +397,43 @@ def test_fisher_page_shows_importance_and_compares_modes(app):
     assert len(set(snapshots.glob("*.npz")) - before) == 1  # the rank explorer will open from it at once
 
 
-def test_compare_page_sweeps_ratios(app):
+def test_compare_page_plots_allocated_against_uniform_and_sweeps_the_chosen_methods(app):
     at = _open(app, "4_compare.py")
-    assert any("No sweep yet" in info.value for info in at.info)
     at.multiselect(key="sweep_ratios").set_value([0.25, 0.5]).run()
+    figure = _chart(at, "allocation_chart")
+    names = {trace["name"] for trace in figure["data"]}
+    assert names == {"SVD, uniform", "SVD, allocated", "FWSVD, uniform", "FWSVD, allocated"}
+    view = _view()
+    for trace in figure["data"]:
+        method = "svd" if trace["name"].startswith("SVD") else "fwsvd"
+        for ratio, params, error in zip(trace["customdata"], trace["x"], trace["y"]):
+            if trace["name"].endswith("uniform"):  # every layer at round(ratio · 32); none of them dense
+                ranks = {name: round(ratio * 32) for name in view.analyses}
+                assert params * 1e6 == pytest.approx(sum(rank * (a.out_features + a.in_features)
+                                                         for (name, rank), a in zip(ranks.items(),
+                                                                                    view.analyses.values())))
+                assert error == pytest.approx(_summed_weighted_error(view, ranks, method), rel=1e-9)
+    allocated = {trace["name"]: trace["y"] for trace in figure["data"]}
+    # FWSVD's allocation minimises this very error within the uniform ranks' parameters: never worse.
+    assert all(a <= u + 1e-12 for a, u in zip(allocated["FWSVD, allocated"], allocated["FWSVD, uniform"]))
+
+    assert any("No sweep yet" in info.value for info in at.info)
+    at.multiselect(key="methods").set_value(["fwsvd"]).run()
     at.number_input(key="sweep_limit").set_value(16).run()
     at.button(key="run_sweep").click().run()
     assert not at.exception and not at.error
-    table = _table(at, "rank_ratio")
-    assert list(table["method"]) == ["dense", "svd", "svd", "fwsvd", "fwsvd"]
+    table = _table(at, "params_fraction")
+    assert list(zip(table["method"], table["rule"])) == [("dense", "dense"), ("fwsvd", "uniform"),
+                                                         ("fwsvd", "allocated"), ("fwsvd", "uniform"),
+                                                         ("fwsvd", "allocated")]
+    runs = table[table["method"] == "fwsvd"].set_index(["rule", "rank_ratio"])["params"]
+    assert runs["allocated", 0.25] <= runs["uniform", 0.25] and runs["allocated", 0.5] <= runs["uniform", 0.5]
     figure = _chart(at, "compare_chart")
-    assert {trace["name"] for trace in figure["data"]} == {"SVD", "FWSVD"}
+    assert {trace["name"] for trace in figure["data"]} == {"FWSVD, uniform", "FWSVD, allocated"}
     assert figure["layout"]["xaxis"]["title"]["text"] == "model parameters (millions)"
     assert any(shape.get("line", {}).get("dash") == "dash" for shape in figure["layout"]["shapes"])  # dense
+    assert {trace["name"] for trace in _chart(at, "allocation_chart")["data"]} == {"FWSVD, uniform",
+                                                                                   "FWSVD, allocated"}
 
 
 def test_export_page_offers_ranks_model_and_results(app):

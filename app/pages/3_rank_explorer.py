@@ -1,10 +1,11 @@
-"""Rank explorer: set each layer's rank and watch SVD and FWSVD errors, spectra and parameters live."""
+"""Rank explorer: set each layer's rank and watch the chosen methods' errors, spectra and parameters live;
+or let the optimizer spread the global control's parameters where they lose least."""
 
 import streamlit as st
+import ui_allocation as allocation
 import ui_charts as charts
 import ui_state as ui
 
-from fwsvd.config import CompressionConfig
 from fwsvd.view import analysis, rank_config
 
 GLOBAL_MODES = {"rank_ratio": "Rank ratio", "param_budget": "Parameter budget"}
@@ -14,16 +15,24 @@ GLOBAL_HELP = {
 }
 EDITORS = {"sliders": "Sliders, one block at a time", "table": "Table of every layer"}
 TABLE_VERSION = "rank_table_version"
+#: The last optimization: {"digest": its ranks' digest, "result": ui_allocation.Optimized}.
+OPTIMIZED = "optimized_ranks"
 
 st.title("Rank explorer")
 st.caption("Each target layer W is replaced by two thin factors of rank r. SVD keeps what matters to ‖W − Ŵ‖; "
-           "FWSVD keeps what matters to the task, ‖(W − Ŵ)·D‖ with D from the Fisher importance.")
+           "FWSVD keeps what matters to the task, ‖(W − Ŵ)·D‖ with D from the Fisher importance. A layer at "
+           "its full rank is kept dense.")
 
 
-def apply_global(shapes: dict[str, tuple[int, int]]) -> None:
-    """Widget callback: one control sets every layer's rank."""
+def global_ranks(analyses: dict) -> dict[str, int]:
+    """Every layer's rank under the global control as it stands."""
     mode = st.session_state["global_mode"]  # a CompressionConfig field: rank_ratio or param_budget
-    ui.set_ranks(CompressionConfig(**{mode: st.session_state[f"global_{mode}"]}).resolve_ranks(shapes))
+    return allocation.uniform_ranks(analyses, mode, st.session_state[f"global_{mode}"])
+
+
+def apply_global(analyses: dict) -> None:
+    """Widget callback: one control sets every layer's rank."""
+    ui.set_ranks(global_ranks(analyses))
 
 
 def apply_slider(name: str) -> None:
@@ -31,25 +40,58 @@ def apply_slider(name: str) -> None:
     ui.ranks_in_session()[name] = int(st.session_state[ui.RANK_WIDGET_PREFIX + name])
 
 
-def global_control(view: ui.ExplorerView) -> None:
+def global_control(view: ui.ExplorerView, methods: tuple[str, ...]) -> None:
     left, right = st.columns([1, 3])
     mode = left.radio("Set every layer by", list(GLOBAL_MODES), format_func=GLOBAL_MODES.get, key="global_mode",
                       persist_state="session")
     right.slider(GLOBAL_MODES[mode], min_value=0.02, max_value=1.0, value=ui.DEFAULT_RANK_RATIO, step=0.01,
-                 key=f"global_{mode}", on_change=apply_global, args=(view.shapes,), help=GLOBAL_HELP[mode],
+                 key=f"global_{mode}", on_change=apply_global, args=(view.analyses,), help=GLOBAL_HELP[mode],
                  persist_state="session")
+    left, right = st.columns([1, 3], vertical_alignment="bottom")
+    weighted = [method for method in methods if method != "svd"]
+    method = left.selectbox("Optimize for", methods, index=methods.index(weighted[0]) if weighted else 0,
+                            format_func=ui.method_label, key="optimize_method",
+                            help="Fisher-weighted error for the weighted methods, plain error for SVD.")
+    if right.button("Optimize ranks for this budget", key="optimize_ranks", icon=":material/auto_fix_high:",
+                    help="Keep the weights this rule keeps, but give each layer the rank (or none: dense) that "
+                         "minimises the summed error over all layers."):
+        result = allocation.optimize(view.analyses, global_ranks(view.analyses), method)
+        ui.set_ranks(result.ranks)
+        st.session_state[OPTIMIZED] = {"digest": rank_config.ranks_digest(result.ranks), "result": result}
+        st.rerun()  # everything below is drawn from the new ranks
 
 
-def headline(summary: dict) -> None:
-    cols = st.columns(4)
+def optimized(ranks: dict[str, int], analyses: dict) -> None:
+    """What the optimizer gained, while its ranks are the current ones."""
+    last = st.session_state.get(OPTIMIZED)
+    if last is None or last["digest"] != rank_config.ranks_digest(ranks):
+        return
+    result: allocation.Optimized = last["result"]
+    measure = "Fisher-weighted" if allocation.has_weighted(result.method, analyses) else "plain"
+    cols = st.columns(3)
+    cols[0].metric(f"Summed {measure} error, uniform ranks", f"{result.uniform_error:.4g}")
+    cols[1].metric(f"Summed {measure} error, optimized ranks", f"{result.error:.4g}",
+                   f"{result.change:+.1%} vs uniform", delta_color="inverse")
+    cols[2].metric("Layers kept dense", str(len(result.dense)))
+    st.caption(f"Optimized for {ui.method_label(result.method)} (objective: {result.objective} error) within the "
+               f"{ui.count(result.budget)} weights the global control keeps; {ui.count(result.kept_params)} kept. "
+               "Errors are Σ over layers of the squared error, in the Fisher's loss units.")
+
+
+def headline(summary: dict, methods: tuple[str, ...], dense: int) -> None:
+    cols = st.columns(2 + len(methods))
     cols[0].metric("Weights kept", ui.count(summary["kept_params"]),
                    f"{summary['kept_share']:.0%} of {ui.count(summary['dense_params'])}", delta_color="off",
                    delta_arrow="off")
-    cols[1].metric("Weights removed", ui.count(summary["removed_params"]))
-    cols[2].metric("Mean Fisher-weighted error, SVD", f"{summary['svd_mean_weighted_error']:.3f}")
-    cols[3].metric("Mean Fisher-weighted error, FWSVD", f"{summary['fwsvd_mean_weighted_error']:.3f}",
-                   f"{summary['fwsvd_mean_weighted_error'] - summary['svd_mean_weighted_error']:+.3f} vs SVD",
-                   delta_color="inverse")
+    cols[1].metric("Weights removed", ui.count(summary["removed_params"]),
+                   f"{dense} layer(s) kept dense" if dense else None, delta_color="off", delta_arrow="off")
+    for column, method in zip(cols[2:], methods):
+        value = summary[f"{method}_mean_weighted_error"]
+        delta = None
+        if method != "svd" and "svd" in methods:
+            delta = f"{value - summary['svd_mean_weighted_error']:+.3f} vs SVD"
+        column.metric(f"Mean Fisher-weighted error, {ui.method_label(method)}", f"{value:.3f}", delta,
+                      delta_color="inverse")
     if summary["above_break_even"]:
         names = ", ".join(f"`{name}`" for name in summary["above_break_even"][:6])
         more = len(summary["above_break_even"]) - 6
@@ -71,35 +113,39 @@ def sliders(frame) -> None:
         columns[position % 3].slider(
             f"{row['name_in_block']} ({row['shape']})", min_value=1, max_value=int(row["full_rank"]),
             key=ui.RANK_WIDGET_PREFIX + name, on_change=apply_slider, args=(name,),
-            help=f"{name}: break-even at rank {row['break_even_rank']:.0f}")
+            help=f"{name}: break-even at rank {row['break_even_rank']:.0f}; the full rank "
+                 f"{int(row['full_rank'])} keeps the layer dense")
 
 
-def rank_editor(frame) -> None:
+def rank_editor(frame, methods: tuple[str, ...]) -> None:
     """Per-layer ranks, as sliders or as an editable table (only the chosen one is drawn)."""
     editor = st.segmented_control("Set layers one by one with", list(EDITORS), default="sliders", required=True,
                                   format_func=EDITORS.get, key="rank_editor", persist_state="session")
     if editor == "table":
-        table(frame)
+        table(frame, methods)
     else:
         sliders(frame)
 
 
-def table(frame) -> None:
+def table(frame, methods: tuple[str, ...]) -> None:
     """The same ranks as an editable table; an edit sets the ranks and redraws everything."""
     version = st.session_state.get(TABLE_VERSION, 0)
-    shown = frame[["layer", "shape", "rank", "full_rank", "break_even_rank", "kept_params", "removed_params",
-                   "svd_weighted_error", "fwsvd_weighted_error"]]
+    errors = [f"{method}_weighted_error" for method in methods]
+    shown = frame[["layer", "shape", "rank", "full_rank", "dense", "break_even_rank", "kept_params",
+                   "removed_params", *errors]]
     edited = st.data_editor(
         shown, key=f"rank_table::{version}", hide_index=True, width="stretch",
         disabled=[column for column in shown.columns if column != "rank"],
         column_config={
-            "rank": st.column_config.NumberColumn("rank ✎", min_value=1, step=1, help="edit to set the rank"),
+            "rank": st.column_config.NumberColumn("rank ✎", min_value=1, step=1,
+                                                  help="edit to set the rank; the full rank keeps the layer dense"),
             "full_rank": "full rank",
+            "dense": st.column_config.CheckboxColumn("kept dense"),
             "break_even_rank": st.column_config.NumberColumn("break-even", format="%.1f"),
             "kept_params": st.column_config.NumberColumn("weights kept", format="localized"),
             "removed_params": st.column_config.NumberColumn("weights removed", format="localized"),
-            "svd_weighted_error": st.column_config.NumberColumn("SVD weighted error", format="%.3f"),
-            "fwsvd_weighted_error": st.column_config.NumberColumn("FWSVD weighted error", format="%.3f"),
+            **{column: st.column_config.NumberColumn(f"{ui.method_label(method)} weighted error", format="%.3f")
+               for column, method in zip(errors, methods)},
         })
     changes = {name: max(1, min(int(full), int(new)))
                for name, old, new, full in zip(frame["layer"], frame["rank"], edited["rank"], frame["full_rank"])
@@ -113,17 +159,17 @@ def table(frame) -> None:
 
 
 @st.fragment
-def spectra(analyses: dict, frame) -> None:
+def spectra(analyses: dict, frame, methods: tuple[str, ...]) -> None:
     """The spectra of one block at a time; choosing another block reruns only this part."""
     blocks = list(dict.fromkeys(frame["block"]))
     block = st.selectbox("Spectra of block", blocks, format_func=lambda name: f"block {name.rsplit('.', 1)[-1]}",
                          key="spectrum_block", persist_state="session")
     rows = frame[frame["block"] == block]
     spectra_frames = {name: analysis.spectrum_frame(analyses[name]) for name in rows["layer"]}
-    st.plotly_chart(charts.spectrum_figure(spectra_frames, rows), key="spectrum_chart")
+    st.plotly_chart(charts.spectrum_figure(spectra_frames, rows, methods), key="spectrum_chart")
 
 
-def evaluation(view: ui.ExplorerView, ranks: dict[str, int]) -> None:
+def evaluation(view: ui.ExplorerView, ranks: dict[str, int], methods: tuple[str, ...]) -> None:
     st.subheader("Accuracy at these ranks")
     left, right = st.columns([1, 2])
     limit = left.number_input("Validation examples", min_value=8, max_value=view.validation_size,
@@ -132,16 +178,22 @@ def evaluation(view: ui.ExplorerView, ranks: dict[str, int]) -> None:
     digest = rank_config.ranks_digest(ranks)
     key = (view.source_key, view.fisher_key, digest, int(limit))
     remembered = ui.evaluations()
-    if left.button("Evaluate SVD and FWSVD", type="primary", key="evaluate", icon=":material/play_arrow:"):
-        evaluate(view, ranks, int(limit), key)
-    if key not in remembered:
-        right.info("Not evaluated at these ranks yet. Results are remembered per rank setting and subset size.",
-                   icon=":material/info:")
+    done = remembered.get(key, {}).get("results", {})
+    missing = [method for method in methods if method not in done]
+    if left.button(f"Evaluate {ui.methods_text(missing or methods)}", type="primary", key="evaluate", icon=":material/play_arrow:",
+                   disabled=not missing, help="Methods already evaluated at these ranks are remembered."):
+        evaluate(view, ranks, missing, int(limit), key)
+        st.rerun()  # drawn again with the results, and the button that has nothing left to evaluate
+    shown = {method: result for method, result in done.items() if method == "dense" or method in methods}
+    if len(shown) <= 1:  # nothing, or only the dense model (evaluated with methods no longer chosen)
+        right.info("Not evaluated at these ranks yet. Results are remembered per rank setting, method and subset "
+                   "size.", icon=":material/info:")
         return
     from fwsvd.evaluate.methods import evaluations_frame
 
-    table_frame = evaluations_frame([({"ranks": digest}, remembered[key]["results"])])
-    right.plotly_chart(charts.evaluation_figure(table_frame, view.metric), key="evaluation_chart")
+    order = [method for method in ("dense", *methods) if method in shown]
+    table_frame = evaluations_frame([({"ranks": digest}, {method: shown[method] for method in order})])
+    right.plotly_chart(charts.evaluation_figure(table_frame, view.metric, methods), key="evaluation_chart")
     st.dataframe(table_frame[["method", view.metric, "params", "num_examples", "latency_s_per_batch"]],
                  hide_index=True, width="stretch", key="evaluation_table",
                  column_config={view.metric: st.column_config.NumberColumn(format="%.4f"),
@@ -151,26 +203,30 @@ def evaluation(view: ui.ExplorerView, ranks: dict[str, int]) -> None:
                                     "latency (s / batch of 32)", format="%.3f")})
 
 
-def evaluate(view: ui.ExplorerView, ranks: dict[str, int], limit: int, key: tuple) -> None:
-    """Evaluate both compressed copies (and the dense model once per subset size); remember the results.
+def evaluate(view: ui.ExplorerView, ranks: dict[str, int], methods: list[str], limit: int, key: tuple) -> None:
+    """Evaluate a compressed copy per method in ``methods`` (and the dense model once per subset size); add
+    the results to those remembered at these ranks. Layers kept dense stay as they are.
 
     The page may have been drawn from a snapshot, so the model and its Fisher are loaded here if needed."""
     from fwsvd.evaluate.methods import evaluate_methods
 
+    compressed = allocation.compressed_ranks(ranks, view.analyses)
+    if not compressed:
+        raise ValueError("every layer is kept dense at these ranks: there is no compressed model to evaluate")
     loaded = ui.require_model()
-    fisher = ui.require_fisher(loaded, "Evaluating FWSVD needs the Fisher importances, and they are no longer "
-                                       "in the cache: compute them on the Fisher page.")
+    fisher = ui.require_fisher(loaded, "Evaluating the weighted methods needs the Fisher importances, and they "
+                                       "are no longer in the cache: compute them on the Fisher page.")
     remembered = ui.evaluations()
     dense = next((entry["results"]["dense"] for (src, _, _, size), entry in remembered.items()
-                  if src == view.source_key and size == limit), None)
-    methods = ("svd", "fwsvd") if dense is not None else ("dense", "svd", "fwsvd")
-    bar, progress = ui.progress_bar(f"Evaluating {', '.join(methods)} on {limit} validation examples")
-    results = evaluate_methods(loaded.model, loaded.tokenizer, loaded.task, ranks,
-                                       fisher=fisher.importances, methods=methods, limit=limit,
-                                       max_length=fisher.provenance["max_length"],
-                                       store=ui.decomposition_store(), progress=progress)
+                  if src == view.source_key and size == limit and "dense" in entry["results"]), None)
+    run = tuple(methods) if dense is not None else ("dense", *methods)
+    bar, progress = ui.progress_bar(f"Evaluating {ui.methods_text(run)} on {limit} validation examples")
+    results = evaluate_methods(loaded.model, loaded.tokenizer, loaded.task, compressed, methods=run, limit=limit,
+                               max_length=fisher.provenance["max_length"], **ui.method_inputs(fisher, methods),
+                               store=ui.decomposition_store(), progress=progress)
     bar.empty()
-    remembered[key] = {"ranks": dict(ranks), "results": {"dense": dense, **results} if dense else results}
+    entry = remembered.setdefault(key, {"ranks": dict(ranks), "results": {}})
+    entry["results"].update({"dense": dense} if dense is not None else {}, **results)
 
 
 def fisher_prompt() -> None:
@@ -190,13 +246,16 @@ with ui.error_box():
     if view is None:
         fisher_prompt()
         st.stop()
+    methods = ui.chosen_methods()
+    view = ui.with_methods(view, methods)
     ranks = ui.ranks(view.source_key, view.analyses)
     ui.sync_rank_widgets(ranks)
-    global_control(view)
-    frame = analysis.layer_frame(view.analyses, ranks, view.blocks)
-    headline(analysis.totals(frame))
-    rank_editor(frame)
-    st.plotly_chart(charts.error_figure(frame), key="error_chart")
+    global_control(view, methods)
+    frame = allocation.mark_dense(analysis.layer_frame(view.analyses, ranks, view.blocks))
+    headline(analysis.totals(frame), methods, int(frame["dense"].sum()))
+    optimized(ranks, view.analyses)
+    rank_editor(frame, methods)
+    st.plotly_chart(charts.error_figure(frame, methods), key="error_chart")
     st.plotly_chart(charts.params_figure(frame), key="params_chart")
-    spectra(view.analyses, frame)
-    evaluation(view, ranks)
+    spectra(view.analyses, frame, methods)
+    evaluation(view, ranks, methods)

@@ -1,53 +1,133 @@
-"""Compare: the task metric against model size for SVD and FWSVD over a sweep of rank ratios."""
+"""Compare: the chosen methods against model size, with every layer at one rank ratio (uniform) or with the
+ranks allocated for the same parameters: the summed error from the error curves (at once), and the task
+metric over a sweep of compressed copies (on request)."""
 
+import pandas as pd
 import streamlit as st
+import ui_allocation as allocation
 import ui_charts as charts
 import ui_state as ui
 
-from fwsvd.evaluate.sweep import run_sweep
-
 RATIO_CHOICES = [0.05, 0.1, 0.15, 0.2, 0.25, 0.33, 0.4, 0.5, 0.6, 0.75, 0.9]
 DEFAULT_RATIOS = [0.1, 0.2, 0.33, 0.5]
+RULES = {"uniform": "Uniform (one rank ratio)", "allocated": "Allocated (same parameters)"}
 
-st.title("Compare SVD and FWSVD")
-st.caption("Every target layer keeps the same share of its rank; each point is a compressed copy of the model "
-           "evaluated on the validation split. The dashed line is the uncompressed model.")
-
-
-def run(loaded: ui.Loaded, fisher, ratios: list[float], limit: int, key: tuple) -> None:
-    bar, progress = ui.progress_bar(f"Sweeping {len(ratios)} rank ratios × SVD and FWSVD on {limit} examples")
-    ui.sweeps()[key] = run_sweep(loaded.model, loaded.tokenizer, loaded.task, methods=("svd", "fwsvd"),
-                                 rank_ratios=ratios, fisher=fisher.importances, role="validation", limit=limit,
-                                 max_length=fisher.provenance["max_length"], store=ui.decomposition_store(),
-                                 progress=progress)
-    bar.empty()
+st.title("Compare methods")
+st.caption("Uniform: every target layer keeps the same share of its rank. Allocated: the same weight parameters, "
+           "spread over the layers where they lose least (Fisher-weighted error; plain error for SVD), leaving "
+           "some layers dense. Solid lines are uniform, dashed allocated.")
 
 
-with ui.error_box():
+@st.cache_data(show_spinner=False, max_entries=16)
+def curves(_view: ui.ExplorerView, ratios: tuple[float, ...], methods: tuple[str, ...], key: tuple) -> pd.DataFrame:
+    # ``key`` (source and Fisher identity) stands for the unhashable view.
+    return allocation.allocation_curves(_view.analyses, ratios, methods)
+
+
+def error_curves(view: ui.ExplorerView, ratios: list[float], methods: tuple[str, ...]) -> None:
+    st.subheader("Error against size")
+    frame = curves(view, tuple(sorted(ratios)), methods, (view.source_key, view.fisher_key))
+    chart, table = st.columns([3, 2])
+    chart.plotly_chart(charts.allocation_figure(frame, methods), key="allocation_chart")
+    shown = frame.assign(method=frame["method"].map(ui.method_label))
+    table.dataframe(shown, hide_index=True, width="stretch", key="allocation_table",
+                    column_config={"params": st.column_config.NumberColumn("weights kept", format="localized"),
+                                   "rank_ratio": st.column_config.NumberColumn("rank ratio", format="%.2f"),
+                                   "error": st.column_config.NumberColumn("summed error", format="%.4g")})
+
+
+def plan_runs(view: ui.ExplorerView, ratios: list[float], methods: tuple[str, ...],
+              rules: list[str]) -> list[tuple[str, float, dict[str, int], tuple[str, ...]]]:
+    """The evaluations of a sweep: (rule, ratio, every layer's rank, methods), one per uniform ratio (all methods
+    at once) and one per allocated (ratio, method); the dense model rides along with the first."""
+    plan = []
+    for ratio in ratios:
+        uniform = allocation.uniform_ranks(view.analyses, "rank_ratio", ratio)
+        if "uniform" in rules:
+            plan.append(("uniform", ratio, uniform, methods))
+        if "allocated" in rules:
+            plan += [("allocated", ratio, allocation.optimize(view.analyses, uniform, method).ranks, (method,))
+                     for method in methods]
+    rule, ratio, ranks, first = plan[0]
+    plan[0] = (rule, ratio, ranks, ("dense", *first))
+    return plan
+
+
+def run(view: ui.ExplorerView, ratios: list[float], methods: tuple[str, ...], rules: list[str], limit: int,
+        key: tuple) -> None:
+    """Evaluate the dense model and a compressed copy per (method, rule, ratio); remember the table. Layers
+    an allocation keeps dense stay as they are, as on the rank explorer."""
+    from fwsvd.evaluate.methods import evaluate_methods
+
     loaded = ui.require_model()
-    fisher = ui.require_fisher(loaded, "The sweep needs the Fisher importances for FWSVD: compute them first.")
-    validation_size = len(loaded.task.load_split("validation"))
+    fisher = ui.fisher_for_methods(loaded, methods, "The sweep needs the Fisher importances: compute them first.")
+    plan = plan_runs(view, ratios, methods, rules)
+    bar, progress = ui.progress_bar(f"Evaluating {sum(len(run[3]) for run in plan)} models on {limit} examples")
+    rows = []
+    for position, (rule, ratio, ranks, run_methods) in enumerate(plan):
+        compressed = allocation.compressed_ranks(ranks, view.analyses)
+        if compressed:  # else every layer stays dense: the dense model's row says it
+            results = evaluate_methods(loaded.model, loaded.tokenizer, loaded.task, compressed, methods=run_methods,
+                                       limit=limit, max_length=fisher.provenance["max_length"],
+                                       store=ui.decomposition_store(), **ui.method_inputs(fisher, methods))
+            rows += [{"method": method, "rule": "dense" if method == "dense" else rule,
+                      "rank_ratio": 1.0 if method == "dense" else ratio, "params": result["params"],
+                      "latency_s_per_batch": result["latency_s_per_batch"], **result["metrics"]}
+                     for method, result in results.items()]
+        progress(position + 1, len(plan))
+    bar.empty()
+    frame = pd.DataFrame(rows)
+    frame.insert(4, "params_fraction", frame["params"] / float(frame.loc[frame["method"] == "dense", "params"].iloc[0]))
+    ui.sweeps()[key] = frame
+
+
+def sweep(view: ui.ExplorerView, ratios: list[float], methods: tuple[str, ...]) -> None:
+    st.subheader("Task metric against size")
     left, middle, right = st.columns([3, 1, 1], vertical_alignment="bottom")
-    ratios = left.multiselect("Rank ratios", RATIO_CHOICES, default=DEFAULT_RATIOS, key="sweep_ratios",
-                              persist_state="session")
-    limit = middle.number_input("Validation examples", min_value=8, max_value=validation_size,
-                                value=min(512, validation_size), step=64, key="sweep_limit", persist_state="session")
-    key = (loaded.source.key, ui.fisher_key(fisher), tuple(sorted(ratios)), int(limit))
-    if right.button("Run sweep", type="primary", key="run_sweep", disabled=not ratios, icon=":material/play_arrow:"):
-        run(loaded, fisher, sorted(ratios), int(limit), key)
-    mine = {k: v for k, v in ui.sweeps().items() if k[0] == loaded.source.key}
+    rules = left.multiselect("Rank rules", list(RULES), default=list(RULES), format_func=RULES.get,
+                             key="sweep_rules", persist_state="session")
+    limit = middle.number_input("Validation examples", min_value=8, max_value=view.validation_size,
+                                value=min(512, view.validation_size), step=64, key="sweep_limit",
+                                persist_state="session")
+    key = (view.source_key, view.fisher_key, tuple(sorted(ratios)), int(limit), methods,
+           tuple(rule for rule in RULES if rule in rules))
+    if right.button("Run sweep", type="primary", key="run_sweep", disabled=not (ratios and rules),
+                    icon=":material/play_arrow:"):
+        run(view, sorted(ratios), methods, list(key[5]), int(limit), key)
+    mine = {k: v for k, v in ui.sweeps().items() if k[0] == view.source_key}
     if not mine:
-        st.info("No sweep yet for this model. Each rank ratio evaluates two compressed copies.", icon=":material/info:")
-        st.stop()
+        st.info("No sweep yet for this model. Each rank ratio evaluates one compressed copy per method and rule.",
+                icon=":material/info:")
+        return
     shown_key = key if key in mine else next(reversed(mine))
     if shown_key != key:
-        st.caption(f"Showing the last sweep: ratios {', '.join(map(str, shown_key[2]))} on {shown_key[3]} examples.")
-    frame = mine[shown_key].to_dataframe()
-    metric = ui.metric_of(loaded)
+        st.caption(f"Showing the last sweep: ratios {', '.join(map(str, shown_key[2]))} on {shown_key[3]} examples, "
+                   f"{ui.methods_text(shown_key[4])}, {' and '.join(shown_key[5])} ranks.")
+    frame = mine[shown_key]
+    metric = view.metric
     chart, table = st.columns([3, 2])
-    chart.plotly_chart(charts.compare_figure(frame, metric), key="compare_chart")
-    table.dataframe(frame[["method", "rank_ratio", "params", "params_fraction", metric]], hide_index=True,
+    chart.plotly_chart(charts.compare_figure(frame, metric, shown_key[4]), key="compare_chart")
+    table.dataframe(frame[["method", "rule", "rank_ratio", "params", "params_fraction", metric]], hide_index=True,
                     width="stretch", key="compare_table",
                     column_config={"params": st.column_config.NumberColumn("parameters", format="localized"),
                                    "params_fraction": st.column_config.NumberColumn("of dense", format="percent"),
                                    "rank_ratio": st.column_config.NumberColumn("rank ratio", format="%.2f")})
+
+
+with ui.error_box():
+    methods = ui.chosen_methods()
+    view = ui.explorer_view()
+    if view is None:
+        loaded = ui.require_model()
+        ui.require_fisher(loaded, "The comparison needs the Fisher importances: compute them first.")
+        st.stop()
+    view = ui.with_methods(view, methods)
+    ratios = st.multiselect("Rank ratios", RATIO_CHOICES, default=DEFAULT_RATIOS, key="sweep_ratios",
+                            persist_state="session",
+                            help="Each ratio sets every layer to that share of its rank; the allocated ranks "
+                                 "keep the same number of weights.")
+    if not ratios:
+        st.info("Choose at least one rank ratio.", icon=":material/info:")
+        st.stop()
+    error_curves(view, ratios, methods)
+    sweep(view, ratios, methods)

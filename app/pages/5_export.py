@@ -3,14 +3,14 @@
 import json
 
 import streamlit as st
+import ui_allocation as allocation
 import ui_state as ui
 
 from fwsvd.config import CompressionConfig, read_rank_document
 from fwsvd.evaluate.methods import evaluations_frame
 from fwsvd.io.archive import compressed_archive
 from fwsvd.view import analysis, rank_config
-
-METHODS = {"fwsvd": "FWSVD", "svd": "SVD"}
+from fwsvd.view.analysis import METHODS
 
 st.title("Export")
 
@@ -20,9 +20,12 @@ def compression_config(config: CompressionConfig, analyses: dict) -> None:
     left, right = st.columns(2, gap="large")
     left.download_button("Download ranks (JSON)", config.to_json(), file_name="fwsvd_config.json",
                          mime="application/json", key="download_ranks", icon=":material/download:")
-    left.caption(f"{METHODS[config.method]} at these ranks on {len(config.rank_pattern)} layers (digest "
-                 f"`{rank_config.ranks_digest(config.rank_pattern)}`), with the Fisher settings. "
-                 "`fwsvd compress --config fwsvd_config.json` builds the same model.")
+    dense = len(analyses) - len(config.rank_pattern)
+    left.caption(f"{ui.method_label(config.method)} at these ranks on {len(config.rank_pattern)} layers (digest "
+                 f"`{rank_config.ranks_digest(config.rank_pattern)}`), with the Fisher settings"
+                 + (f"; the {dense} layer(s) kept dense are left out of rank_pattern and target_modules" if dense
+                    else "") + ". `fwsvd compress --config fwsvd_config.json` builds the same model.")
+    left.expander("The config").code(config.to_json(), language="json")
     upload = right.file_uploader("Load a rank document", type=["json"], key="upload_ranks",
                                  help="This page's download, 'fwsvd compress --json' output, a saved model's "
                                       "fwsvd_compressed.json, an older rank file or {layer: rank}.")
@@ -31,26 +34,25 @@ def compression_config(config: CompressionConfig, analyses: dict) -> None:
     shapes = analysis.shapes_of(analyses)
     uploaded = read_rank_document(upload.getvalue(), shapes)
     ranks = uploaded.resolve_ranks(shapes, analyses)
-    if len(ranks) < len(shapes):
-        raise ValueError(f"the document leaves {len(shapes) - len(ranks)} of {len(shapes)} layers dense; the rank "
-                         "explorer sets a rank for every layer")
     if ranks == config.rank_pattern and uploaded.method == config.method:
         right.success("These ranks are the current ranks.", icon=":material/check_circle:")
     else:
-        right.info(f"{METHODS.get(uploaded.method, uploaded.method)} on {len(ranks)} layers (digest "
-                   f"`{rank_config.ranks_digest(ranks)}`).", icon=":material/info:")
+        dense = len(shapes) - len(ranks)
+        right.info(f"{ui.method_label(uploaded.method)} on {len(ranks)} layers (digest "
+                   f"`{rank_config.ranks_digest(ranks)}`)" + (f", {dense} kept dense" if dense else "") + ".",
+                   icon=":material/info:")
         right.button("Use these ranks", type="primary", key="apply_uploaded_ranks", on_click=use_ranks,
-                     args=(ranks, uploaded.method))
+                     args=(allocation.with_dense(ranks, analyses), uploaded.method))
     if uploaded.fisher.key() != config.fisher.key():
         right.caption(f"Its Fisher settings ({uploaded.fisher.key()}) differ from the explorer's: choose them on the "
                       "Fisher page to match.")
 
 
 def use_ranks(ranks: dict[str, int], method: str) -> None:
-    """Button callback: the uploaded ranks (and method) become the session's."""
+    """Button callback: the uploaded ranks (layers it leaves out at full rank: dense) and method become the
+    session's (the method is offered below even when it is not among the compared ones)."""
     ui.set_ranks(ranks)
-    if method in METHODS:
-        st.session_state["export_method"] = method
+    st.session_state["export_method"] = method
 
 
 def model_archive(loaded: ui.Loaded, fisher, config: CompressionConfig) -> None:
@@ -59,11 +61,11 @@ def model_archive(loaded: ui.Loaded, fisher, config: CompressionConfig) -> None:
 
     def archive() -> bytes:
         # Built only when the button is clicked: a compressed copy plus a zip of its folder.
-        return compressed_archive(loaded.model, config, fisher=fisher.importances, tokenizer=loaded.tokenizer,
-                                  fisher_provenance=fisher.provenance, store=ui.decomposition_store(),
-                                  extra={"ranks_digest": digest})
+        return compressed_archive(loaded.model, config, tokenizer=loaded.tokenizer, fisher_provenance=fisher.provenance,
+                                  store=ui.decomposition_store(), extra={"ranks_digest": digest},
+                                  **ui.method_inputs(fisher, (config.method,)))
 
-    st.download_button(f"Download the {METHODS[config.method]} model at the current ranks (zip)", archive,
+    st.download_button(f"Download the {ui.method_label(config.method)} model at the current ranks (zip)", archive,
                        file_name=f"fwsvd_{config.method}_{digest}.zip", mime="application/zip",
                        key="download_model", icon=":material/download:")
     st.caption("Safetensors + JSON, no pickles; reload with `fwsvd.load_compressed('model')`.")
@@ -72,7 +74,7 @@ def model_archive(loaded: ui.Loaded, fisher, config: CompressionConfig) -> None:
 def results(loaded: ui.Loaded, analyses: dict, ranks: dict[str, int]) -> None:
     st.subheader("Results")
     cols = st.columns(3)
-    layers = analysis.layer_frame(analyses, ranks, loaded.blocks)
+    layers = allocation.mark_dense(analysis.layer_frame(analyses, ranks, loaded.blocks))
     cols[0].download_button("Per-layer errors at the current ranks (CSV)", layers.to_csv(index=False),
                             file_name="fwsvd_layers.csv", mime="text/csv", key="download_layers")
     entries = [({"ranks_digest": digest, "subset": size, "ranks": json.dumps(entry["ranks"])}, entry["results"])
@@ -82,9 +84,9 @@ def results(loaded: ui.Loaded, analyses: dict, ranks: dict[str, int]) -> None:
                                 file_name="fwsvd_evaluations.csv", mime="text/csv", key="download_evaluations")
     else:
         cols[1].caption("No evaluations yet (Rank explorer → Evaluate).")
-    sweeps = [result for key, result in ui.sweeps().items() if key[0] == loaded.source.key]
+    sweeps = [frame for key, frame in ui.sweeps().items() if key[0] == loaded.source.key]
     if sweeps:
-        cols[2].download_button("Last sweep (CSV)", sweeps[-1].to_dataframe().to_csv(index=False),
+        cols[2].download_button("Last sweep (CSV)", sweeps[-1].to_csv(index=False),
                                 file_name="fwsvd_sweep.csv", mime="text/csv", key="download_sweep")
     else:
         cols[2].caption("No sweep yet (Compare → Run sweep).")
@@ -95,9 +97,15 @@ with ui.error_box():
     fisher = ui.require_fisher(loaded, "Exports need the Fisher importances: compute them on the Fisher page.")
     analyses = ui.analyses_for(loaded, fisher)
     ranks = ui.ranks(loaded.source.key, analyses)
-    method = st.radio("Method", list(METHODS), format_func=METHODS.get, horizontal=True, key="export_method",
-                      persist_state="session", help="Of both the config and the model below.")
-    config = ui.compression_config(method)
+    chosen = ui.chosen_methods()
+    methods = [name for name in METHODS if name in chosen or name == st.session_state.get("export_method")]
+    if st.session_state.get("export_method") not in methods:  # the first visit
+        weighted = [name for name in methods if name != "svd"]
+        st.session_state["export_method"] = weighted[0] if weighted else methods[0]
+    method = st.radio("Method", methods, format_func=ui.method_label, horizontal=True, key="export_method",
+                      persist_state="session", help="Of both the config and the model below, and recorded in both: "
+                                                    "one of the methods chosen in the sidebar, or an uploaded one.")
+    config = ui.compression_config(method, analyses)
     with ui.error_box():
         compression_config(config, analyses)
     model_archive(loaded, fisher, config)
