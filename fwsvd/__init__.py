@@ -38,6 +38,7 @@ _EXPORTS = {
     "load_or_estimate_fisher": "fwsvd.fisher.estimate",
     "LowRankLinear": "fwsvd.surgery.lowrank",
     "DecompositionStore": "fwsvd.factorize.store",
+    "LayerStatistics": "fwsvd.factorize.weighted",
     "dense_weight": "fwsvd.factorize.layers",
     "find_blocks": "fwsvd.surgery.targets",
     "find_targets": "fwsvd.surgery.targets",

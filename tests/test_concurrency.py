@@ -231,13 +231,13 @@ def slow_svd(monkeypatch):
     running, most = [0], [0]
     lock = threading.Lock()
 
-    def slow(weight, importance=None):
+    def slow(weight, importance=None, **options):
         with lock:
             running[0] += 1
             most[0] = max(most[0], running[0])
         try:
             time.sleep(0.05)
-            return original(weight, importance)
+            return original(weight, importance, **options)
         finally:
             with lock:
                 running[0] -= 1

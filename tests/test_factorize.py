@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fwsvd import Decomposition, decompose, error_curves, low_rank_factors
-from fwsvd.factorize.closed_form import IMPORTANCE_FLOOR, importance_scale
+from fwsvd.factorize.weighted import IMPORTANCE_FLOOR, importance_scale
 
 SHAPES = [(12, 20), (20, 12), (16, 16)]
 
@@ -167,11 +167,13 @@ def test_kept_factors_are_row_major_and_cut_into_fresh_tensors(shape):
 def test_decomposition_tensors_round_trip_and_misfits_raise():
     weight, importance = _weight_and_importance((10, 14), seed=5)
     decomposition = decompose(weight, importance)
-    again = Decomposition.from_tensors(decomposition.to_tensors())
+    again = Decomposition.from_tensors(decomposition.to_tensors(), "fwsvd")
+    assert again.method == "fwsvd" and again.left_orthogonal
     torch.testing.assert_close(again.reconstruct(4), decomposition.reconstruct(4))
-    assert Decomposition.from_tensors(decompose(weight).to_tensors()).method == "svd"
     tensors = decomposition.to_tensors()
     with pytest.raises(ValueError, match="missing"):
-        Decomposition.from_tensors({"s": tensors["s"]})
+        Decomposition.from_tensors({"s": tensors["s"]}, "fwsvd")
+    with pytest.raises(ValueError, match="method must be one of svd, fwsvd, asvd, whiten, kfac"):
+        Decomposition.from_tensors(tensors, "pca")
     with pytest.raises(ValueError, match="do not fit"):
-        Decomposition.from_tensors({**tensors, "right": tensors["right"][:, :3]})
+        Decomposition.from_tensors({**tensors, "right": tensors["right"][:3]}, "fwsvd")

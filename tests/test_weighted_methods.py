@@ -14,17 +14,19 @@ import pytest
 import torch
 from safetensors.torch import load, save
 
+from fwsvd.factorize.closed_form import (
+    decompose,
+    error_curve,
+    gram_tail_energies,
+    orthogonal_tail_energies,
+    own_objective_curve,
+)
 from fwsvd.factorize.weighted import (
     EIGENVALUE_FLOOR,
     WEIGHTED_METHODS,
     WHITEN_RIDGE,
     LayerStatistics,
-    decompose_weighted,
-    error_curve_general,
-    gram_tail_energies,
     method_transforms,
-    orthogonal_tail_energies,
-    own_objective_curve,
 )
 from fwsvd.fisher.statistics import StatisticsAccumulator
 
@@ -63,8 +65,8 @@ def _problem(shape: tuple[int, int], seed: int, tokens: int = 40) -> Problem:
 
 
 def _decompose(problem: Problem, method: str, weight: torch.Tensor | None = None):
-    return decompose_weighted(problem.weight if weight is None else weight, method,
-                              importance=problem.importance, statistics=problem.statistics)
+    return decompose(problem.weight if weight is None else weight, method=method,
+                     importance=problem.importance, statistics=problem.statistics)
 
 
 def _operators(problem: Problem, method: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,7 +256,7 @@ def test_asvd_with_a_feature_that_is_never_active():
     x = problem.x.clone()
     x[:, 2] = 0
     statistics = replace(problem.statistics, input_abs_sum=x.abs().sum(0))
-    decomposition = decompose_weighted(problem.weight, "asvd", statistics=statistics)
+    decomposition = decompose(problem.weight, method="asvd", statistics=statistics)
     assert torch.isfinite(decomposition.right).all()
     assert _relative_error(decomposition, problem.weight) < FULL_RANK_RTOL
 
@@ -269,7 +271,7 @@ def test_whiten_falls_back_to_an_eigen_root_when_cholesky_fails():
     statistics = replace(problem.statistics, input_moment=indefinite)
     assert method_transforms("whiten", (7, 5), statistics=problem.statistics).input_root.kind == "cholesky"
     assert method_transforms("whiten", (7, 5), statistics=statistics).input_root.kind == "eigen"
-    assert _relative_error(decompose_weighted(problem.weight, "whiten", statistics=statistics),
+    assert _relative_error(decompose(problem.weight, method="whiten", statistics=statistics),
                            problem.weight) < FULL_RANK_RTOL
 
 
@@ -280,7 +282,7 @@ def test_statistics_are_sums_whose_scale_does_not_matter(method):
     scaled = LayerStatistics(input_moment=statistics.input_moment * 1e3, output_moment=statistics.output_moment * 1e-3,
                              input_abs_sum=statistics.input_abs_sum * 7, tokens=statistics.tokens * 7)
     expected = _decompose(problem, method).reconstruct(2)
-    actual = decompose_weighted(problem.weight, method, importance=problem.importance * 50,
+    actual = decompose(problem.weight, method=method, importance=problem.importance * 50,
                                 statistics=scaled).reconstruct(2)
     torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-12)
 
@@ -304,7 +306,7 @@ def test_low_precision_weights_give_float32_factors_in_row_major_cpu_storage(met
                                  input_abs_sum=x.abs().sum(0).float(), tokens=tokens)
     weight = torch.randn(m, n, generator=generator).to(dtype)
     importance = torch.rand(n, generator=generator) + 0.5
-    decomposition = decompose_weighted(weight, method, importance=importance, statistics=statistics)
+    decomposition = decompose(weight, method=method, importance=importance, statistics=statistics)
     for tensor in (decomposition.left, decomposition.s, decomposition.right):
         assert tensor.dtype == torch.float32 and tensor.device.type == "cpu" and tensor.is_contiguous()
     first, second = decomposition.factors(3)
@@ -336,7 +338,7 @@ def test_error_curve_matches_explicit_reconstruction_errors(shape, method, fishe
     problem = _problem(shape, seed=10)
     decomposition = _decompose(problem, method)
     weighting = problem.importance.sqrt() if fisher_weighting else None
-    curve = error_curve_general(decomposition, weighting)
+    curve = error_curve(decomposition, weighting)
     assert curve.shape == (min(shape) + 1,) and curve.dtype == torch.float64
     explicit = _explicit_errors(decomposition, problem.weight, weighting)
     torch.testing.assert_close(curve, explicit, rtol=1e-9, atol=1e-10 * explicit[0].item())
@@ -362,7 +364,7 @@ def test_kfac_needs_the_gram_formula():
     orthogonal = orthogonal_tail_energies(decomposition.s, decomposition.right).sqrt()
     explicit = _explicit_errors(decomposition, problem.weight, None)
     assert (orthogonal - explicit).abs().max() > 1e-2 * explicit[0]
-    torch.testing.assert_close(error_curve_general(decomposition), explicit, rtol=1e-9, atol=1e-10 * explicit[0])
+    torch.testing.assert_close(error_curve(decomposition), explicit, rtol=1e-9, atol=1e-10 * explicit[0])
 
 
 # ------------------------------------------------------------------------------------------- accumulator
@@ -426,11 +428,11 @@ def test_forward_only_statistics_serve_asvd_and_whiten_but_not_kfac():
     statistics = accumulator.result()["layer"]
     assert statistics.output_moment is None
     for method in ("asvd", "whiten"):
-        assert _relative_error(decompose_weighted(problem.weight, method, statistics=statistics),
+        assert _relative_error(decompose(problem.weight, method=method, statistics=statistics),
                                problem.weight) < 1e-9
     with pytest.raises(ValueError, match=r"method 'kfac' needs input and output second moments.*output_moment is None"
                                          r".*add_output_grad"):
-        decompose_weighted(problem.weight, "kfac", statistics=statistics)
+        decompose(problem.weight, method="kfac", statistics=statistics)
 
 
 @pytest.mark.parametrize("call, match", [
@@ -520,7 +522,7 @@ def test_bad_or_missing_inputs_raise_clear_errors(method, kwargs, match):
     if method == "asvd" and "alpha" in kwargs:
         kwargs = {**kwargs, "statistics": problem.statistics}
     with pytest.raises(ValueError, match=match):
-        decompose_weighted(problem.weight, method, **kwargs)
+        decompose(problem.weight, method=method, **kwargs)
 
 
 @pytest.mark.parametrize("method", ["asvd", "whiten", "kfac"])
@@ -528,34 +530,34 @@ def test_statistics_of_another_layer_or_of_no_tokens_are_rejected(method):
     problem = _problem((7, 5), seed=18)
     other_inputs = _problem((7, 6), seed=18).statistics
     with pytest.raises(ValueError, match=r"statistics of a layer with 6 inputs and 7 outputs do not fit .*\(7, 5\)"):
-        decompose_weighted(problem.weight, method, statistics=other_inputs)
+        decompose(problem.weight, method=method, statistics=other_inputs)
     empty = replace(problem.statistics, tokens=0)
     with pytest.raises(ValueError, match=rf"method '{method}' needs .* gathered over 0 tokens"):
-        decompose_weighted(problem.weight, method, statistics=empty)
+        decompose(problem.weight, method=method, statistics=empty)
 
 
 def test_kfac_checks_the_output_side_too():
     problem = _problem((7, 5), seed=19)
     other_outputs = _problem((8, 5), seed=19).statistics
     with pytest.raises(ValueError, match=r"5 inputs and 8 outputs do not fit"):
-        decompose_weighted(problem.weight, "kfac", statistics=other_outputs)
-    decompose_weighted(problem.weight, "whiten", statistics=other_outputs)  # whiten ignores the output side
+        decompose(problem.weight, method="kfac", statistics=other_outputs)
+    decompose(problem.weight, method="whiten", statistics=other_outputs)  # whiten ignores the output side
 
 
 def test_bad_weights_ranks_and_weightings_raise():
     problem = _problem((7, 5), seed=20)
     with pytest.raises(ValueError, match=r"weight must be a 2-D"):
-        decompose_weighted(problem.weight[0], "svd")
+        decompose(problem.weight[0], method="svd")
     with pytest.raises(ValueError, match=r"weight contains NaN"):
-        decompose_weighted(_nan_at(problem.weight, (1, 1)), "svd")
+        decompose(_nan_at(problem.weight, (1, 1)), method="svd")
     decomposition = _decompose(problem, "kfac")
     for rank in (0, 6, 2.0, True):
         with pytest.raises(ValueError, match=r"choose an integer from 1 to 5"):
             decomposition.factors(rank)
     with pytest.raises(ValueError, match=r"weighting must be a finite \(in_features,\) = \(5,\) tensor"):
-        error_curve_general(decomposition, torch.ones(7))
+        error_curve(decomposition, torch.ones(7))
     with pytest.raises(ValueError, match=r"weighting must be a finite"):
-        error_curve_general(decomposition, torch.full((5,), math.inf))
+        error_curve(decomposition, torch.full((5,), math.inf))
 
 
 def test_zero_weightings_carry_no_information_and_fall_back_to_the_identity():
@@ -564,6 +566,6 @@ def test_zero_weightings_carry_no_information_and_fall_back_to_the_identity():
                            input_abs_sum=torch.zeros(5), tokens=10)
     svd = _decompose(problem, "svd").reconstruct(2)
     for method in WEIGHTED_METHODS:
-        decomposition = decompose_weighted(problem.weight, method, importance=torch.zeros(5), statistics=zero)
+        decomposition = decompose(problem.weight, method=method, importance=torch.zeros(5), statistics=zero)
         torch.testing.assert_close(decomposition.reconstruct(2), svd, rtol=1e-9, atol=1e-12)
         assert decomposition.left_orthogonal

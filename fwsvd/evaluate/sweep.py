@@ -23,6 +23,9 @@ from fwsvd.evaluate.finetune import finetune_
 from fwsvd.fisher.estimate import FisherResult
 from fwsvd.factorize.store import DecompositionStore
 from fwsvd.data.tasks import Role, Task
+from fwsvd.surgery.inputs import Statistics, check_inputs, importances_of, statistics_of
+from fwsvd.surgery.targets import find_targets
+from fwsvd.view.analysis import DEFAULT_METHODS
 
 Progress = Callable[[int, int], None]
 
@@ -69,9 +72,10 @@ def run_sweep(
     tokenizer: PreTrainedTokenizerBase,
     task: Task,
     *,
-    methods: Iterable[str] = ("svd", "fwsvd"),
+    methods: Iterable[str] = DEFAULT_METHODS,
     rank_ratios: Iterable[float] = (0.5, 0.33, 0.25),
     fisher: Mapping[str, torch.Tensor] | FisherResult | None = None,
+    statistics: Statistics | FisherResult | None = None,
     config: CompressionConfig | None = None,
     role: Role = "test",
     limit: int | None = None,
@@ -86,10 +90,12 @@ def run_sweep(
     """Evaluate the dense ``model``, then for each method and rank ratio a compressed copy of it.
 
     ``fisher`` ({layer: importance} or a FisherResult) is needed for "fwsvd"; estimate it on the train split
-    (``task_fisher``). ``finetune_epochs`` > 0 fine-tunes each copy on the train split first
-    (the paper's recipe — Adam, lr 2e-5, batch 32 — unless ``finetune_kwargs`` says otherwise). ``config``
-    gives the rest of every run's recipe (target_modules, allocation); each run replaces its method and rank
-    rule, so it must pin no layer (rank_pattern).
+    (``task_fisher``). "asvd", "whiten" and "kfac" need token ``statistics`` ({layer: LayerStatistics}, or a
+    FisherResult from ``task_fisher(..., statistics=True)``; by default those of a FisherResult ``fisher``);
+    every method's inputs are checked before anything is evaluated. ``finetune_epochs`` > 0 fine-tunes each
+    copy on the train split first (the paper's recipe — Adam, lr 2e-5, batch 32 — unless ``finetune_kwargs``
+    says otherwise). ``config`` gives the rest of every run's recipe (target_modules, allocation); each run
+    replaces its method and rank rule, so it must pin no layer (rank_pattern).
     ``progress(done, total)`` counts models evaluated (dense included); ``on_run(run)`` sees each run as it
     finishes, for live tables.
     """
@@ -103,9 +109,10 @@ def run_sweep(
         raise ValueError("give at least one method and one rank ratio")
     if finetune_epochs < 0:
         raise ValueError(f"finetune_epochs must be >= 0, got {finetune_epochs}")
-    importances = fisher.importances if isinstance(fisher, FisherResult) else fisher
-    if any(run.method == "fwsvd" for run in configs) and importances is None:
-        raise ValueError("method 'fwsvd' needs Fisher importances: pass fisher=task_fisher(model, tokenizer, task)")
+    importances, statistics = importances_of(fisher), statistics_of(statistics, fisher)
+    layers = [name for name in find_targets(model) if base.selects(name)]
+    for method in dict.fromkeys(run.method for run in configs):
+        check_inputs(method, layers, importances, statistics)
 
     batches = make_batches(task, tokenizer, role, batch_size=batch_size, max_length=max_length, limit=limit)
     total = 1 + len(configs)
@@ -114,7 +121,7 @@ def run_sweep(
         progress(1, total)
     tuning = {"max_length": max_length, **(finetune_kwargs or {})}
     for run_config in configs:
-        compressed, _ = compressed_copy(model, run_config, fisher=importances, store=store)
+        compressed, _ = compressed_copy(model, run_config, fisher=importances, statistics=statistics, store=store)
         if finetune_epochs:
             finetune_(compressed, tokenizer, task, epochs=finetune_epochs, **tuning)
         evaluation = evaluate_model(compressed, tokenizer, task, role, batches=batches)

@@ -1,7 +1,8 @@
 """Decompositions kept per layer and method, so that a new set of ranks is a truncation, not a new SVD.
 
-Kept in memory and in the disk cache, keyed by content: a digest of the weight, a digest of the importance
-(None for plain SVD) and the factorization's settings. A weight that changes gets a new key, so a stale
+Kept in memory and in the disk cache, keyed by content: the method, a digest of the weight, a digest of what
+weighs it (the importance for fwsvd; the token statistics it reads for asvd, whiten and kfac; nothing for plain
+SVD) and the factorization's settings. A weight that changes gets a new key, so a stale
 decomposition is never used; a cache file that fails its checks is recomputed (see fwsvd.storage.tensor_cache).
 
 A store may serve several threads (the dashboard keeps one per process for every session): its memory is
@@ -25,13 +26,14 @@ import torch
 from torch import nn
 
 from fwsvd.storage.tensor_cache import TensorCache, tensor_digest
-from fwsvd.factorize.closed_form import IMPORTANCE_FLOOR, Decomposition, ErrorCurves, decompose, error_curves
+from fwsvd.factorize.closed_form import Decomposition, ErrorCurves, decompose, error_curves, resolve_method
 from fwsvd.factorize.layers import dense_weight
+from fwsvd.factorize.weighted import ASVD_ALPHA, EIGENVALUE_FLOOR, IMPORTANCE_FLOOR, WHITEN_RIDGE, LayerStatistics
 
 logger = logging.getLogger(__name__)
 
 #: Bump when the stored decomposition's definition changes, so that old cache files are not reused.
-FORMAT_VERSION = 2  # 2: factors kept as U·S and Vᵀ·D⁻¹
+FORMAT_VERSION = 3  # 2: factors kept as U·S and Vᵀ·D⁻¹; 3: any method's P⁻¹·U·Σ and Vᵀ·Q⁻¹, keyed by method
 #: What a store keeps in memory by default, in bytes (decompositions and error curves); BERT-base's 72
 #: decompositions are about 0.5 GB per method. The environment variable overrides it.
 DEFAULT_MAX_BYTES = 2 << 30
@@ -145,7 +147,7 @@ class _CacheWriter:
 
 
 class DecompositionStore:
-    """SVD / FWSVD decompositions and their error curves, computed once per (weight, importance).
+    """Decompositions of every method and their error curves, computed once per (method, weight, weighting).
 
     ``use_disk=False`` keeps everything in memory only (tests, throw-away experiments). ``max_bytes`` bounds
     what is kept in memory (default :func:`default_max_bytes`: ``FWSVD_STORE_MAX_BYTES``, else 2 GiB): past it
@@ -209,53 +211,70 @@ class DecompositionStore:
             _, (_, dropped) = self._memory.popitem(last=False)
             self._memory_bytes -= dropped
 
-    def _key(self, weight_digest: str, importance_digest: str | None) -> dict[str, Any]:
-        return {
-            "kind": "decomposition",
-            "version": FORMAT_VERSION,
-            "weight": weight_digest,
-            "importance": importance_digest,
-            "floor": IMPORTANCE_FLOOR,
-        }
+    def _weighting_digest(self, method: str, importance: torch.Tensor | None,
+                          statistics: LayerStatistics | None) -> str | None:
+        """A digest of what weighs ``method``'s decomposition — only the parts it reads, so that statistics
+        gathered again with output gradients still find whiten's decomposition. Missing inputs digest to None
+        and are refused by the decomposition itself, with a message saying how to get them."""
+        if method == "svd":
+            return None
+        if method == "fwsvd":
+            parts = [importance]
+        elif statistics is None:
+            return None
+        elif method == "asvd":
+            parts = [statistics.input_abs_sum, statistics.tokens]
+        elif method == "whiten":
+            parts = [statistics.input_moment]
+        else:
+            parts = [statistics.input_moment, statistics.output_moment]
+        digests = [part if part is None or isinstance(part, int) else self._digests.digest(part) for part in parts]
+        return None if None in digests else ":".join(map(str, digests))
 
-    def get(self, module: nn.Module, importance: torch.Tensor | None = None) -> Decomposition:
-        """The decomposition of a Linear / Conv1D layer's weight: SVD, or FWSVD given an importance."""
+    def get(self, module: nn.Module, importance: torch.Tensor | None = None, *, method: str | None = None,
+            statistics: LayerStatistics | None = None) -> Decomposition:
+        """The decomposition of a Linear / Conv1D layer's weight by ``method`` (default: "fwsvd" given an
+        ``importance``, else "svd"); asvd, whiten and kfac read the layer's token ``statistics``."""
+        method = resolve_method(method, importance)
         weight_digest = self._digests.digest(module.weight)
-        importance_digest = None if importance is None else self._digests.digest(importance)
-        key = self._key(weight_digest, importance_digest)
-        name = f"{weight_digest}/{importance_digest}"
-        return self._memoized(("decomposition", name),
-                              partial(self._load_or_decompose, module, importance, key, name), _decomposition_bytes)
+        weighting_digest = self._weighting_digest(method, importance, statistics)
+        key = {"kind": "decomposition", "version": FORMAT_VERSION, "method": method, "weight": weight_digest,
+               "weighting": weighting_digest, **METHOD_SETTINGS}
+        name = f"{method}/{weight_digest}/{weighting_digest}"
+        compute = partial(self._load_or_decompose, module, method, importance, statistics, key, name)
+        return self._memoized(("decomposition", name), compute, _decomposition_bytes)
 
-    def _load_or_decompose(self, module: nn.Module, importance: torch.Tensor | None, key: dict[str, Any],
-                           name: str) -> Decomposition:
+    def _load_or_decompose(self, module: nn.Module, method: str, importance: torch.Tensor | None,
+                           statistics: LayerStatistics | None, key: dict[str, Any], name: str) -> Decomposition:
         decomposition = None
         if self._disk is not None:
             _CacheWriter.wait_for(str(self._disk.path_for(key)))
             tensors = self._disk.get(key)
             if tensors is not None:
                 try:
-                    decomposition = Decomposition.from_tensors(tensors)
+                    decomposition = Decomposition.from_tensors(tensors, method)
                 except ValueError as error:  # passed the checksum but is not a decomposition: recompute
                     logger.warning("cached decomposition for %s is unusable (%s); it will be recomputed", name, error)
         if decomposition is None:
-            decomposition = decompose(dense_weight(module), importance)
+            decomposition = decompose(dense_weight(module), importance, method=method, statistics=statistics)
             with self._lock:
                 self.computed += 1
             if self._writer is not None:
                 self._writer.put(key, decomposition.to_tensors())
         return decomposition
 
-    def curves(self, module: nn.Module, importance: torch.Tensor | None,
-               weighting: torch.Tensor | None) -> ErrorCurves:
-        """Error curves at every rank of one layer's decomposition (SVD when ``importance`` is None, else
-        FWSVD); Fisher-weighted errors use the importance ``weighting`` (None: plain errors only)."""
-        name = (self._digests.digest(module.weight),
-                None if importance is None else self._digests.digest(importance),
+    def curves(self, module: nn.Module, importance: torch.Tensor | None = None,
+               weighting: torch.Tensor | None = None, *, method: str | None = None,
+               statistics: LayerStatistics | None = None) -> ErrorCurves:
+        """Error curves at every rank of one layer's decomposition (``method``, ``importance`` and
+        ``statistics`` as for :meth:`get`); Fisher-weighted errors use the importance ``weighting`` (None:
+        plain errors only), whatever the method, so that methods compare in one unit."""
+        method = resolve_method(method, importance)
+        name = (method, self._digests.digest(module.weight), self._weighting_digest(method, importance, statistics),
                 None if weighting is None else self._digests.digest(weighting))
 
         def compute() -> ErrorCurves:
-            return error_curves(self.get(module, importance), weighting)
+            return error_curves(self.get(module, importance, method=method, statistics=statistics), weighting)
 
         return self._memoized(("curves", *name), compute, _curves_bytes)
 
@@ -269,6 +288,11 @@ class DecompositionStore:
         with self._lock:
             self._memory.clear()
             self._memory_bytes = 0
+
+
+#: The settings of the methods' weightings: a change makes new keys, so no file made under others is reused.
+METHOD_SETTINGS = {"floor": IMPORTANCE_FLOOR, "asvd_alpha": ASVD_ALPHA, "whiten_ridge": WHITEN_RIDGE,
+             "eigenvalue_floor": EIGENVALUE_FLOOR}
 
 
 def _decomposition_bytes(decomposition: Decomposition) -> int:

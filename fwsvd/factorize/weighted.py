@@ -22,11 +22,9 @@ x (n,) are a layer's inputs and g (m,) the gradients of its outputs, one per tok
 enter the objective (``||Rᵀ ΔW S||² = tr(ΔWᵀ G ΔW A)``), so each root is taken in the form that is cheapest to
 multiply by and to undo: a diagonal, a Cholesky factor, or ``E·diag(sqrt λ)`` from an eigendecomposition.
 
-With P = I, ``left = U Σ`` has orthogonal columns and every rank's error is a sum over components; kfac's
-``left = P⁻¹ U Σ`` does not, and :func:`error_curve_general` then sums over pairs of components (a k×k Gram
-matrix) — still every rank at once, without forming any ``Ŵ_r``.
-
-This module depends on torch only, so that it can move within the package freely.
+This module says what weighs each method's error — the token statistics and the roots P, Q made from them
+(:func:`method_transforms`); :mod:`fwsvd.factorize.closed_form` decomposes ``P·W·Q`` and gives every rank's
+error. It depends on torch only, so that it can move within the package freely.
 """
 
 from __future__ import annotations
@@ -277,6 +275,13 @@ def _checked_importance(importance: torch.Tensor, in_features: int) -> torch.Ten
     return importance
 
 
+def importance_scale(importance: torch.Tensor, in_features: int) -> torch.Tensor:
+    """``sqrt(I)`` after validation and flooring, float64 on the CPU: fwsvd's Q and the weighting of every
+    method's Fisher-weighted error. An all-zero importance carries no information and gives ones."""
+    scale = _floored_scale(_checked_importance(importance, in_features), 0.5)
+    return torch.ones(in_features, dtype=torch.float64) if scale is None else scale
+
+
 def _checked_statistics(method: str, statistics: LayerStatistics | None,
                         shape: tuple[int, int]) -> LayerStatistics:
     """``statistics`` if they hold what ``method`` needs for an (m, n) weight, else a ValueError saying what."""
@@ -331,136 +336,3 @@ def _eigen_root(moment: torch.Tensor) -> MomentRoot | None:
     if largest <= 0:
         return None
     return MomentRoot("eigen", basis=vectors, scale=values.clamp_min(largest * EIGENVALUE_FLOOR).sqrt())
-
-
-# -------------------------------------------------------------------------------------------- decomposition
-
-
-@dataclass(frozen=True)
-class WeightedDecomposition:
-    """``svd(P·W·Q) = U Σ Vᵀ`` kept as ``left = P⁻¹ U Σ`` (m, k), ``s`` = Σ (k,), ``right = Vᵀ Q⁻¹`` (k, n).
-
-    k = min(m, n), s descending; row-major, contiguous, on the CPU, float64 for a float64 weight and float32
-    otherwise. Keeping the products makes a rank a pair of slice copies. ``left_orthogonal`` is True when
-    P = I: then left's columns are orthogonal with norms s, which makes error curves a sum over components.
-    """
-
-    left: torch.Tensor
-    s: torch.Tensor
-    right: torch.Tensor
-    method: WeightedMethod
-    left_orthogonal: bool
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.left.shape[0], self.right.shape[1])
-
-    @property
-    def full_rank(self) -> int:
-        return self.s.numel()
-
-    def factors(self, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(first (rank, n), second (m, rank))`` with ``second @ first`` the method's rank-``rank`` optimum.
-
-        New contiguous tensors, never views of this decomposition, so callers may train them in place.
-        """
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= self.full_rank:
-            raise ValueError(f"rank {rank!r} for a weight of shape {self.shape} is out of range: "
-                             f"choose an integer from 1 to {self.full_rank}")
-        return self.right[:rank].clone(), self.left[:, :rank].clone(memory_format=torch.contiguous_format)
-
-    def reconstruct(self, rank: int) -> torch.Tensor:
-        first, second = self.factors(rank)
-        return second @ first
-
-
-def decompose_weighted(
-    weight: torch.Tensor,
-    method: str,
-    *,
-    importance: torch.Tensor | None = None,
-    statistics: LayerStatistics | None = None,
-    alpha: float = ASVD_ALPHA,
-) -> WeightedDecomposition:
-    """The decomposition of an (m, n) ``weight`` that ``method`` truncates (see :func:`method_transforms`).
-
-    Computed on the weight's device, in float64 for a float64 weight and float32 otherwise — except the
-    roots of A and G, always float64: second moments span many orders of magnitude, and their small
-    eigenvalues are exactly the directions the methods must not get wrong. A wide matrix is decomposed
-    through its transpose (LAPACK's SVD of a tall matrix is several times faster on CPU).
-    """
-    if weight.dim() != 2:
-        raise ValueError(f"weight must be a 2-D (out_features, in_features) tensor, got shape {tuple(weight.shape)}")
-    if not torch.isfinite(weight).all():
-        raise ValueError("weight contains NaN or infinite values")
-    dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
-    transforms = method_transforms(method, tuple(weight.shape), importance=importance, statistics=statistics,
-                                   alpha=alpha, device=weight.device).to(device=weight.device, dtype=dtype)
-    matrix = transforms.apply(weight.detach().to(dtype))
-    if matrix.shape[0] >= matrix.shape[1]:
-        u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
-    else:
-        v, s, uh = torch.linalg.svd(matrix.T, full_matrices=False)
-        u, vh = uh.T, v.T
-    to_store = dict(device="cpu", dtype=dtype)
-    # .contiguous() after .to(): the transposed route leaves column-major factors, and row-major storage is
-    # what makes a rank cut a copy of whole rows.
-    return WeightedDecomposition(
-        left=transforms.restore_left(u * s).to(**to_store).contiguous(),
-        s=s.to(**to_store).contiguous(),
-        right=transforms.restore_right(vh).to(**to_store).contiguous(),
-        method=method,
-        left_orthogonal=transforms.output_root is None,
-    )
-
-
-# ------------------------------------------------------------------------------------------- error curves
-
-
-def error_curve_general(decomposition: WeightedDecomposition, weighting: torch.Tensor | None = None) -> torch.Tensor:
-    """``||(W − Ŵ_r)·diag(weighting)||_F`` for every rank r = 0..k (index r), float64, from one decomposition.
-
-    ``W − Ŵ_r = Σ_{i≥r} l_i ρ_iᵀ`` (0-based) with l_i the columns of ``left`` and ρ_i the rows of
-    ``right·diag(weighting)``. With orthogonal l_i (P = I) its squared norm is ``Σ_{i≥r} s_i² ||ρ_i||²``
-    (:func:`orthogonal_tail_energies`); otherwise (kfac) it is ``Σ_{i,j≥r} (LᵀL)_ij (ρρᵀ)_ij``
-    (:func:`gram_tail_energies`). ``weighting=None`` gives the plain Frobenius error; pass sqrt(importance)
-    for the Fisher-weighted error. W here is ``left @ right``, which equals the weight up to rounding.
-    """
-    rows = decomposition.right.to(torch.float64)
-    if weighting is not None:
-        weighting = torch.as_tensor(weighting).to(device="cpu", dtype=torch.float64)
-        if weighting.shape != (rows.shape[1],) or not torch.isfinite(weighting).all():
-            raise ValueError(f"weighting must be a finite (in_features,) = ({rows.shape[1]},) tensor, "
-                             f"got shape {tuple(weighting.shape)}")
-        rows = rows * weighting
-    if decomposition.left_orthogonal:
-        energies = orthogonal_tail_energies(decomposition.s, rows)
-    else:
-        energies = gram_tail_energies(decomposition.left, rows)
-    return energies.clamp_min(0).sqrt()
-
-
-def own_objective_curve(decomposition: WeightedDecomposition) -> torch.Tensor:
-    """``||P (W − Ŵ_r) Q||_F`` for r = 0..k: each method's own objective, ``sqrt(Σ_{i≥r} s_i²)``."""
-    return _suffix_sums(decomposition.s.to(torch.float64).square()).sqrt()
-
-
-def orthogonal_tail_energies(s: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``Σ_{i≥r} s_i² ||rows_i||²`` for r = 0..k: the squared errors when left's columns are orthogonal, norms s."""
-    return _suffix_sums(s.to(torch.float64).square() * rows.to(torch.float64).square().sum(dim=1))
-
-
-def gram_tail_energies(left: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``||Σ_{i≥r} left_i rows_iᵀ||²_F = Σ_{i,j≥r} (LᵀL ⊙ ρρᵀ)_ij`` for r = 0..k, for any left, in O(k²) after
-    two Gram products: the bottom-right block sums of all r are the diagonal of the 2-D cumulative sum of the
-    flipped k×k matrix. Summing from the small end keeps the tail accurate.
-    """
-    left, rows = left.to(torch.float64), rows.to(torch.float64)
-    products = (left.T @ left) * (rows @ rows.T)
-    blocks = products.flip(0, 1).cumsum(0).cumsum(1)
-    return torch.cat([blocks.diagonal().flip(0), blocks.new_zeros(1)])
-
-
-def _suffix_sums(values: torch.Tensor) -> torch.Tensor:
-    """``Σ_{i≥r} values_i`` for r = 0..k (k + 1 entries, the last 0)."""
-    return torch.cat([values.flip(0).cumsum(0).flip(0), values.new_zeros(1)])

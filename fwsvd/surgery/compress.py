@@ -15,11 +15,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
 from fwsvd.config import CompressionConfig, Ranks, as_config
-from fwsvd.view.analysis import METHODS, ErrorCurves, LayerAnalysis, Method
+from fwsvd.view.analysis import ErrorCurves, LayerAnalysis
 from fwsvd.factorize.closed_form import Decomposition
 from fwsvd.surgery.lowrank import LowRankLinear
 from fwsvd.factorize.layers import dense_weight, source_kind_of
@@ -27,9 +26,8 @@ from fwsvd.surgery.modules import count_parameters, replace_module
 from fwsvd.surgery.module_copy import copy_sharing
 from fwsvd.view.rank_config import break_even_rank
 from fwsvd.factorize.store import DecompositionStore
+from fwsvd.surgery.inputs import Fisher, Statistics, check_inputs, importances_of, layer_inputs, statistics_of
 from fwsvd.surgery.targets import TargetFilter, find_targets, target_shapes
-
-Fisher = Mapping[str, torch.Tensor]
 
 _default_store: DecompositionStore | None = None
 
@@ -146,25 +144,6 @@ class CompressionReport:
         return pd.DataFrame([layer.to_dict() for layer in self.layers])
 
 
-def check_method(method: str) -> Method:
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    return method  # type: ignore[return-value]
-
-
-def check_fisher(fisher: Fisher | None, names: list[str], method: str) -> None:
-    if method == "fwsvd" and fisher is None:
-        raise ValueError("method='fwsvd' needs Fisher importances: pass fisher=estimate_fisher(model, batches)")
-    if fisher is None:
-        return
-    missing = [name for name in names if name not in fisher]
-    if missing:
-        raise ValueError(
-            f"fisher has no importance for {len(missing)} layer(s) to compress, e.g. {missing[0]!r}; "
-            "estimate it for the same model and targets"
-        )
-
-
 def _layer_report(name: str, method: str, module: nn.Module, rank: int, curves: ErrorCurves) -> LayerReport:
     out_features, in_features = dense_weight(module).shape
     bias = 0 if module.bias is None else module.bias.numel()
@@ -198,6 +177,7 @@ def compress_(
     *,
     method: str | None = None,
     fisher: Fisher | None = None,
+    statistics: Statistics | None = None,
     filter_fn: TargetFilter | None = None,
     store: DecompositionStore | None = None,
 ) -> CompressionReport:
@@ -206,13 +186,16 @@ def compress_(
     ``config``: a :class:`~fwsvd.config.CompressionConfig` (method, target_modules, rank rule, rank_pattern), or
     shorthand ranks with ``method`` (default "fwsvd") and ``filter_fn(name, module)`` narrowing the targets:
     an int (that rank everywhere), a float in (0, 1] (the rank ratio) or ``{layer name: rank}`` (only those
-    layers). Targets are the Linear / Conv1D layers inside the transformer blocks. "fwsvd" needs ``fisher``
-    ({layer name: (in_features,) importance}); with "svd" a given ``fisher`` only adds Fisher-weighted errors
-    to the report. Decompositions come from ``store`` (default: a process-wide store over the disk cache), so
-    a second call with other ranks runs no SVD.
+    layers). Targets are the Linear / Conv1D layers inside the transformer blocks. Methods (see
+    :mod:`fwsvd.factorize.weighted`): "svd"; "fwsvd" needs ``fisher`` ({layer name: (in_features,) importance},
+    or a FisherResult); "asvd", "whiten" and "kfac" need token ``statistics`` ({layer name: LayerStatistics}, or
+    a FisherResult from ``task_fisher(..., statistics=True)``; by default those of a FisherResult ``fisher``).
+    For any method a given ``fisher`` adds Fisher-weighted errors to the report, and is what an allocation
+    with ``allocation="fisher"`` weighs by. Decompositions come from ``store`` (default: a process-wide store
+    over the disk cache), so a second call with other ranks runs no SVD.
     """
     targets, config = _targets_and_config(model, config, method, filter_fn)
-    return _compress_targets(model, targets, config, fisher=fisher, store=store)
+    return _compress_targets(model, targets, config, fisher=fisher, statistics=statistics, store=store)
 
 
 def _targets_and_config(model: nn.Module, config: CompressionConfig | Ranks, method: str | None,
@@ -234,22 +217,22 @@ def _targets_and_config(model: nn.Module, config: CompressionConfig | Ranks, met
 
 
 def _compress_targets(model: nn.Module, targets: Mapping[str, nn.Module], config: CompressionConfig, *,
-                      fisher: Fisher | None, store: DecompositionStore | None) -> CompressionReport:
+                      fisher: Fisher | None, statistics: Statistics | None,
+                      store: DecompositionStore | None) -> CompressionReport:
     """compress_ for targets already found ({qualified name in ``model``: layer}) and a checked config."""
     method = config.method
     shapes = target_shapes(targets)
     selected = [name for name in targets if config.selects(name)]
-    check_fisher(fisher, selected, method)
+    fisher, statistics = importances_of(fisher), statistics_of(statistics, fisher)
+    check_inputs(method, selected, fisher, statistics)
     store = store if store is not None else default_store()
     # Every selected layer's decomposition first: an allocation chooses the ranks from their error curves.
     fetched: dict[str, tuple[Decomposition, ErrorCurves]] = {}
     for name in selected:
         module = targets[name]
-        importance = fisher[name] if fisher is not None else None
-        decomposition_importance = importance if method == "fwsvd" else None
-        decomposition = store.get(module, decomposition_importance)
-        curves = store.curves(module, decomposition_importance, importance)
-        fetched[name] = decomposition, curves
+        inputs = layer_inputs(method, name, fisher, statistics)
+        weighting = fisher[name] if fisher is not None else None
+        fetched[name] = store.get(module, **inputs), store.curves(module, weighting=weighting, **inputs)
     analyses = None
     if config.allocation is not None:
         analyses = {name: LayerAnalysis(name, *shapes[name], {method: decomposition.s}, {method: curves})
@@ -328,6 +311,7 @@ def compressed_copy(
     *,
     method: str | None = None,
     fisher: Fisher | None = None,
+    statistics: Statistics | None = None,
     filter_fn: TargetFilter | None = None,
     store: DecompositionStore | None = None,
 ) -> tuple[nn.Module, CompressionReport]:
@@ -341,7 +325,7 @@ def compressed_copy(
     targets, config = _targets_and_config(model, config, method, filter_fn)
     shared = {name: module for name, module in targets.items() if config.selects(name)}
     duplicate = copy_sharing(model, shared.values())
-    report = _compress_targets(duplicate, targets, config, fisher=fisher, store=store)
+    report = _compress_targets(duplicate, targets, config, fisher=fisher, statistics=statistics, store=store)
     for name in shared.keys() - report.ranks.keys():
         replace_module(duplicate, name, copy.deepcopy(shared[name]))
     return duplicate, report

@@ -8,6 +8,7 @@ from transformers.pytorch_utils import Conv1D
 
 from fwsvd.factorize.closed_form import Decomposition, decompose
 from fwsvd.factorize.layers import dense_weight, source_kind_of
+from fwsvd.factorize.weighted import LayerStatistics
 
 SOURCE_KINDS = ("linear", "conv1d")
 
@@ -112,11 +113,12 @@ class LowRankLinear(nn.Module):
                                None if bias is None else bias.detach().to(**options, copy=True), source_kind)
 
     @classmethod
-    def from_linear(cls, module: nn.Module, rank: int,
-                    importance: torch.Tensor | None = None) -> "LowRankLinear":
-        """Factorize an nn.Linear or transformers Conv1D (plain SVD, or FWSVD given an (in,) importance)."""
+    def from_linear(cls, module: nn.Module, rank: int, importance: torch.Tensor | None = None, *,
+                    method: str | None = None, statistics: LayerStatistics | None = None) -> "LowRankLinear":
+        """Factorize an nn.Linear or transformers Conv1D: plain SVD, FWSVD given an (in,) importance, or any
+        ``method`` with its inputs (see :func:`fwsvd.decompose`)."""
         weight = dense_weight(module)
-        decomposition = decompose(weight, importance)
+        decomposition = decompose(weight, importance, method=method, statistics=statistics)
         return cls.from_decomposition(decomposition, rank, module.bias, source_kind_of(module),
                                       device=weight.device, dtype=weight.dtype)
 
