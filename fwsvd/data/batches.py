@@ -55,6 +55,10 @@ def make_batches(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1 or None, got {limit}")
+    readable = getattr(tokenizer, "model_max_length", None)  # a huge sentinel when the tokenizer sets none
+    if isinstance(readable, int) and max_length > readable:
+        raise ValueError(f"max_length {max_length} is more than the {readable} tokens the model reads (its "
+                         f"tokenizer's model_max_length); give at most {readable}")
     encoded = _encode_split(task, tokenizer, role, max_length)
     count = len(encoded["input_ids"])
     order = np.random.default_rng(seed).permutation(count) if shuffle else np.arange(count)

@@ -255,7 +255,13 @@ def _format_of(path: Path) -> str | None:
 def _read_local_file(path: Path) -> datasets.Dataset:
     builder = _format_of(path)
     options = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
-    return datasets.load_dataset(builder, data_files=str(path), split="train", **options)
+    try:
+        dataset = datasets.load_dataset(builder, data_files=str(path), split="train", **options)
+    except ValueError as error:  # datasets' own words for an empty file name no file: say which one
+        raise ValueError(f"{path} holds no examples (an empty file, or a header only)") from error
+    if len(dataset) == 0:
+        raise ValueError(f"{path} holds no examples (an empty file, or a header only)")
+    return dataset
 
 
 def _infer_labels(train: datasets.Dataset, label_column: str,
@@ -288,6 +294,10 @@ def _infer_labels(train: datasets.Dataset, label_column: str,
         if names is not None:
             raise ValueError(f"regression needs numeric labels, but {label_column!r} holds strings")
         return "regression", 1, None
+    classes = sorted(set(names if names is not None else array.tolist()))
+    if len(classes) < 2:
+        raise ValueError(f"label column {label_column!r} holds one class ({classes[0]!r}) in the training data: "
+                         "a classifier needs at least two")
     if names is not None:
         return "classification", len(names), names
     if array.min() < 0:

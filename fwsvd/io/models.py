@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -51,10 +52,29 @@ def load_model(
     with quiet_transformers():
         config = _load_config(location, source, trust_remote_code)
         head = check_head(config, task, num_labels, source)
-        model = _HEADS[head].from_pretrained(location, trust_remote_code=trust_remote_code)
+        try:
+            model, loading = _HEADS[head].from_pretrained(location, trust_remote_code=trust_remote_code,
+                                                          output_loading_info=True)
+        except (OSError, SafetensorError) as error:
+            raise ValueError(f"cannot read the weights of model {str(source)!r} ({type(error).__name__}: {error}); "
+                             "the directory is damaged") from error
+        _check_complete(loading, source)
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
     _ensure_padding(model, tokenizer)
     return model.eval(), tokenizer
+
+
+def _check_complete(loading: dict[str, Any], source: str | os.PathLike[str]) -> None:
+    """Refuse weights that leave some of the model's parameters out: transformers would initialise them at
+    random and the "fine-tuned" model would measure nothing."""
+    missing = sorted(loading["missing_keys"])
+    if not missing:
+        return
+    factors = any(key.endswith((".first.weight", ".second.weight")) for key in loading["unexpected_keys"])
+    why = (f"the file holds low-rank factors: a compressed directory that lost its {INFO_FILE}" if factors
+           else "the weights file is damaged or belongs to another model")
+    raise ValueError(f"the weights of model {str(source)!r} lack {len(missing)} of its parameters (such as "
+                     f"{missing[0]}), which would be random: {why}")
 
 
 def _locate(source: str | os.PathLike[str]) -> str:
