@@ -43,7 +43,8 @@ RANKS_OWNER = "ranks_owner"
 EVALUATIONS = "evaluations"
 SWEEPS = "sweeps"
 RANK_WIDGET_PREFIX = "rank::"
-CHOSEN_METHODS = "methods"
+CHOSEN_METHODS = "methods"  # the sidebar widget's key on each page
+METHODS_CHOICE = "methods_choice"  # the choice itself, carried from page to page
 
 PAGES = {
     "model": "pages/1_model_and_task.py",
@@ -116,11 +117,16 @@ def methods_text(methods: Sequence[str]) -> str:
 
 def chosen_methods() -> tuple[str, ...]:
     """The methods to compare, chosen in the sidebar (drawn here; the choice is the session's, shared by every
-    page that calls this), in the library's order; with none chosen, a message and stop."""
-    chosen = st.sidebar.multiselect("Methods to compare", METHODS, default=DEFAULT_METHODS, format_func=method_label,
-                                    key=CHOSEN_METHODS, persist_state="session",
+    page that calls this), in the library's order; with none chosen, a message and stop.
+
+    Each page draws its own widget (one drawn by the router is lost on reruns under AppTest) and a widget of
+    the same key on another page is another widget, so the choice is kept apart and given as its default."""
+    chosen = st.sidebar.multiselect("Methods to compare", METHODS,
+                                    default=st.session_state.get(METHODS_CHOICE, list(DEFAULT_METHODS)),
+                                    format_func=method_label, key=CHOSEN_METHODS,
                                     help="Every error plot, spectrum, evaluation and sweep shows these methods. "
                                          "Methods weighted by token statistics compute them (once) with the Fisher.")
+    st.session_state[METHODS_CHOICE] = chosen
     if not chosen:
         st.info("Choose at least one method to compare in the sidebar.", icon=":material/info:")
         st.stop()

@@ -84,6 +84,17 @@ def _summed_weighted_error(view, ranks: dict[str, int], method: str) -> float:
                if rank < view.analyses[name].full_rank)
 
 
+def _decoded(values) -> list[float]:
+    """A plotly array from a figure's JSON: a list, or numpy's bytes as plotly encodes them ({dtype, bdata})."""
+    if isinstance(values, dict):
+        import base64
+
+        import numpy as np
+
+        return np.frombuffer(base64.b64decode(values["bdata"]), dtype=values["dtype"]).tolist()
+    return list(values)
+
+
 def _trace_names(at: AppTest, key_part: str) -> set[str]:
     return {trace["name"] for trace in _chart(at, key_part)["data"]}
 
@@ -216,6 +227,48 @@ def test_every_figure_follows_the_chosen_methods(app):
     at.multiselect(key="methods").set_value([]).run()
     assert not at.exception
     assert any("Choose at least one method" in info.value for info in at.info)
+
+
+def test_a_statistics_method_is_analysed_evaluated_and_exported_end_to_end(app):
+    from fwsvd.config import FisherConfig
+    from fwsvd.data.tasks import local_task
+    from fwsvd.fisher.task import cached_task_fisher
+    from fwsvd.io.models import load_model
+    from fwsvd.surgery.analyze import analyze_layers
+
+    at = app
+    at.multiselect(key="methods").set_value(["fwsvd", "asvd"]).run()  # the cache holds no token statistics yet
+    assert not at.exception and not at.error, [error.value for error in at.error]
+    assert _trace_names(at, "error_chart") == _trace_names(at, "spectrum_chart") == {"FWSVD", "ASVD"}
+    task = local_task(os.environ["FWSVD_APP_TASK"], text_column="review", label_column="sentiment")
+    model, _ = load_model(os.environ["FWSVD_APP_MODEL"], task)
+    fisher = cached_task_fisher(model, task, FisherConfig(), statistics=True)
+    assert fisher is not None and fisher.statistics  # gathered by the page, and cached on disk
+    expected = analyze_layers(model, fisher, methods=("asvd",))
+    plain = next(trace for trace in _chart(at, "error_chart")["data"] if trace["name"] == "ASVD")
+    block0 = [name for name in expected if name.startswith("bert.encoder.layer.")]
+    assert _decoded(plain["y"]) == pytest.approx(
+        [float(expected[name].curves["asvd"].relative_plain()[11]) for name in block0])
+    assert "asvd" in _view().analyses[block0[0]].curves  # in the snapshot: the next start has it at once
+
+    at.number_input(key="eval_limit").set_value(16).run()
+    at.button(key="evaluate").click().run()
+    assert not at.exception and not at.error, [error.value for error in at.error]
+    assert list(_table(at, "latency_s_per_batch")["method"]) == ["dense", "fwsvd", "asvd"]
+    at.button(key="optimize_ranks").click().run()  # for FWSVD, the first weighted method
+    at.selectbox(key="optimize_method").set_value("asvd").run()
+    at.button(key="optimize_ranks").click().run()
+    assert not at.exception and not at.error
+    at = _open(at, "5_export.py")
+    at.radio(key="export_method").set_value("asvd").run()
+    config = json.loads(at.code[0].value)
+    assert config["method"] == "asvd"
+    from fwsvd.config import CompressionConfig
+    from fwsvd.io.archive import compressed_archive
+
+    archive = compressed_archive(model, CompressionConfig.from_dict(config), fisher=fisher.importances,
+                                 statistics=fisher.statistics)  # what the page's model download builds
+    assert archive[:2] == b"PK"
 
 
 def test_rank_explorer_table_edits_set_ranks(app):

@@ -180,8 +180,9 @@ def evaluation(view: ui.ExplorerView, ranks: dict[str, int], methods: tuple[str,
     remembered = ui.evaluations()
     done = remembered.get(key, {}).get("results", {})
     missing = [method for method in methods if method not in done]
-    if left.button(f"Evaluate {ui.methods_text(missing or methods)}", type="primary", key="evaluate", icon=":material/play_arrow:",
-                   disabled=not missing, help="Methods already evaluated at these ranks are remembered."):
+    if left.button(f"Evaluate {ui.methods_text(missing or methods)}", type="primary", key="evaluate",
+                   icon=":material/play_arrow:", disabled=not missing,
+                   help="Methods already evaluated at these ranks are remembered."):
         evaluate(view, ranks, missing, int(limit), key)
         st.rerun()  # drawn again with the results, and the button that has nothing left to evaluate
     shown = {method: result for method, result in done.items() if method == "dense" or method in methods}
@@ -214,8 +215,9 @@ def evaluate(view: ui.ExplorerView, ranks: dict[str, int], methods: list[str], l
     if not compressed:
         raise ValueError("every layer is kept dense at these ranks: there is no compressed model to evaluate")
     loaded = ui.require_model()
-    fisher = ui.require_fisher(loaded, "Evaluating the weighted methods needs the Fisher importances, and they "
-                                       "are no longer in the cache: compute them on the Fisher page.")
+    fisher = ui.fisher_for_methods(loaded, methods, "Evaluating the weighted methods needs the Fisher importances, "
+                                                    "and they are no longer in the cache: compute them on the "
+                                                    "Fisher page.")
     remembered = ui.evaluations()
     dense = next((entry["results"]["dense"] for (src, _, _, size), entry in remembered.items()
                   if src == view.source_key and size == limit and "dense" in entry["results"]), None)

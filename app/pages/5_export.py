@@ -108,5 +108,5 @@ with ui.error_box():
     config = ui.compression_config(method, analyses)
     with ui.error_box():
         compression_config(config, analyses)
-    model_archive(loaded, fisher, config)
+    model_archive(loaded, ui.fisher_for_methods(loaded, (method,), "Exports need the Fisher importances."), config)
     results(loaded, analyses, ranks)

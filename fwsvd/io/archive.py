@@ -12,21 +12,23 @@ from torch import nn
 from fwsvd.config import CompressionConfig
 from fwsvd.factorize.store import DecompositionStore
 from fwsvd.surgery.compress import compressed_copy
+from fwsvd.surgery.inputs import Statistics
 
 
 def compressed_archive(model: nn.Module, config: CompressionConfig, *, fisher: Mapping[str, torch.Tensor] | None,
                        tokenizer: Any = None, fisher_provenance: dict[str, Any] | None = None,
-                       extra: dict[str, Any] | None = None, store: DecompositionStore | None = None) -> bytes:
+                       extra: dict[str, Any] | None = None, store: DecompositionStore | None = None,
+                       statistics: Statistics | None = None) -> bytes:
     """A zip of the folder :func:`fwsvd.io.persistence.save_compressed` writes for a copy of ``model``
     compressed by ``config`` (``model/`` inside the archive; reload with ``load_compressed``). The model is
-    not modified."""
+    not modified. ``statistics``: the token statistics asvd, whiten and kfac need (see ``compressed_copy``)."""
     import io
     import tempfile
     import zipfile
 
     from fwsvd.io.persistence import save_compressed
 
-    compressed, report = compressed_copy(model, config, fisher=fisher, store=store)
+    compressed, report = compressed_copy(model, config, fisher=fisher, statistics=statistics, store=store)
     buffer = io.BytesIO()
     with tempfile.TemporaryDirectory() as scratch:
         directory = save_compressed(compressed, Path(scratch) / "model", config=report.config, tokenizer=tokenizer,
