@@ -26,6 +26,7 @@ from fwsvd.fisher.estimate import (
 )
 from fwsvd.fisher.statistics import (
     PANEL_ROWS,
+    StatisticsAccumulator,
     add_gram_,
     split_statistics,
     statistics_to_tensors,
@@ -196,6 +197,23 @@ def test_upper_triangle_panels_give_the_full_gram_matrix():
     upper = add_gram_(torch.zeros(features, features, dtype=torch.float64), rows)
     assert not upper[PANEL_ROWS:, :PANEL_ROWS].any()  # below the first diagonal panel: never computed
     torch.testing.assert_close(symmetric(upper), rows.T @ rows, rtol=1e-12, atol=1e-10)
+
+
+def test_layers_fed_one_tensor_share_its_sums_until_it_changes():
+    x = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(14))
+    keep = torch.tensor([[True, True, False], [True, False, False]])
+    accumulator = StatisticsAccumulator({name: (5, 4) for name in ("query", "key", "value", "other")})
+    accumulator.add_input("query", x, keep)
+    accumulator.add_input("key", x, keep)  # the same tensor: the product is reused
+    x.mul_(2)  # changed in place: computed again
+    accumulator.add_input("value", x, keep)
+    accumulator.add_input("other", x, keep.clone())  # an equal mask, but another object: computed again
+    result = accumulator.result()
+    kept = x[keep].double() / 2
+    for name, factor in [("query", 1), ("key", 1), ("value", 4), ("other", 4)]:
+        assert result[name].tokens == 3
+        torch.testing.assert_close(result[name].input_moment.double(), factor * kept.T @ kept, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(result[name].input_abs_sum.double(), factor ** 0.5 * kept.abs().sum(0))
 
 
 # --- cache -------------------------------------------------------------------------------------------------

@@ -381,7 +381,8 @@ class _GradientCapture:
         self._inputs[name].append(inputs)
         output.register_hook(partial(self._backward, name, call))
         if self.statistics is not None:
-            self.statistics.add_input(name, inputs, self._call_keep(inputs))
+            # The layer's own input object, not a detached alias: layers fed the same tensor share its sums.
+            self.statistics.add_input(name, args[0], self._call_keep(inputs))
 
     def _call_keep(self, tensor: torch.Tensor) -> torch.Tensor | None:
         """The kept tokens of one call's batch-first ``tensor``; None when every token is kept."""
@@ -457,9 +458,7 @@ def _estimate(
     with exclusive(model):
         training = [(module, module.training) for module in model.modules()]
         requires_grad = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
-        accumulator = StatisticsAccumulator(
-            {name: tuple(dense_weight(module).shape) for name, module in resolved.items()}, device,
-            gradients=True) if statistics else None
+        accumulator = _statistics_accumulator(resolved, device) if statistics else None
         capture = _GradientCapture(resolved, device, per_example=mode == "per_example", statistics=accumulator)
         examples = 0
         bar = tqdm(total=total or None, desc=f"Fisher ({mode})", unit="batch", disable=not show_progress)
@@ -543,6 +542,12 @@ def _fits_targets(importances: Mapping[str, torch.Tensor], targets: Mapping[str,
         importances[name].shape == (dense_weight(module).shape[1],) for name, module in targets.items())
 
 
+def _statistics_accumulator(targets: Mapping[str, nn.Module], device: torch.device) -> StatisticsAccumulator:
+    """Zero statistics of every target layer, output moments included, as every rank holds them alike."""
+    return StatisticsAccumulator({name: tuple(dense_weight(module).shape) for name, module in targets.items()},
+                                 device, gradients=True)
+
+
 def _statistics_fit_targets(statistics: Mapping[str, LayerStatistics], targets: Mapping[str, nn.Module]) -> bool:
     return set(statistics) == set(targets) and all(
         (statistics[name].out_features, statistics[name].in_features) == tuple(dense_weight(module).shape)
@@ -555,8 +560,7 @@ def _share_statistics_from_rank0(statistics: Mapping[str, LayerStatistics] | Non
     """Rank 0's cached statistics on every rank; outside a process group, rank 0's own, as they are."""
     if not is_distributed():
         return dict(statistics)
-    accumulator = StatisticsAccumulator({name: tuple(dense_weight(module).shape) for name, module in targets.items()},
-                                        device, gradients=True)
+    accumulator = _statistics_accumulator(targets, device)
     if statistics is not None:
         accumulator.load_(statistics)
     accumulator.broadcast_()

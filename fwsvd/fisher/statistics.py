@@ -15,6 +15,7 @@ about 60 % of the full product's work, the rest mirrored once when the result is
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import torch
 
@@ -49,6 +50,22 @@ def symmetric(upper: torch.Tensor) -> torch.Tensor:
     return upper.triu() + upper.triu(1).T
 
 
+@dataclass(frozen=True)
+class _InputSums:
+    """One input tensor's contribution, kept for the next layer that may be fed the same tensor."""
+
+    x: torch.Tensor
+    version: int
+    keep: torch.Tensor | None
+    moment: torch.Tensor
+    abs_sum: torch.Tensor
+    tokens: int
+
+    def repeats(self, x: torch.Tensor, keep: torch.Tensor | None, features: int) -> bool:
+        return (x is self.x and x._version == self.version and keep is self.keep
+                and self.moment.shape[0] == features)
+
+
 class StatisticsAccumulator:
     """Running :class:`LayerStatistics` of several layers, fed by forward and backward hooks.
 
@@ -74,14 +91,24 @@ class StatisticsAccumulator:
         self._output_moments: dict[str, torch.Tensor] = (
             {name: self._zeros(m, m) for name, (m, _) in self._shapes.items()} if gradients else {})
         self._tokens = dict.fromkeys(self._shapes, 0)
+        self._last_input: _InputSums | None = None
 
     def add_input(self, name: str, x: torch.Tensor, keep: torch.Tensor | None = None) -> None:
-        """Add a layer's inputs ``x`` (..., n), e.g. (B, T, n); ``keep`` (B, T) is False at padding tokens."""
+        """Add a layer's inputs ``x`` (..., n), e.g. (B, T, n); ``keep`` (B, T) is False at padding tokens.
+
+        Layers fed the very same tensor one after the other (BERT's query, key and value) share one product:
+        the sums of the last input are kept, and added again when that tensor object comes next, unmodified
+        (same version) and with the same ``keep`` object.
+        """
         _, n = self._shape(name)
-        tokens = self._kept_tokens(x, keep, n, f"input of layer {name!r}")
-        add_gram_(self._input_moments[name], tokens)
-        self._input_abs_sums[name].add_(tokens.abs().sum(dim=0))
-        self._tokens[name] += tokens.shape[0]
+        last = self._last_input
+        if last is None or not last.repeats(x, keep, n):
+            tokens = self._kept_tokens(x, keep, n, f"input of layer {name!r}")
+            last = self._last_input = _InputSums(x, x._version, keep, add_gram_(self._zeros(n, n), tokens),
+                                                 tokens.abs().sum(dim=0), tokens.shape[0])
+        self._input_moments[name].add_(last.moment)
+        self._input_abs_sums[name].add_(last.abs_sum)
+        self._tokens[name] += last.tokens
 
     def add_output_grad(self, name: str, g: torch.Tensor, keep: torch.Tensor | None = None) -> None:
         """Add the gradients ``g`` (..., m) of a layer's outputs; ``keep`` as in :meth:`add_input`."""
