@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -627,8 +628,10 @@ def _files(*roots: Path) -> dict[str, bytes]:
             if path.is_file() and "cache" not in path.relative_to(root).parts}
 
 
-def test_at_least_thirty_cases():
+def test_at_least_thirty_cases_each_listed_in_reliability_md():
     assert len(CASES) >= 30
+    listed = re.findall(r"^\| `([a-z0-9-]+)` \|", (ROOT / "docs" / "RELIABILITY.md").read_text(), re.MULTILINE)
+    assert sorted(listed) == sorted(CASES)
 
 
 @pytest.mark.parametrize("name", list(CASES))
