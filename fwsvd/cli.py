@@ -31,7 +31,7 @@ from fwsvd.surgery.targets import find_targets, target_shapes
 from fwsvd.io.demo import demo_info, ensure_demo_model
 from fwsvd.io.explorer import prepare_explorer
 from fwsvd.evaluate.evaluation import count_parameters, evaluate_model
-from fwsvd.view.analysis import DEFAULT_METHODS, METHODS
+from fwsvd.view.analysis import DEFAULT_METHODS, METHODS, needs_statistics
 from fwsvd.evaluate.finetune import finetune_
 from fwsvd.fisher.estimate import FisherResult
 from fwsvd.io.persistence import save_compressed
@@ -287,13 +287,17 @@ def _with_rank(config: CompressionConfig, rank: int | None, model: torch.nn.Modu
 
 
 def _needs_fisher(config: CompressionConfig) -> bool:
-    return config.method == "fwsvd" or config.allocation == "fisher"
+    """Whether ``config`` needs the Fisher pass: for FWSVD's importances, for a Fisher-weighted allocation, or
+    for the token statistics that asvd, whiten and kfac are weighted by (gathered in the same pass)."""
+    return config.method == "fwsvd" or config.allocation == "fisher" or needs_statistics(config.method)
 
 
 def _fisher(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, task: Task,
-            settings: FisherConfig) -> FisherResult:
-    with _progress(f"Fisher ({settings.mode})", "batch") as progress:
-        return task_fisher(model, tokenizer, task, settings, progress=progress)
+            settings: FisherConfig, statistics: bool = False) -> FisherResult:
+    """The task's Fisher, with the target layers' token statistics when ``statistics``."""
+    what = f"Fisher ({settings.mode})" + (" and token statistics" if statistics else "")
+    with _progress(what, "batch") as progress:
+        return task_fisher(model, tokenizer, task, settings, progress=progress, statistics=statistics)
 
 
 def _metrics_text(metrics: dict[str, float]) -> str:
@@ -363,8 +367,9 @@ def _cmd_compress(args: argparse.Namespace) -> dict[str, Any]:
     task = _task(args, required=_needs_fisher(config))
     model, tokenizer, _ = load_any_model(args.model, task)
     config = _with_rank(config, args.rank, model)
-    fisher = _fisher(model, tokenizer, task, config.fisher) if _needs_fisher(config) else None
-    report = compress_(model, config, fisher=fisher.importances if fisher else None)
+    fisher = (_fisher(model, tokenizer, task, config.fisher, statistics=needs_statistics(config.method))
+              if _needs_fisher(config) else None)
+    report = compress_(model, config, fisher=fisher)
     provenance = fisher.provenance if fisher else None
     save_compressed(model, output, config=report.config, tokenizer=tokenizer, fisher_provenance=provenance,
                     dense=args.dense, extra={"source_model": str(args.model), "task": task.name if task else None})
@@ -402,10 +407,12 @@ def _cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
     settings = base.fisher
     task = _task(args)
     model, tokenizer, _ = load_any_model(args.model, task)
-    fisher = _fisher(model, tokenizer, task, settings) if any(map(_needs_fisher, runs)) else None
+    with_statistics = any(needs_statistics(method) for method in args.methods)
+    fisher = (_fisher(model, tokenizer, task, settings, statistics=with_statistics)
+              if any(map(_needs_fisher, runs)) else None)
 
     def show(run: Any) -> None:
-        tqdm.write(f"{run.method:>5} ratio {run.rank_ratio:<5g} params {run.params:>11,}  "
+        tqdm.write(f"{run.method:>6} ratio {run.rank_ratio:<5g} params {run.params:>11,}  "
                    f"{_metrics_text(run.metrics)}", file=sys.stdout)
 
     finetune = {"learning_rate": args.learning_rate, "batch_size": settings.batch_size, "seed": settings.seed,
@@ -523,14 +530,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     compress = commands.add_parser("compress", help="factorize a model and save it",
                                    description="Replace the Linear layers of the transformer blocks by low-rank "
-                                               "pairs (SVD or FWSVD) and save the result.")
+                                               "pairs (SVD, FWSVD, ASVD, whitened or K-FAC SVD) and save the "
+                                               "result.")
     _add_model(compress)
     _add_task(compress)
     compress.add_argument("--output", type=Path, required=True, metavar="DIR", help="directory to write")
     compress.add_argument("--dense", action="store_true",
                           help="multiply the factors back: a plain model for runtimes without custom layers")
     _add_config(compress, "compress as")
-    compress.add_argument("--method", choices=METHODS, help="default: fwsvd (or the --config file's)")
+    compress.add_argument("--method", choices=METHODS,
+                          help="default: fwsvd (or the --config file's); asvd, whiten and kfac gather token "
+                               "statistics in the Fisher pass")
     _add_rank_rules(compress)
     _add_fisher(compress)
     _add_json(compress)
