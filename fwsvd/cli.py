@@ -326,7 +326,7 @@ def _cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     # The dashboard's first page is the rank explorer on the default Fisher: cache both now, so a new user
     # sees SVD against FWSVD at once instead of a "compute the Fisher" prompt.
     with _progress("Fisher for the rank explorer", "batch") as progress:
-        snapshot = prepare_explorer(progress=progress)
+        snapshot = prepare_explorer(progress=progress).resolve()
     print(f"rank explorer snapshot: {snapshot}")
     return {"model_dir": str(directory), "metrics": metrics, "explorer_snapshot": str(snapshot)}
 
