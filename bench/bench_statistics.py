@@ -1,12 +1,14 @@
 """Benchmark: what collecting token statistics adds to the exact-Fisher pass, against a plain forward+backward.
 
     python bench/bench_statistics.py                       # demo model shape, batch 32, length 128, 5 repeats
-    python bench/bench_statistics.py --threads 1 --repeats 5 --batches 1
+    python bench/bench_statistics.py --threads 1 --repeats 5 --batches 1 --ragged
 
 The model is the demo's (all-MiniLM-L6 with a 2-label head: 6 blocks, hidden 384, FFN 1,536) when
 ``python -m fwsvd demo`` has built it, else a BERT of that shape with random weights (speed does not
-depend on the values). Every example is 128 real tokens (no padding): the statistics' worst case, since
-padded tokens are skipped by the statistics but not by the matrix products of the forward and backward.
+depend on the values). By default every example is 128 real tokens (no padding): the statistics' worst
+case, since padded tokens are skipped by the statistics but not by the matrix products of the forward and
+backward. ``--ragged`` draws each example's length from [32, 128] and right-pads it to 128, as tokenised
+sentences of varying length are.
 
 Three passes over the same batches, in one process, repeats interleaved (the order rotates each repeat),
 median seconds per batch of 32, both wall-clock and CPU time of this process (``time.process_time``): on a
@@ -58,11 +60,16 @@ def make_model() -> tuple[nn.Module, str]:
     return BertForSequenceClassification(BertConfig(**MINILM)).eval(), "random weights, all-MiniLM-L6 shape"
 
 
-def make_batches(count: int, vocab_size: int, seed: int = 0) -> list[Batch]:
+def make_batches(count: int, vocab_size: int, ragged: bool, seed: int = 0) -> list[Batch]:
     generator = torch.Generator().manual_seed(seed)
-    return [{"input_ids": torch.randint(1000, vocab_size, (BATCH_SIZE, LENGTH), generator=generator),
-             "attention_mask": torch.ones(BATCH_SIZE, LENGTH, dtype=torch.long),
-             "labels": torch.randint(0, 2, (BATCH_SIZE,), generator=generator)} for _ in range(count)]
+    batches = []
+    for _ in range(count):
+        lengths = torch.randint(LENGTH // 4, LENGTH + 1, (BATCH_SIZE,), generator=generator) if ragged \
+            else torch.full((BATCH_SIZE,), LENGTH)
+        mask = (torch.arange(LENGTH)[None, :] < lengths[:, None]).long()
+        batches.append({"input_ids": torch.randint(1000, vocab_size, (BATCH_SIZE, LENGTH), generator=generator) * mask,
+                        "attention_mask": mask, "labels": torch.randint(0, 2, (BATCH_SIZE,), generator=generator)})
+    return batches
 
 
 def plain(model: nn.Module, batches: list[Batch]) -> None:
@@ -121,14 +128,16 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=1, help="batches of 32 per timed run")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--ragged", action="store_true", help="lengths drawn from [32, 128], right-padded to 128")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     model, source = make_model()
-    batches = make_batches(args.batches, model.config.vocab_size)
+    batches = make_batches(args.batches, model.config.vocab_size, args.ragged)
+    real = sum(int(batch["attention_mask"].sum()) for batch in batches)
     print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} CPUs, load average "
-          f"{os.getloadavg()[0]:.1f} at start; {source}; {args.batches} batch(es) of {BATCH_SIZE} x {LENGTH} tokens",
-          flush=True)
+          f"{os.getloadavg()[0]:.1f} at start; {source}; {args.batches} batch(es) of {BATCH_SIZE} x {LENGTH} tokens, "
+          f"{real / (len(batches) * BATCH_SIZE * LENGTH):.0%} of them real", flush=True)
     seconds = time_passes(model, batches, args.repeats)
     print(f"load average {os.getloadavg()[0]:.1f} at end")
     for clock, values in seconds.items():
