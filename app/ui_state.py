@@ -360,7 +360,7 @@ def fisher_for_methods(loaded: Loaded, methods: Sequence[str], why: str) -> Any:
     """The explorer's FisherResult, with the token statistics when a method in ``methods`` needs them: those
     are gathered in one more pass over the Fisher's examples (a progress bar, once; then cached on disk)."""
     fisher = require_fisher(loaded, why)
-    if not any(needs_statistics(method) for method in methods) or getattr(fisher, "statistics", None):
+    if not any(needs_statistics(method) for method in methods) or fisher.statistics:
         return fisher
     config = fisher_config()
     with_statistics = fisher_for(loaded, config, statistics=True)

@@ -1,8 +1,9 @@
 """Screenshots of every dashboard page on the real demo model, for the README (docs/screenshots/*.png).
 
 Starts ``streamlit run`` on 127.0.0.1, drives headless Chromium through the pages as a user would (the
-rank explorer evaluates SVD and FWSVD at the paper's 0.33 rank ratio, the Compare page runs its default
-sweep) and captures each page at full height. Needs the demo built; computes the default Fisher (exact
+rank explorer optimizes the ranks for the weights the paper's 0.33 rank ratio keeps and evaluates SVD and
+FWSVD there, the Compare page runs its default sweep, uniform and allocated) and captures each page at full
+height. Needs the demo built; computes the default Fisher (exact
 and batch, for the comparison) into the cache first if it is missing. Run from the repository root:
 
     python bench/screenshots.py            # writes docs/screenshots/*.png
@@ -75,6 +76,9 @@ def main(argv: list[str] | None = None) -> None:
             page.goto(url)
             page.wait_for_selector(".js-plotly-plot >> text=Reconstruction error per layer")
             wait_for_rerun(page)
+            page.get_by_role("button", name="Optimize ranks for this budget").click()
+            page.wait_for_selector("text=Layers kept dense")
+            wait_for_rerun(page)
             page.get_by_role("button", name="Evaluate SVD and FWSVD").click()
             page.wait_for_selector(".js-plotly-plot >> text=at the current ranks")
             wait_for_rerun(page)
@@ -95,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
             _capture(page, args.out / "1_model_and_task.png")
 
             _go(page, "Export")
-            page.wait_for_selector("text=Rank configuration")
+            page.wait_for_selector("text=Compression config")
             _capture(page, args.out / "5_export.png")
         finally:
             browser.close()

@@ -1,8 +1,9 @@
 """End to end in a real headless Chromium against ``streamlit run`` on 127.0.0.1 (started here).
 
 One browser session walks the app as a user would: the rank explorer opens by default; a global and a
-per-layer rank change move the numbers and the plots; an evaluation runs; every page is visited; the
-rank configuration is downloaded, edited, uploaded and applied; the compressed model is downloaded.
+per-layer rank change move the numbers and the plots; an evaluation runs; every page is visited; a method
+dropped from the sidebar's choice leaves every plot on every page; the rank configuration is downloaded,
+edited, uploaded and applied; the compressed model is downloaded; the optimizer sets the ranks.
 The app runs on a tiny random BERT and a CSV task (see app_support.prepare_app_environment).
 """
 
@@ -81,6 +82,13 @@ def _plot_y(page, title: str) -> list:
         }""", title)
 
 
+def _trace_names(page, title: str) -> set[str]:
+    """The names of the traces of the plot whose title contains ``title``."""
+    return set(page.evaluate(
+        """title => [...document.querySelectorAll('.js-plotly-plot')]
+            .find(p => (p.layout?.title?.text || '').includes(title))._fullData.map(trace => trace.name)""", title))
+
+
 def _go(page, title: str) -> None:
     page.locator("[data-testid='stSidebarNav'] a").filter(has_text=title).click()
     wait_for_rerun(page)
@@ -100,11 +108,12 @@ def test_walk_through_every_page(browser_page):
     errors = _plot_y(page, "Reconstruction error")
     assert errors and len(errors) == 12
 
-    _press(page, _slider(page, "Rank ratio"), "End")  # global: every layer at full rank
+    _press(page, _slider(page, "Rank ratio"), "End")  # global: every layer at full rank, so kept dense
     assert _slider(page, QUERY).get_attribute("aria-valuetext") == "32"
     assert _metric(page, "Weights kept") != kept
     assert max(_plot_y(page, "Reconstruction error")) < 1e-3
-    assert page.locator("[data-testid='stAlert']").filter(has_text="break-even").count() == 1
+    assert page.get_by_text("12 layer(s) kept dense").count() == 1
+    assert page.locator("[data-testid='stAlert']").filter(has_text="break-even").count() == 0  # dense: no factors
 
     _press(page, _slider(page, QUERY), "Home")  # per layer: one layer down to rank 1
     assert _slider(page, QUERY).get_attribute("aria-valuetext") == "1"
@@ -145,6 +154,13 @@ def test_walk_through_every_page(browser_page):
     _no_traceback(page)
     page.screenshot(path=str(shots / "compare.png"))
 
+    # Drop SVD from the methods compared: gone from this page's plots, and from the next page's.
+    assert _trace_names(page, "Error against size") == {"SVD, uniform", "SVD, allocated", "FWSVD, uniform",
+                                                        "FWSVD, allocated"}
+    page.locator("[data-testid='stSidebar']").get_by_role("button", name="Remove SVD", exact=True).click()
+    wait_for_rerun(page)
+    assert _trace_names(page, "Error against size") == {"FWSVD, uniform", "FWSVD, allocated"}
+
     _go(page, "Model & task")
     assert _metric(page, "Target layers") == "12 in 2 blocks"
     page.screenshot(path=str(shots / "model_and_task.png"))
@@ -178,6 +194,13 @@ def test_walk_through_every_page(browser_page):
     # The uploaded ranks are the explorer's ranks now; the evaluations of other ranks are remembered.
     _go(page, "Rank explorer")
     assert _slider(page, QUERY).get_attribute("aria-valuetext") == "7"
+    assert _trace_names(page, "Reconstruction error") == {"FWSVD"}
+
+    # The optimizer spreads the global control's weights over the layers.
+    page.get_by_role("button", name="Optimize ranks for this budget").click()
+    wait_for_rerun(page)
+    page.wait_for_selector("text=Layers kept dense")
+    _no_traceback(page)
 
 
 def test_bad_input_shows_a_message_not_a_traceback(browser_page):

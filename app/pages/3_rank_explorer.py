@@ -75,7 +75,7 @@ def optimized(ranks: dict[str, int], analyses: dict) -> None:
     cols[2].metric("Layers kept dense", str(len(result.dense)))
     st.caption(f"Optimized for {ui.method_label(result.method)} (objective: {result.objective} error) within the "
                f"{ui.count(result.budget)} weights the global control keeps; {ui.count(result.kept_params)} kept. "
-               "Errors are Σ over layers of the squared error, in the Fisher's loss units.")
+               "Each error is summed over the layers, squared; a layer kept dense adds none.")
 
 
 def headline(summary: dict, methods: tuple[str, ...], dense: int) -> None:
