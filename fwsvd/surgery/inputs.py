@@ -9,17 +9,11 @@ from typing import Any
 import torch
 
 from fwsvd.factorize.weighted import LayerStatistics
-from fwsvd.view.analysis import METHODS, Method, needs_statistics
+from fwsvd.view.analysis import check_method, needs_statistics
 
 Fisher = Mapping[str, torch.Tensor]
 #: {layer name: LayerStatistics}, or a FisherResult estimated with ``statistics=True`` (its ``.statistics``).
 Statistics = Mapping[str, LayerStatistics]
-
-
-def check_method(method: str) -> Method:
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    return method  # type: ignore[return-value]
 
 
 def importances_of(fisher: Fisher | Any | None) -> Fisher | None:

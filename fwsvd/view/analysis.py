@@ -33,12 +33,17 @@ METHOD_LABELS: dict[str, str] = {"svd": "SVD", "fwsvd": "FWSVD", "asvd": "ASVD",
 STATISTICS_METHODS: tuple[Method, ...] = ("asvd", "whiten", "kfac")
 
 
+def check_method(method: str) -> Method:
+    """``method`` if it is one of :data:`METHODS`, else a ValueError naming them."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    return method  # type: ignore[return-value]
+
+
 def needs_statistics(method: str) -> bool:
     """True for a method weighted by token statistics (:data:`STATISTICS_METHODS`); ValueError for an
     unknown method."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    return method in STATISTICS_METHODS
+    return check_method(method) in STATISTICS_METHODS
 
 
 @dataclass(frozen=True)
