@@ -1,1 +1,2 @@
-"""Stage 6 — task statistics: exact per-example Fisher (and the batch shortcut), cached and data-parallel."""
+"""Stage 6 — task statistics: exact per-example Fisher (and the batch shortcut) and, from the same pass, the
+token statistics asvd, whiten and kfac need; cached and data-parallel."""
