@@ -380,29 +380,31 @@ def with_methods(view: ExplorerView, methods: Sequence[str]) -> ExplorerView:
                                                         for layer in view.analyses.values()))
     if not missing:
         return view
-    return _extended_view(view, missing, (view.source_key, view.fisher_key, missing))
-
-
-@st.cache_resource(show_spinner=False, max_entries=8)
-def _extended_view(_view: ExplorerView, missing: tuple[str, ...], key: tuple) -> ExplorerView:
-    from fwsvd.surgery.analyze import analyze_layers
-
-    # ``key`` (source, Fisher identity and the methods added) stands for the unhashable view.
     loaded = require_model()
     fisher = fisher_for_methods(loaded, missing, "Analysing these methods needs the Fisher importances: compute "
                                                  "them on the Fisher page.")
     with st.spinner(f"Decomposing every target layer for {methods_text(missing)} (once) …"):
-        added = analyze_layers(loaded.model, methods=missing, store=decomposition_store(),
-                               **method_inputs(fisher, missing))
+        return _extended_view(view, loaded, fisher, missing, (view.source_key, view.fisher_key, missing))
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _extended_view(_view: ExplorerView, _loaded: Loaded, _fisher: Any, missing: tuple[str, ...],
+                   key: tuple) -> ExplorerView:
+    from fwsvd.surgery.analyze import analyze_layers
+
+    # ``key`` (source, Fisher identity and the methods added) stands for the unhashable view, model and Fisher.
+    added = analyze_layers(_loaded.model, methods=missing, store=decomposition_store(),
+                           **method_inputs(_fisher, missing))
     merged = {name: dataclasses.replace(layer, singular_values={**layer.singular_values,
                                                                **added[name].singular_values},
                                         curves={**layer.curves, **added[name].curves})
               for name, layer in _view.analyses.items()}
     view = dataclasses.replace(_view, analyses=merged)
-    key_now = snapshot_key(loaded.source, fisher_config())
+    key_now = snapshot_key(_loaded.source, fisher_config())
     if key_now is not None:
-        try:  # the next start opens with these methods too
+        try:  # the next start, and the next read of the snapshot here, have these methods too
             save_view(key_now, view)
+            _view_from_snapshot.clear()
         except OSError as error:
             logger.warning("could not save the rank explorer's snapshot: %s", error)
     return view
