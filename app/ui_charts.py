@@ -203,8 +203,12 @@ def cumulative_figure(curves: Mapping[str, pd.DataFrame]) -> go.Figure:
                                 line=dict(color="#9AA0A6", dash="dot")))
     figure.update_xaxes(title_text="share of input features (most important first)", tickformat=".0%")
     figure.update_yaxes(title_text="share of the layer's importance", tickformat=".0%")
-    _layout(figure, "How concentrated the importance is", 460)
-    # Six layer names do not fit beside the title: the legend goes to the right of the plot.
+    # Six layer names do not fit beside the title.
+    return _side_legend(_layout(figure, "How concentrated the importance is", 460))
+
+
+def _side_legend(figure: go.Figure) -> go.Figure:
+    """The legend to the right of the plot, one entry a line: for more entries than fit beside the title."""
     figure.update_layout(legend=dict(orientation="v", x=1.02, xanchor="left", y=1, yanchor="top"))
     return figure
 
@@ -255,7 +259,7 @@ def compare_figure(frame: pd.DataFrame, metric: str, methods: Sequence[str]) -> 
                          annotation_position="top left")
     figure.update_xaxes(title_text="model parameters (millions)")
     figure.update_yaxes(title_text=metric.replace("_", " "))
-    return _layout(figure, f"{metric.replace('_', ' ').capitalize()} against model size", 460)
+    return _side_legend(_layout(figure, f"{metric.replace('_', ' ').capitalize()} against model size", 460))
 
 
 def allocation_figure(frame: pd.DataFrame, methods: Sequence[str]) -> go.Figure:
@@ -266,7 +270,7 @@ def allocation_figure(frame: pd.DataFrame, methods: Sequence[str]) -> go.Figure:
     _rule_traces(figure, frame, methods, "params", "error", 1e6, "M weights kept")
     figure.update_xaxes(title_text="weight parameters kept in the target layers (millions)")
     figure.update_yaxes(title_text="Σ over layers of ‖(W − Ŵ)·D‖²", rangemode="tozero")
-    return _layout(figure, "Error against size: uniform ranks (solid) vs allocated ranks (dashed)", 460)
+    return _side_legend(_layout(figure, "Error against size: uniform ranks (solid) vs allocated ranks (dashed)", 460))
 
 
 def evaluation_figure(frame: pd.DataFrame, metric: str, methods: Sequence[str]) -> go.Figure:
