@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from fwsvd.config import CompressionConfig
-from fwsvd.view.allocation import allocate_ranks
+from fwsvd.view.allocation import allocate_ranks, floor_rank
 from fwsvd.view.analysis import LayerAnalysis, shapes_of
 
 #: The global control's two rules, as CompressionConfig fields.
@@ -108,7 +108,7 @@ def optimize(analyses: Mapping[str, LayerAnalysis], uniform: Mapping[str, int], 
     the weight parameters the ``uniform`` ranks keep, compared with those ranks on the summed error."""
     budget = kept_params(uniform, analyses)
     objective = objective_for(method, analyses)
-    allocation = allocate_ranks(analyses, budget, method=method, objective=objective)
+    allocation = allocate_ranks(analyses, budget, method=method, objective=objective, min_rank=floor_rank(uniform))
     ranks = allocation.rank_or_full(analyses)
     return Optimized(method=method, objective=objective, ranks=ranks, dense=allocation.dense, budget=budget,
                      kept_params=kept_params(ranks, analyses), error=total_error(ranks, analyses, method),

@@ -169,6 +169,9 @@ def _add_allocation(group: argparse._ActionsContainer) -> None:
     group.add_argument("--allocate", choices=ALLOCATIONS,
                        help="spread the rule's total parameters over the layers where they lose least: "
                             "fisher (Fisher-weighted error), plain (plain error) or uniform (one ratio)")
+    group.add_argument("--allocation-floor", type=_number, metavar="S",
+                       help="with --allocate: every factorized layer keeps at least this share of its uniform "
+                            "rank, in [0, 1]; default: 0.5")
 
 
 def _add_fisher(parser: argparse.ArgumentParser, old_spellings: bool = False) -> None:
@@ -271,6 +274,8 @@ def _config(args: argparse.Namespace) -> CompressionConfig:
             changes.update({"rank_ratio": None, "param_budget": None, "rank_pattern": {}, rule: value})
     if getattr(args, "allocate", None) is not None:
         changes.update(allocation=args.allocate, rank_pattern={})
+    if getattr(args, "allocation_floor", None) is not None:
+        changes.update(allocation_floor=args.allocation_floor)
     if getattr(args, "rank", None) is not None:
         changes.update(rank_pattern={})
     return dataclasses.replace(config, **changes)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from fwsvd.view import analysis
-from fwsvd.view.allocation import OBJECTIVES, allocate_ranks
+from fwsvd.view.allocation import DEFAULT_FLOOR, OBJECTIVES, allocate_ranks, floor_rank
 from fwsvd.view.analysis import LayerAnalysis
 from fwsvd.view.rank_config import (
     Shapes,
@@ -127,13 +127,15 @@ class CompressionConfig:
     global rule, ``rank_ratio`` (a share of its full rank; 0.33 when neither rule is given, the paper's) or
     ``param_budget`` (a share of its weight parameters). With ``allocation`` ("fisher", "plain" or "uniform")
     the rule's total parameters are instead spread over those layers by
-    :func:`fwsvd.view.allocation.allocate_ranks`, which may leave some of them dense.
+    :func:`fwsvd.view.allocation.allocate_ranks`, which may leave some of them dense; every layer it
+    factorizes keeps at least ``allocation_floor`` (default 0.5) of the rank the uniform rule would give it.
     """
 
     method: str = "fwsvd"
     rank_ratio: float | None = None
     param_budget: float | None = None
     allocation: str | None = None
+    allocation_floor: float = DEFAULT_FLOOR
     rank_pattern: Mapping[str, int] = field(default_factory=dict)
     target_modules: tuple[str, ...] | None = None
     fisher: FisherConfig = field(default_factory=FisherConfig)
@@ -154,6 +156,11 @@ class CompressionConfig:
         if self.allocation is not None and self.allocation not in ALLOCATIONS:
             raise ValueError(f"CompressionConfig.allocation must be None or one of {', '.join(ALLOCATIONS)}, "
                              f"got {self.allocation!r}")
+        floor = self.allocation_floor
+        if isinstance(floor, bool) or not isinstance(floor, numbers.Real) or not 0.0 <= float(floor) <= 1.0:
+            raise ValueError(f"CompressionConfig.allocation_floor must be a number in [0, 1] (a share of the "
+                             f"uniform rank every allocated layer keeps), got {floor!r}")
+        set_(self, "allocation_floor", float(floor))
         if not isinstance(self.rank_pattern, Mapping):
             raise ValueError(f"CompressionConfig.rank_pattern must be a mapping {{layer name: rank}}, "
                              f"got {type(self.rank_pattern).__name__}")
@@ -224,9 +231,12 @@ class CompressionConfig:
         layers = {name: analyses[name] for name in shapes}
         if self.param_budget is not None:
             budget: int | float = self.param_budget
+            uniform = ranks_for_param_fraction(shapes, self.param_budget)
         else:  # the parameters the rank ratio keeps, spread where they lose least
-            budget = sum(rank_for_ratio(self.rank_ratio, min(shape)) * sum(shape) for shape in shapes.values())
-        return allocate_ranks(layers, budget, method=self.method, objective=self.allocation).ranks
+            uniform = {name: rank_for_ratio(self.rank_ratio, min(shape)) for name, shape in shapes.items()}
+            budget = sum(rank * sum(shapes[name]) for name, rank in uniform.items())
+        return allocate_ranks(layers, budget, method=self.method, objective=self.allocation,
+                              min_rank=floor_rank(uniform, self.allocation_floor)).ranks
 
     def with_ranks(self, ranks: Mapping[str, int]) -> CompressionConfig:
         """A copy that pins ``ranks``: exactly the layers named are compressed, each at its rank. What a saved
@@ -240,6 +250,7 @@ class CompressionConfig:
         """The JSON document: a format header, then every field."""
         return {"format": CONFIG_FORMAT, "version": CONFIG_VERSION, "method": self.method,
                 "rank_ratio": self.rank_ratio, "param_budget": self.param_budget, "allocation": self.allocation,
+                "allocation_floor": self.allocation_floor,
                 "target_modules": None if self.target_modules is None else list(self.target_modules),
                 "rank_pattern": dict(self.rank_pattern), "fisher": self.fisher.to_dict()}
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import fwsvd.view.allocation as allocation_module
-from fwsvd.view.allocation import OBJECTIVES, Allocation, allocate_ranks, budget_params
+from fwsvd.view.allocation import DEFAULT_FLOOR, OBJECTIVES, Allocation, allocate_ranks, budget_params, floor_rank
 
 SHAPES = ((6, 4), (5, 7), (8, 8), (12, 10), (16, 12), (10, 20), (9, 9))
 
@@ -425,3 +425,17 @@ def test_torch_tensors_as_curves() -> None:
     for objective in OBJECTIVES:
         expected = allocate_ranks(as_float32, 0.4, objective=objective)
         assert allocate_ranks(as_tensors, 0.4, objective=objective) == expected
+
+
+@pytest.mark.parametrize(("floor", "expected"), [(0.5, 29), (0.0, 1), (1.0, 58), (0.01, 1)])
+def test_floor_rank_is_a_share_of_the_smallest_uniform_rank(floor: float, expected: int) -> None:
+    assert floor_rank({"a": 127, "b": 58, "c": 96}, floor) == expected
+
+
+def test_floor_rank_default_and_bad_floors() -> None:
+    assert DEFAULT_FLOOR == 0.5 and floor_rank({"a": 64}) == 32
+    for bad in (-0.1, 1.5, float("nan"), True, "0.5"):
+        with pytest.raises(ValueError, match=r"allocation floor must be a share in \[0, 1\]"):
+            floor_rank({"a": 64}, bad)
+    with pytest.raises(ValueError, match="uniform ranks are empty"):
+        floor_rank({}, 0.5)

@@ -45,6 +45,23 @@ _LAMBDA_OCTAVES = 200.0
 _MAX_DP_CELLS = 4_000_000
 
 
+#: What a layer keeps at least, as a share of the rank the uniform rule gives it, unless it stays dense. The
+#: Fisher-weighted error is a second-order estimate of the loss, faithful for small changes only: without a
+#: floor, layers whose Fisher is small (the last blocks of the demo) are cut to rank 1 or 2 and the model
+#: collapses to the majority class (docs/RESULTS.md, section 4). Half the uniform rank kept the gains there.
+DEFAULT_FLOOR = 0.5
+
+
+def floor_rank(uniform_ranks: Mapping[str, int], floor: float = DEFAULT_FLOOR) -> int:
+    """The ``min_rank`` of :func:`allocate_ranks` for a ``floor`` share of the ``uniform_ranks`` (every layer's
+    rank under the uniform rule at the same budget): ``floor`` times the smallest of them, at least 1."""
+    if isinstance(floor, bool) or not isinstance(floor, numbers.Real) or not 0.0 <= floor <= 1.0:
+        raise ValueError(f"the allocation floor must be a share in [0, 1] of the uniform rank, got {floor!r}")
+    if not uniform_ranks:
+        raise ValueError("no layers to allocate ranks to: the uniform ranks are empty")
+    return max(1, math.floor(floor * min(uniform_ranks.values())))
+
+
 @dataclass(frozen=True)
 class Allocation:
     """Per-layer ranks solved for one budget, with what they keep and lose."""
