@@ -142,7 +142,7 @@ def test_rank_explorer_is_the_default_page_and_reacts_to_ranks(app):
 
 @pytest.mark.parametrize("method, objective", [("fwsvd", "fisher"), ("svd", "plain")])
 def test_rank_explorer_optimizes_ranks_for_the_budget(app, method, objective):
-    from fwsvd.view.allocation import allocate_ranks
+    from fwsvd.view.allocation import allocate_ranks, floor_rank
 
     at = app
     at.slider(key="global_rank_ratio").set_value(0.3).run()  # rank 10 of 32 everywhere
@@ -152,7 +152,8 @@ def test_rank_explorer_optimizes_ranks_for_the_budget(app, method, objective):
     view = _view()
     uniform = {name: 10 for name in view.analyses}
     budget = sum(10 * (a.out_features + a.in_features) for a in view.analyses.values())
-    expected = allocate_ranks(view.analyses, budget, method=method, objective=objective)
+    expected = allocate_ranks(view.analyses, budget, method=method, objective=objective,
+                              min_rank=floor_rank(uniform))  # 5: half the uniform rank, unless dense
     assert expected.dense  # the case of interest: some layers stay dense
     ranks = expected.rank_or_full(view.analyses)
     block0 = {slider.key[len("rank::"):]: slider.value for slider in at.slider
