@@ -54,7 +54,8 @@ def global_control(view: ui.ExplorerView, methods: tuple[str, ...]) -> None:
                             help="Fisher-weighted error for the weighted methods, plain error for SVD.")
     if right.button("Optimize ranks for this budget", key="optimize_ranks", icon=":material/auto_fix_high:",
                     help="Keep the weights this rule keeps, but give each layer the rank (or none: dense) that "
-                         "minimises the summed error over all layers."):
+                         "minimises the summed error over all layers, each factorized layer keeping at least half "
+                         "the rank the rule gives it."):
         result = allocation.optimize(view.analyses, global_ranks(view.analyses), method)
         ui.set_ranks(result.ranks)
         st.session_state[OPTIMIZED] = {"digest": rank_config.ranks_digest(result.ranks), "result": result}

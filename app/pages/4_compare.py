@@ -14,8 +14,9 @@ RULES = {"uniform": "Uniform (one rank ratio)", "allocated": "Allocated (same pa
 
 st.title("Compare methods")
 st.caption("Uniform: every target layer keeps the same share of its rank. Allocated: the same weight parameters, "
-           "spread over the layers where they lose least (Fisher-weighted error; plain error for SVD), leaving "
-           "some layers dense. Solid lines are uniform, dashed allocated.")
+           "spread over the layers where they lose least (Fisher-weighted error; plain error for SVD), each "
+           "factorized layer keeping at least half its uniform rank, some layers left dense. Solid lines are "
+           "uniform, dashed allocated.")
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
