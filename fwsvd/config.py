@@ -147,7 +147,9 @@ class CompressionConfig:
                              f"got {self.method!r}")
         if self.rank_ratio is not None and self.param_budget is not None:
             raise ValueError(f"CompressionConfig takes one global rank rule, rank_ratio or param_budget, not both "
-                             f"(got rank_ratio={self.rank_ratio!r}, param_budget={self.param_budget!r})")
+                             f"(got rank_ratio={self.rank_ratio!r}, param_budget={self.param_budget!r}); to switch "
+                             "rules, set the other to None: dataclasses.replace(config, rank_ratio=None, "
+                             "param_budget=...)")
         if self.param_budget is not None:
             set_(self, "param_budget", _share("CompressionConfig.param_budget", self.param_budget))
         else:
@@ -229,12 +231,13 @@ class CompressionConfig:
                              f"{len(missing)} layer(s) have none, e.g. {missing[0]!r}: pass analyses "
                              "(fwsvd.analyze_layers) for every layer it sets")
         layers = {name: analyses[name] for name in shapes}
+        # The parameters the uniform rule keeps, spread where they lose least: the same count as the rule, so
+        # allocated and uniform ranks are compared at equal size.
         if self.param_budget is not None:
-            budget: int | float = self.param_budget
             uniform = ranks_for_param_fraction(shapes, self.param_budget)
-        else:  # the parameters the rank ratio keeps, spread where they lose least
+        else:
             uniform = {name: rank_for_ratio(self.rank_ratio, min(shape)) for name, shape in shapes.items()}
-            budget = sum(rank * sum(shapes[name]) for name, rank in uniform.items())
+        budget = sum(rank * sum(shapes[name]) for name, rank in uniform.items())
         return allocate_ranks(layers, budget, method=self.method, objective=self.allocation,
                               min_rank=floor_rank(uniform, self.allocation_floor)).ranks
 

@@ -300,12 +300,12 @@ def test_allocation_floor_keeps_half_the_smallest_uniform_rank():
     assert min(floored.values()) == 2 and floored["block.1.tiny"] >= 2
 
 
-def test_allocation_with_param_budget_keeps_its_share():
+def test_allocation_with_param_budget_keeps_what_the_uniform_rule_keeps():
     config = CompressionConfig(param_budget=0.5, allocation="fisher", allocation_floor=0.0)
     assert CompressionConfig(param_budget=0.5).resolve_ranks(ALLOCATED) == UNIFORM  # half of 8, 12, 16, 8
     ranks = config.resolve_ranks(ALLOCATED, ANALYSES)
     assert ranks == {"block.1.c": 3, "block.1.tiny": 1}
-    assert kept_params(ranks, ALLOCATED) <= math.floor(0.5 * sum(m * n for m, n in ALLOCATED.values()))
+    assert kept_params(ranks, ALLOCATED) <= kept_params(UNIFORM, ALLOCATED)  # equal size, not the rounded share
 
 
 def test_allocation_leaves_pinned_layers_and_unselected_layers_alone():
@@ -490,3 +490,16 @@ def test_read_rank_document_checks_against_shapes(document, fragments):
     text = json.dumps(document)
     config_from_document(document)  # well formed on its own ...
     refused(lambda: read_rank_document(text, SHAPES), *fragments)  # ... wrong for this model
+
+
+def test_param_budget_allocation_spends_no_more_than_the_rounded_uniform_ranks():
+    # Each layer's uniform rank rounds down, so the rule keeps less than 30 % of the dense weights (224 of 1044):
+    # the allocation gets those 224, not the share's 313, and is compared with the rule at equal size.
+    shapes = {"x.wide": (40, 10), "x.tall": (10, 40), "x.square": (12, 12)}
+    analyses = {name: LayerAnalysis(name, m, n, {"fwsvd": np.ones(min(m, n))}, {"fwsvd": ErrorCurves(
+        plain=linear_curve(min(m, n), 1.0), weighted=linear_curve(min(m, n), 1.0), weight_norm=1.0,
+        weighted_norm=1.0)}) for name, (m, n) in shapes.items()}
+    uniform = CompressionConfig(param_budget=0.3).resolve_ranks(shapes)
+    assert kept_params(uniform, shapes) == 224
+    allocated = CompressionConfig(param_budget=0.3, allocation="fisher", allocation_floor=0.0)
+    assert kept_params(allocated.resolve_ranks(shapes, analyses), shapes) <= 224
