@@ -1,4 +1,5 @@
-"""Plotly figures of the dashboard: data frames from ``fwsvd.explore`` in, figures out.
+"""Plotly figures of the dashboard: data frames from ``fwsvd`` (``fwsvd.view``, ``fwsvd.fisher.summary``) in,
+figures out.
 
 No streamlit here, so the benchmark can time figure building on its own. Every figure of methods takes the
 methods to show (any subset of :data:`fwsvd.view.analysis.METHODS`); each method keeps its colour in every
