@@ -266,7 +266,7 @@ def compare_figure(frame: pd.DataFrame, metric: str, methods: Sequence[str]) -> 
 def allocation_figure(frame: pd.DataFrame, methods: Sequence[str]) -> go.Figure:
     """Summed Fisher-weighted error against weight parameters kept, for each of ``methods``: every layer at one
     rank ratio (solid) against the ranks allocated for the same parameters (dashed)
-    (:func:`ui_allocation.allocation_curves`)."""
+    (:func:`fwsvd.view.rank_plan.allocation_curves`)."""
     figure = go.Figure()
     _rule_traces(figure, frame, methods, "params", "error", 1e6, "M weights kept")
     figure.update_xaxes(title_text="weight parameters kept in the target layers (millions)")

@@ -6,7 +6,7 @@ Nothing here imports torch at module level: the rank explorer draws from an anal
 (:mod:`fwsvd.view.explorer`) when one matches the model's files, and only loads the model when it must.
 The default model and task come from the environment (:meth:`fwsvd.view.explorer.Source.from_environment`),
 so tests can point the app at a tiny model. The session holds one compression: the explorer's Fisher settings
-(a :class:`~fwsvd.config.FisherConfig`), its ranks (a layer at full rank is kept dense, see :mod:`ui_allocation`),
+(a :class:`~fwsvd.config.FisherConfig`), its ranks (a layer at full rank is kept dense, see :mod:`fwsvd.view.rank_plan`),
 and the method chosen on the Export page; and the methods compared on every page (the sidebar's choice).
 """
 
@@ -26,8 +26,8 @@ import streamlit as st
 from fwsvd.config import DEFAULT_RANK_RATIO, CompressionConfig, FisherConfig
 from fwsvd.storage.locations import demo_is_built
 from fwsvd.view.analysis import DEFAULT_METHODS, METHOD_LABELS, METHODS, LayerAnalysis, needs_statistics, shapes_of
-from ui_allocation import compressed_ranks
 from fwsvd.view.explorer import ExplorerView, Source, fisher_identity, load_view, save_view, snapshot_key
+from fwsvd.view.rank_plan import compressed_ranks
 
 if TYPE_CHECKING:
     from fwsvd import DecompositionStore

@@ -37,7 +37,7 @@ sys.path[:0] = [str(ROOT / "app"), str(ROOT / "tests")]
 import torch  # noqa: E402  (after the path set-up above)
 import transformers  # noqa: E402
 
-import ui_allocation as allocation  # noqa: E402
+from fwsvd.view import rank_plan as allocation  # noqa: E402
 import ui_charts as charts  # noqa: E402
 from fwsvd import DecompositionStore, analyze_layers, find_blocks, find_targets, resolve_ranks  # noqa: E402
 from fwsvd.evaluate.methods import evaluate_methods  # noqa: E402

@@ -2,11 +2,11 @@
 or let the optimizer spread the global control's parameters where they lose least."""
 
 import streamlit as st
-import ui_allocation as allocation
 import ui_charts as charts
 import ui_state as ui
 
 from fwsvd.view import analysis, rank_config
+from fwsvd.view import rank_plan as allocation
 
 GLOBAL_MODES = {"rank_ratio": "Rank ratio", "param_budget": "Parameter budget"}
 GLOBAL_HELP = {
@@ -15,7 +15,7 @@ GLOBAL_HELP = {
 }
 EDITORS = {"sliders": "Sliders, one block at a time", "table": "Table of every layer"}
 TABLE_VERSION = "rank_table_version"
-#: The last optimization: {"digest": its ranks' digest, "result": ui_allocation.Optimized}.
+#: The last optimization: {"digest": its ranks' digest, "result": fwsvd.view.rank_plan.Optimized}.
 OPTIMIZED = "optimized_ranks"
 
 st.title("Rank explorer")

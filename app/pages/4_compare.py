@@ -4,9 +4,10 @@ metric over a sweep of compressed copies (on request)."""
 
 import pandas as pd
 import streamlit as st
-import ui_allocation as allocation
 import ui_charts as charts
 import ui_state as ui
+
+from fwsvd.view import rank_plan as allocation
 
 RATIO_CHOICES = [0.05, 0.1, 0.15, 0.2, 0.25, 0.33, 0.4, 0.5, 0.6, 0.75, 0.9]
 DEFAULT_RATIOS = [0.1, 0.2, 0.33, 0.5]

@@ -3,13 +3,13 @@
 import json
 
 import streamlit as st
-import ui_allocation as allocation
 import ui_state as ui
 
 from fwsvd.config import CompressionConfig, read_rank_document
 from fwsvd.evaluate.methods import evaluations_frame
 from fwsvd.io.archive import compressed_archive
 from fwsvd.view import analysis, rank_config
+from fwsvd.view import rank_plan as allocation
 from fwsvd.view.analysis import METHODS
 
 st.title("Export")

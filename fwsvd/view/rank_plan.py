@@ -1,5 +1,5 @@
-"""Rank allocation on the dashboard: dense layers among the explorer's ranks, the ranks the "Optimize" button
-sets and what they gain, and the allocated-vs-uniform error curves of the Compare page.
+"""Rank plans as the explorer holds them: dense layers among its ranks, the ranks the "Optimize" button sets and
+what they gain, and the allocated-vs-uniform error curves of the Compare page (the dashboard's and bench_app's).
 
 The explorer keeps one rank per target layer, and a layer at its full rank min(m, n) is *kept dense*: a
 factorization at full rank holds more weights than the layer and loses nothing, so nobody wants it, and
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from fwsvd.config import CompressionConfig
 from fwsvd.view.allocation import allocate_ranks, floor_rank
 from fwsvd.view.analysis import LayerAnalysis, shapes_of
+from fwsvd.view.rank_config import rank_for_ratio, ranks_for_param_fraction
 
 #: The global control's two rules, as CompressionConfig fields.
 GLOBAL_RULES = ("rank_ratio", "param_budget")
@@ -78,10 +78,16 @@ def total_error(ranks: Mapping[str, int], analyses: Mapping[str, LayerAnalysis],
 
 
 def uniform_ranks(analyses: Mapping[str, LayerAnalysis], rule: str, value: float) -> dict[str, int]:
-    """Every layer's rank under one global rule (``rank_ratio`` or ``param_budget``, a CompressionConfig field)."""
+    """Every layer's rank under one global rule (``rank_ratio`` or ``param_budget``, a CompressionConfig field),
+    as :meth:`fwsvd.config.CompressionConfig.resolve_ranks` applies it."""
     if rule not in GLOBAL_RULES:
         raise ValueError(f"the global rule must be one of {', '.join(GLOBAL_RULES)}, got {rule!r}")
-    return CompressionConfig(**{rule: value}).resolve_ranks(shapes_of(analyses))
+    if not 0.0 < value <= 1.0:  # NaN fails this too
+        raise ValueError(f"{rule} must be a number in (0, 1], got {value!r}")
+    shapes = shapes_of(analyses)
+    if rule == "param_budget":
+        return ranks_for_param_fraction(shapes, value)
+    return {name: rank_for_ratio(value, min(shape)) for name, shape in shapes.items()}
 
 
 @dataclass(frozen=True)
