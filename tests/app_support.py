@@ -7,6 +7,7 @@ The real demo model takes minutes to build; the app takes its default model and 
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,6 +81,22 @@ APP_ENTRY = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
+
+
+@contextlib.contextmanager
+def app_environment(root: Path) -> Iterator[dict[str, str]]:
+    """:func:`prepare_app_environment` under ``root``, set in ``os.environ`` for the block, then put back."""
+    env = prepare_app_environment(root)
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield env
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def free_port() -> int:

@@ -14,7 +14,7 @@ import streamlit as st
 import torch
 from streamlit.testing.v1 import AppTest
 
-from app_support import prepare_app_environment
+from app_support import app_environment
 
 APP = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
 TIMEOUT = 180  # seconds per run: the CPU is shared and the first run imports torch and transformers
@@ -23,15 +23,8 @@ TIMEOUT = 180  # seconds per run: the CPU is shared and the first run imports to
 @pytest.fixture(scope="module")
 def app_env(tmp_path_factory):
     """A tiny model, a CSV task and a cache with the default Fisher already in it, named by the env."""
-    env = prepare_app_environment(tmp_path_factory.mktemp("app"))
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    yield env
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    with app_environment(tmp_path_factory.mktemp("app")) as env:
+        yield env
 
 
 @pytest.fixture

@@ -6,14 +6,13 @@ subcommands spell every shared option the same way."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest, app_test
 
-from app_support import prepare_app_environment
+from app_support import app_environment
 from fwsvd.cli import build_parser, main
 from fwsvd.config import read_rank_document
 
@@ -22,15 +21,8 @@ APP = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
 
 @pytest.fixture(scope="module")
 def app_env(tmp_path_factory):
-    env = prepare_app_environment(tmp_path_factory.mktemp("ranks"))
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    yield env
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    with app_environment(tmp_path_factory.mktemp("ranks")) as env:
+        yield env
 
 
 def _data_flags(env: dict[str, str]) -> list[str]:
