@@ -497,6 +497,9 @@ def _cmd_app(args: argparse.Namespace) -> dict[str, Any]:
     for key, value in options.items():
         command += [f"--{key}", value]
     url = f"http://{options['server.address']}:{options.get('server.port', 8501)}"
+    if args.check:
+        print(f"dashboard options ok: {url}", flush=True)
+        return {"command": command, "url": url, "returncode": None}
     print(f"dashboard: {url} (Ctrl-C stops it)", flush=True)
     return_code = subprocess.call(command)
     return {"command": command, "url": url, "returncode": return_code}
@@ -600,6 +603,9 @@ def build_parser() -> argparse.ArgumentParser:
                                           "--theme.base dark) are passed on to 'streamlit run'.")
     app.add_argument("--port", type=_positive_int, help="default: streamlit's (8501)")
     app.add_argument("--address", default=APP_ADDRESS, help=f"default: {APP_ADDRESS} (this machine only)")
+    app.add_argument("--check", action="store_true",
+                     help="check the options and exit without starting the server (scripts/app.sh does this "
+                          "before the demo build, so a typo is refused at once)")
     _add_json(app)
     app.set_defaults(handler=_cmd_app)
     return parser

@@ -181,6 +181,22 @@ def test_app_refuses_other_options_in_one_line(argv, message, monkeypatch, capsy
     assert message in error and error.count("\n") == 1
 
 
+def test_app_check_validates_without_starting_streamlit(monkeypatch, capsys):
+    from fwsvd import cli
+
+    monkeypatch.setattr(cli.subprocess, "call", lambda command: pytest.fail("streamlit must not start"))
+    assert cli.main(["app", "--check", "--server.port", "8600"]) == 0
+    assert "dashboard options ok: http://127.0.0.1:8600" in capsys.readouterr().out
+    assert cli.main(["app", "--check", "--server.bogus", "1"]) == 2
+    assert "unrecognized argument '--server.bogus'" in capsys.readouterr().err
+
+
+def test_app_script_checks_the_options_before_the_demo_build():
+    script = (Path(__file__).resolve().parents[1] / "scripts" / "app.sh").read_text().splitlines()
+    check = next(i for i, line in enumerate(script) if line.startswith('python -m fwsvd app --check "$@"'))
+    assert check < script.index("python -m fwsvd demo") < script.index('exec python -m fwsvd app "$@"')
+
+
 @pytest.mark.slow
 def test_real_demo_build_reaches_the_accuracy_and_is_reused():
     """Builds the real demo model (about 5 minutes on 2 idle cores) in the default cache directory, so CI
