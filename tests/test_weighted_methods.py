@@ -23,12 +23,12 @@ from fwsvd.factorize.closed_form import (
 )
 from fwsvd.factorize.weighted import (
     EIGENVALUE_FLOOR,
-    WEIGHTED_METHODS,
     WHITEN_RIDGE,
     LayerStatistics,
     method_transforms,
 )
 from fwsvd.fisher.statistics import StatisticsAccumulator
+from fwsvd.view.analysis import METHODS
 
 SHAPES = [(7, 5), (5, 9), (6, 6)]
 
@@ -147,7 +147,7 @@ def _brute_force(problem: Problem, method: str, rank: int, restarts: int = 3) ->
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("method", WEIGHTED_METHODS)
+@pytest.mark.parametrize("method", METHODS)
 def test_factors_beat_a_brute_force_optimiser_on_their_own_objective(shape, method):
     problem = _problem(shape, seed=1)
     rank = 2
@@ -159,12 +159,12 @@ def test_factors_beat_a_brute_force_optimiser_on_their_own_objective(shape, meth
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("method", WEIGHTED_METHODS)
+@pytest.mark.parametrize("method", METHODS)
 def test_factors_beat_every_other_rank_r_candidate_at_every_rank(shape, method):
     """Other methods' Ŵ_r (plain SVD's included), random rank-r matrices and nearby rank-r perturbations."""
     problem = _problem(shape, seed=2)
     ours_decomposition = _decompose(problem, method)
-    others = {other: _decompose(problem, other) for other in WEIGHTED_METHODS if other != method}
+    others = {other: _decompose(problem, other) for other in METHODS if other != method}
     generator = torch.Generator().manual_seed(3)
     m, n = shape
     for rank in range(1, min(shape)):
@@ -183,7 +183,7 @@ def test_factors_beat_every_other_rank_r_candidate_at_every_rank(shape, method):
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("method", WEIGHTED_METHODS)
+@pytest.mark.parametrize("method", METHODS)
 def test_own_objective_curve_is_the_objective_at_every_rank(shape, method):
     problem = _problem(shape, seed=4)
     decomposition = _decompose(problem, method)
@@ -210,7 +210,7 @@ def test_no_floor_binds_on_the_optimality_problems(shape):
 
 def test_methods_differ_so_that_the_tests_above_can_tell_them_apart():
     problem = _problem((7, 5), seed=2)
-    reconstructions = [_decompose(problem, method).reconstruct(2) for method in WEIGHTED_METHODS]
+    reconstructions = [_decompose(problem, method).reconstruct(2) for method in METHODS]
     for i, first in enumerate(reconstructions):
         for second in reconstructions[i + 1:]:
             assert (first - second).abs().max() > 1e-3
@@ -231,7 +231,7 @@ FULL_RANK_RTOL = 1e-9
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("method", WEIGHTED_METHODS)
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("tokens", [40, 3])
 def test_full_rank_reproduces_the_weight_even_with_singular_statistics(shape, method, tokens):
     """3 tokens < min(m, n): A and G are singular, so only the ridge and the floor make P and Q invertible."""
@@ -275,7 +275,7 @@ def test_whiten_falls_back_to_an_eigen_root_when_cholesky_fails():
                            problem.weight) < FULL_RANK_RTOL
 
 
-@pytest.mark.parametrize("method", WEIGHTED_METHODS)
+@pytest.mark.parametrize("method", METHODS)
 def test_statistics_are_sums_whose_scale_does_not_matter(method):
     problem = _problem((5, 9), seed=8)
     statistics = problem.statistics
@@ -287,7 +287,7 @@ def test_statistics_are_sums_whose_scale_does_not_matter(method):
     torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("method", WEIGHTED_METHODS)
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_low_precision_weights_give_float32_factors_in_row_major_cpu_storage(method, dtype):
     """float32 statistics, as the accumulator gives them; float32 arithmetic around float64 roots.
@@ -332,7 +332,7 @@ def _explicit_errors(decomposition, weight: torch.Tensor, weighting: torch.Tenso
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("method", WEIGHTED_METHODS)
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("fisher_weighting", [False, True])
 def test_error_curve_matches_explicit_reconstruction_errors(shape, method, fisher_weighting):
     problem = _problem(shape, seed=10)
@@ -345,7 +345,7 @@ def test_error_curve_matches_explicit_reconstruction_errors(shape, method, fishe
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("method", [method for method in WEIGHTED_METHODS if method != "kfac"])
+@pytest.mark.parametrize("method", [method for method in METHODS if method != "kfac"])
 def test_gram_and_orthogonal_formulas_agree_when_left_is_orthogonal(shape, method):
     problem = _problem(shape, seed=11)
     decomposition = _decompose(problem, method)
@@ -565,7 +565,7 @@ def test_zero_weightings_carry_no_information_and_fall_back_to_the_identity():
     zero = LayerStatistics(input_moment=torch.zeros(5, 5), output_moment=torch.zeros(7, 7),
                            input_abs_sum=torch.zeros(5), tokens=10)
     svd = _decompose(problem, "svd").reconstruct(2)
-    for method in WEIGHTED_METHODS:
+    for method in METHODS:
         decomposition = decompose(problem.weight, method=method, importance=torch.zeros(5), statistics=zero)
         torch.testing.assert_close(decomposition.reconstruct(2), svd, rtol=1e-9, atol=1e-12)
         assert decomposition.left_orthogonal

@@ -21,15 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from fwsvd.factorize.weighted import (
-    ASVD_ALPHA,
-    WEIGHTED_METHODS,
-    LayerStatistics,
-    WeightedMethod,
-    importance_scale,
-    method_transforms,
-)
-from fwsvd.view.analysis import ErrorCurves
+from fwsvd.factorize.weighted import ASVD_ALPHA, LayerStatistics, importance_scale, method_transforms
+from fwsvd.view.analysis import ErrorCurves, Method, check_method
 from fwsvd.view.rank_config import validate_rank
 
 
@@ -47,7 +40,7 @@ class Decomposition:
     left: torch.Tensor
     s: torch.Tensor
     right: torch.Tensor
-    method: WeightedMethod
+    method: Method
     left_orthogonal: bool
 
     @property
@@ -95,13 +88,11 @@ class Decomposition:
         return cls(left=left, s=s, right=right, method=method, left_orthogonal=bool(orthogonal.item()))
 
 
-def resolve_method(method: str | None, importance: torch.Tensor | None) -> WeightedMethod:
+def resolve_method(method: str | None, importance: torch.Tensor | None) -> Method:
     """``method`` checked against the methods; None means "fwsvd" when an importance is given, else "svd"."""
     if method is None:
         return "svd" if importance is None else "fwsvd"
-    if method not in WEIGHTED_METHODS:
-        raise ValueError(f"method must be one of {', '.join(WEIGHTED_METHODS)}, got {method!r}")
-    return method  # type: ignore[return-value]
+    return check_method(method)
 
 
 def decompose(

@@ -24,7 +24,7 @@ multiply by and to undo: a diagonal, a Cholesky factor, or ``E·diag(sqrt λ)`` 
 
 This module says what weighs each method's error — the token statistics and the roots P, Q made from them
 (:func:`method_transforms`); :mod:`fwsvd.factorize.closed_form` decomposes ``P·W·Q`` and gives every rank's
-error. It depends on torch only, so that it can move within the package freely.
+error. The method names and their check are :mod:`fwsvd.view.analysis`'s, one list for the whole package.
 """
 
 from __future__ import annotations
@@ -36,8 +36,7 @@ from typing import Literal
 
 import torch
 
-WeightedMethod = Literal["svd", "fwsvd", "asvd", "whiten", "kfac"]
-WEIGHTED_METHODS: tuple[WeightedMethod, ...] = ("svd", "fwsvd", "asvd", "whiten", "kfac")
+from fwsvd.view.analysis import check_method
 
 #: Importances (fwsvd) and mean |x| (asvd) below this fraction of their largest value are raised to it, so a
 #: feature never seen active gets a finite Q⁻¹ and is simply the least protected. The factors do not change
@@ -240,8 +239,7 @@ def method_transforms(
     method and what it needs. A weighting that is zero everywhere carries no information and becomes the
     identity (fwsvd on a zero importance is svd; kfac with G = 0 weighs the input side only).
     """
-    if method not in WEIGHTED_METHODS:
-        raise ValueError(f"method must be one of {', '.join(WEIGHTED_METHODS)}, got {method!r}")
+    check_method(method)
     in_features = shape[1]
     if method == "svd":
         return WeightTransforms()
