@@ -24,13 +24,7 @@ from typing import Any, Union
 from fwsvd.view import analysis
 from fwsvd.view.allocation import DEFAULT_FLOOR, OBJECTIVES, allocate_ranks, floor_rank
 from fwsvd.view.analysis import LayerAnalysis
-from fwsvd.view.rank_config import (
-    Shapes,
-    ranks_for_param_fraction,
-    rank_for_ratio,
-    unknown_names_error,
-    validate_rank,
-)
+from fwsvd.view.rank_config import Shapes, rule_ranks, unknown_names_error, validate_rank
 
 #: The shorthand ``compress_`` also takes: an int (the same rank everywhere), a float in (0, 1] (a share of
 #: each layer's full rank) or {qualified layer name: rank} (layers not named stay dense).
@@ -217,10 +211,8 @@ class CompressionConfig:
             ruled: dict[str, int] = {}
         elif self.allocation is not None:
             ruled = self._allocate(free, analyses)
-        elif self.param_budget is not None:
-            ruled = ranks_for_param_fraction(free, self.param_budget)
         else:
-            ruled = {name: rank_for_ratio(self.rank_ratio, min(shape)) for name, shape in free.items()}
+            ruled = self._uniform(free)
         return {name: self.rank_pattern.get(name, ruled.get(name)) for name in selected
                 if name in self.rank_pattern or name in ruled}
 
@@ -233,13 +225,16 @@ class CompressionConfig:
         layers = {name: analyses[name] for name in shapes}
         # The parameters the uniform rule keeps, spread where they lose least: the same count as the rule, so
         # allocated and uniform ranks are compared at equal size.
-        if self.param_budget is not None:
-            uniform = ranks_for_param_fraction(shapes, self.param_budget)
-        else:
-            uniform = {name: rank_for_ratio(self.rank_ratio, min(shape)) for name, shape in shapes.items()}
+        uniform = self._uniform(shapes)
         budget = sum(rank * sum(shapes[name]) for name, rank in uniform.items())
         return allocate_ranks(layers, budget, method=self.method, objective=self.allocation,
                               min_rank=floor_rank(uniform, self.allocation_floor)).ranks
+
+    def _uniform(self, shapes: Shapes) -> dict[str, int]:
+        """The global rule's ranks for ``shapes``."""
+        if self.param_budget is not None:
+            return rule_ranks(shapes, "param_budget", self.param_budget)
+        return rule_ranks(shapes, "rank_ratio", self.rank_ratio)
 
     def with_ranks(self, ranks: Mapping[str, int]) -> CompressionConfig:
         """A copy that pins ``ranks``: exactly the layers named are compressed, each at its rank. What a saved

@@ -59,6 +59,21 @@ def ranks_for_param_fraction(shapes: Shapes, fraction: float) -> dict[str, int]:
     return ranks
 
 
+#: The two global rank rules, as CompressionConfig fields: a share of each layer's full rank, or of its weights.
+GLOBAL_RULES: tuple[str, ...] = ("rank_ratio", "param_budget")
+
+
+def rule_ranks(shapes: Shapes, rule: str, value: float) -> dict[str, int]:
+    """Every layer's rank under one global rule: ``rank_ratio`` (``value`` of each layer's full rank) or
+    ``param_budget`` (about ``value`` of its weight parameters). The uniform ranks everything else is
+    compared with; ``value`` is checked by the caller (CompressionConfig, the dashboard's control)."""
+    if rule == "param_budget":
+        return ranks_for_param_fraction(shapes, value)
+    if rule == "rank_ratio":
+        return {name: rank_for_ratio(value, min(shape)) for name, shape in shapes.items()}
+    raise ValueError(f"the global rule must be one of {', '.join(GLOBAL_RULES)}, got {rule!r}")
+
+
 def ranks_digest(ranks: Mapping[str, int]) -> str:
     """A short stable digest of a rank configuration (to remember results per configuration)."""
     text = json.dumps(dict(sorted(ranks.items())), separators=(",", ":"))

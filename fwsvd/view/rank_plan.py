@@ -23,10 +23,7 @@ import pandas as pd
 
 from fwsvd.view.allocation import allocate_ranks, floor_rank
 from fwsvd.view.analysis import LayerAnalysis, shapes_of
-from fwsvd.view.rank_config import rank_for_ratio, ranks_for_param_fraction
-
-#: The global control's two rules, as CompressionConfig fields.
-GLOBAL_RULES = ("rank_ratio", "param_budget")
+from fwsvd.view.rank_config import GLOBAL_RULES, rule_ranks
 
 
 def has_weighted(method: str, analyses: Mapping[str, LayerAnalysis]) -> bool:
@@ -84,10 +81,7 @@ def uniform_ranks(analyses: Mapping[str, LayerAnalysis], rule: str, value: float
         raise ValueError(f"the global rule must be one of {', '.join(GLOBAL_RULES)}, got {rule!r}")
     if not 0.0 < value <= 1.0:  # NaN fails this too
         raise ValueError(f"{rule} must be a number in (0, 1], got {value!r}")
-    shapes = shapes_of(analyses)
-    if rule == "param_budget":
-        return ranks_for_param_fraction(shapes, value)
-    return {name: rank_for_ratio(value, min(shape)) for name, shape in shapes.items()}
+    return rule_ranks(shapes_of(analyses), rule, value)
 
 
 @dataclass(frozen=True)
