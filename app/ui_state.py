@@ -347,15 +347,6 @@ def view_from_model(loaded: Loaded, fisher: Any, config: FisherConfig) -> Explor
     return view
 
 
-def method_inputs(fisher: Any, methods: Sequence[str]) -> dict[str, Any]:
-    """The keyword arguments the library's compress / evaluate / analyse calls need for ``methods``: the
-    Fisher importances and, when a method is weighted by token statistics, the statistics gathered with them."""
-    inputs: dict[str, Any] = {"fisher": fisher.importances}
-    if any(needs_statistics(method) for method in methods):
-        inputs["statistics"] = fisher.statistics
-    return inputs
-
-
 def fisher_for_methods(loaded: Loaded, methods: Sequence[str], why: str) -> Any:
     """The explorer's FisherResult, with the token statistics when a method in ``methods`` needs them: those
     are gathered in one more pass over the Fisher's examples (a progress bar, once; then cached on disk)."""
@@ -394,7 +385,7 @@ def _extended_view(_view: ExplorerView, _loaded: Loaded, _fisher: Any, missing: 
 
     # ``key`` (source, Fisher identity and the methods added) stands for the unhashable view, model and Fisher.
     added = analyze_layers(_loaded.model, methods=missing, store=decomposition_store(),
-                           **method_inputs(_fisher, missing))
+                           fisher=_fisher)
     merged = {name: dataclasses.replace(layer, singular_values={**layer.singular_values,
                                                                **added[name].singular_values},
                                         curves={**layer.curves, **added[name].curves})

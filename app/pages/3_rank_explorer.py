@@ -225,7 +225,7 @@ def evaluate(view: ui.ExplorerView, ranks: dict[str, int], methods: list[str], l
     run = tuple(methods) if dense is not None else ("dense", *methods)
     bar, progress = ui.progress_bar(f"Evaluating {ui.methods_text(run)} on {limit} validation examples")
     results = evaluate_methods(loaded.model, loaded.tokenizer, loaded.task, compressed, methods=run, limit=limit,
-                               max_length=fisher.provenance["max_length"], **ui.method_inputs(fisher, methods),
+                               max_length=fisher.provenance["max_length"], fisher=fisher,
                                store=ui.decomposition_store(), progress=progress)
     bar.empty()
     entry = remembered.setdefault(key, {"ranks": dict(ranks), "results": {}})

@@ -71,7 +71,7 @@ def run(view: ui.ExplorerView, ratios: list[float], methods: tuple[str, ...], ru
         if compressed:  # else every layer stays dense: the dense model's row says it
             results = evaluate_methods(loaded.model, loaded.tokenizer, loaded.task, compressed, methods=run_methods,
                                        limit=limit, max_length=fisher.provenance["max_length"],
-                                       store=ui.decomposition_store(), **ui.method_inputs(fisher, methods))
+                                       store=ui.decomposition_store(), fisher=fisher)
             rows += [{"method": method, "rule": "dense" if method == "dense" else rule,
                       "rank_ratio": 1.0 if method == "dense" else ratio, "params": result["params"],
                       "latency_s_per_batch": result["latency_s_per_batch"], **result["metrics"]}

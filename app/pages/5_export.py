@@ -63,7 +63,7 @@ def model_archive(loaded: ui.Loaded, fisher, config: CompressionConfig) -> None:
         # Built only when the button is clicked: a compressed copy plus a zip of its folder.
         return compressed_archive(loaded.model, config, tokenizer=loaded.tokenizer, fisher_provenance=fisher.provenance,
                                   store=ui.decomposition_store(), extra={"ranks_digest": digest},
-                                  **ui.method_inputs(fisher, (config.method,)))
+                                  fisher=fisher)
 
     st.download_button(f"Download the {ui.method_label(config.method)} model at the current ranks (zip)", archive,
                        file_name=f"fwsvd_{config.method}_{digest}.zip", mime="application/zip",

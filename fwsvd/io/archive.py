@@ -21,7 +21,8 @@ def compressed_archive(model: nn.Module, config: CompressionConfig, *, fisher: M
                        statistics: Statistics | None = None) -> bytes:
     """A zip of the folder :func:`fwsvd.io.persistence.save_compressed` writes for a copy of ``model``
     compressed by ``config`` (``model/`` inside the archive; reload with ``load_compressed``). The model is
-    not modified. ``statistics``: the token statistics asvd, whiten and kfac need (see ``compressed_copy``)."""
+    not modified. ``fisher`` and ``statistics`` as for ``compressed_copy``: a FisherResult as ``fisher`` also
+    brings the token statistics asvd, whiten and kfac need."""
     import io
     import tempfile
     import zipfile
