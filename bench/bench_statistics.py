@@ -2,13 +2,16 @@
 
     python bench/bench_statistics.py                       # demo model shape, batch 32, length 128, 5 repeats
     python bench/bench_statistics.py --threads 1 --repeats 5 --batches 1 --ragged
+    python bench/bench_statistics.py --threads 1 --repeats 5 --batches 32 --data demo
 
 The model is the demo's (all-MiniLM-L6 with a 2-label head: 6 blocks, hidden 384, FFN 1,536) when
 ``python -m fwsvd demo`` has built it, else a BERT of that shape with random weights (speed does not
 depend on the values). By default every example is 128 real tokens (no padding): the statistics' worst
 case, since padded tokens are skipped by the statistics but not by the matrix products of the forward and
 backward. ``--ragged`` draws each example's length from [32, 128] and right-pads it to 128, as tokenised
-sentences of varying length are.
+sentences of varying length are. ``--data demo`` takes the batches the dashboard's default Fisher runs on:
+the demo task's train split, shuffled (seed 0), the first ``--batches`` × 32 of its 1,024 examples,
+truncated at 128 tokens and padded to each batch's longest (``fwsvd.fisher.task.task_fisher``'s batches).
 
 Three passes over the same batches, in one process, repeats interleaved (the order rotates each repeat),
 median seconds per batch of 32, both wall-clock and CPU time of this process (``time.process_time``): on a
@@ -39,8 +42,13 @@ from torch import nn
 from transformers import BertConfig, BertForSequenceClassification
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from fwsvd.config import FisherConfig  # noqa: E402
+from fwsvd.data.batches import make_batches as task_batches  # noqa: E402
+from fwsvd.data.tasks import task_of  # noqa: E402
 from fwsvd.fisher.estimate import estimate_fisher  # noqa: E402
+from fwsvd.io.models import load_any_model  # noqa: E402
 from fwsvd.storage.locations import demo_is_built, demo_model_dir  # noqa: E402
+from fwsvd.view.explorer import Source  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 
@@ -70,6 +78,18 @@ def make_batches(count: int, vocab_size: int, ragged: bool, seed: int = 0) -> li
         batches.append({"input_ids": torch.randint(1000, vocab_size, (BATCH_SIZE, LENGTH), generator=generator) * mask,
                         "attention_mask": mask, "labels": torch.randint(0, 2, (BATCH_SIZE,), generator=generator)})
     return batches
+
+
+def demo_batches(count: int) -> list[Batch]:
+    """The first ``count`` batches of the dashboard's default Fisher on the demo (needs ``fwsvd demo``)."""
+    if not demo_is_built():
+        raise SystemExit("--data demo needs the demo: run `python -m fwsvd demo` first")
+    config = FisherConfig()
+    task = task_of(Source())
+    _, tokenizer, _ = load_any_model(str(demo_model_dir()), task)
+    used = min(config.num_examples, len(task.load_split("train")), count * config.batch_size)
+    return task_batches(task, tokenizer, "train", batch_size=config.batch_size, max_length=config.max_length,
+                        limit=used, seed=config.seed, shuffle=True)
 
 
 def plain(model: nn.Module, batches: list[Batch]) -> None:
@@ -129,15 +149,21 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--ragged", action="store_true", help="lengths drawn from [32, 128], right-padded to 128")
+    parser.add_argument("--data", choices=["random", "demo"], default="random",
+                        help="random token ids (default), or the demo task's Fisher batches")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     model, source = make_model()
-    batches = make_batches(args.batches, model.config.vocab_size, args.ragged)
+    batches = demo_batches(args.batches) if args.data == "demo" else \
+        make_batches(args.batches, model.config.vocab_size, args.ragged)
     real = sum(int(batch["attention_mask"].sum()) for batch in batches)
+    padded = sum(batch["attention_mask"].numel() for batch in batches)
+    lengths = [batch["attention_mask"].shape[1] for batch in batches]
     print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} CPUs, load average "
-          f"{os.getloadavg()[0]:.1f} at start; {source}; {args.batches} batch(es) of {BATCH_SIZE} x {LENGTH} tokens, "
-          f"{real / (len(batches) * BATCH_SIZE * LENGTH):.0%} of them real", flush=True)
+          f"{os.getloadavg()[0]:.1f} at start; {source}; {len(batches)} {args.data} batch(es) of {BATCH_SIZE}, "
+          f"padded to {min(lengths)}–{max(lengths)} tokens (mean {statistics.mean(lengths):.0f}), "
+          f"{real / padded:.0%} of them real", flush=True)
     seconds = time_passes(model, batches, args.repeats)
     print(f"load average {os.getloadavg()[0]:.1f} at end")
     for clock, values in seconds.items():

@@ -191,12 +191,53 @@ def test_batch_loss_is_the_weighted_sum_of_example_losses(logits, labels):
 
 
 def test_upper_triangle_panels_give_the_full_gram_matrix():
+    # The panels serve moments BLAS's symmetric update cannot take (CUDA, here a non-contiguous CPU one).
     generator = torch.Generator().manual_seed(13)
     features = 2 * PANEL_ROWS + 37  # three panels, the last one short
     rows = torch.randn(50, features, generator=generator, dtype=torch.float64)
-    upper = add_gram_(torch.zeros(features, features, dtype=torch.float64), rows)
+    upper = add_gram_(torch.zeros(features, 2 * features, dtype=torch.float64)[:, ::2], rows)
     assert not upper[PANEL_ROWS:, :PANEL_ROWS].any()  # below the first diagonal panel: never computed
     torch.testing.assert_close(symmetric(upper), rows.T @ rows, rtol=1e-12, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+def test_blas_symmetric_update_adds_the_upper_triangle_in_place(dtype, tolerance):
+    generator = torch.Generator().manual_seed(15)
+    rows = torch.randn(70, 45, generator=generator, dtype=torch.float64)
+    start = torch.randn(45, 45, generator=generator, dtype=torch.float64)
+    moment = start.to(dtype, copy=True)
+    address = moment.data_ptr()
+    for part in (rows[:30], rows[30:], rows[:0]):  # accumulates; an empty batch adds nothing
+        assert add_gram_(moment, part.to(dtype)) is moment
+    assert moment.data_ptr() == address
+    lower = torch.ones(45, 45, dtype=torch.bool).tril(-1)
+    assert torch.equal(moment[lower], start.to(dtype)[lower])  # the lower triangle is left alone
+    expected = symmetric(start) + rows.T @ rows
+    torch.testing.assert_close(symmetric(moment).double(), expected, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_blas_update_runs_with_as_many_threads_as_torch(threads):
+    from threadpoolctl import threadpool_info
+
+    from fwsvd.fisher import statistics as statistics_module
+
+    seen: list[int] = []
+    update = statistics_module._SYRK[torch.float32]
+
+    def spy(*args, **kwargs):
+        seen.extend(info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas")
+        return update(*args, **kwargs)
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        statistics_module._SYRK[torch.float32] = spy
+        add_gram_(torch.zeros(8, 8), torch.randn(5, 8))
+    finally:
+        statistics_module._SYRK[torch.float32] = update
+        torch.set_num_threads(previous)
+    assert seen and set(seen) == {threads}
 
 
 def test_layers_fed_one_tensor_share_its_sums_until_it_changes():
