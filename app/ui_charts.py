@@ -15,7 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from fwsvd.view.analysis import METHOD_LABELS
+from fwsvd.view.analysis import METHOD_LABELS, STATISTICS_METHODS
 
 COLORS = {"svd": "#E8710A", "fwsvd": "#1A73E8", "asvd": "#188038", "whiten": "#9334E6", "kfac": "#B3261E",
           "dense": "#000000"}
@@ -86,10 +86,16 @@ def _grid(rows: int, columns: int, titles: Sequence[str], *, horizontal: float, 
 def error_figure(frame: pd.DataFrame, methods: Sequence[str]) -> go.Figure:
     """Per-layer relative reconstruction error at the current ranks for each of ``methods``: plain on top,
     Fisher-weighted below (SVD minimises the first, FWSVD the second — the one accuracy follows). A layer
-    kept dense has no error."""
+    kept dense has no error. With ASVD, whitened or K-FAC SVD among ``methods``, a third panel shows each
+    method in the objective it minimises (for SVD and FWSVD that is the panel above, so it is not repeated)."""
     labels = layer_labels(frame)
+    panels = [("{}_error", "Plain error ‖W − Ŵ‖ / ‖W‖"),
+              ("{}_weighted_error", "Fisher-weighted error ‖(W − Ŵ)·D‖ / ‖W·D‖  (what the task feels)")]
+    if any(method in STATISTICS_METHODS for method in methods):
+        panels.append(("{}_objective_error", "Each method's own objective ‖P(W − Ŵ)Q‖ / ‖PWQ‖  (what it minimises)"))
     traces = []
-    for axis, column in (("", "{}_error"), ("2", "{}_weighted_error")):
+    for position, (column, _) in enumerate(panels):
+        axis = "" if position == 0 else str(position + 1)
         for method in methods:
             traces.append(dict(
                 type="bar", x=labels, y=frame[column.format(method)].to_numpy(), name=label(method),
@@ -97,13 +103,14 @@ def error_figure(frame: pd.DataFrame, methods: Sequence[str]) -> go.Figure:
                 legendgroup=method, showlegend=axis == "", customdata=frame["rank"].to_numpy(), xaxis=f"x{axis}",
                 yaxis=f"y{axis}", hovertemplate="%{x}<br>rank %{customdata}<br>relative error %{y:.3f}<extra>"
                                                 + label(method) + "</extra>"))
-    layout = _base_layout("Reconstruction error per layer at the current ranks", 620)
-    layout.update(_grid(2, 1, ("Plain error ‖W − Ŵ‖ / ‖W‖",
-                               "Fisher-weighted error ‖(W − Ŵ)·D‖ / ‖W·D‖  (what the task feels)"),
-                        horizontal=0.0, vertical=0.1, shared_x=True))
-    for axis in ("yaxis", "yaxis2"):
-        layout[axis].update(title=dict(text="relative error (0–1)"), rangemode="tozero")
-    layout["xaxis2"].update(title=dict(text="layer (block · name)"), tickangle=-60)
+    rows = len(panels)
+    layout = _base_layout("Reconstruction error per layer at the current ranks", 310 * rows)
+    layout.update(_grid(rows, 1, [title for _, title in panels], horizontal=0.0, vertical=0.1 if rows == 2 else 0.07,
+                        shared_x=True))
+    for position in range(rows):
+        layout["yaxis" if position == 0 else f"yaxis{position + 1}"].update(
+            title=dict(text="relative error (0–1)"), rangemode="tozero")
+    layout[f"xaxis{rows}"].update(title=dict(text="layer (block · name)"), tickangle=-60)
     layout.update(barmode="group", bargap=0.2)
     return go.Figure(data=traces, layout=layout)
 

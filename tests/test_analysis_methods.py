@@ -11,6 +11,7 @@ import torch
 
 from conftest import random_batch, tiny_bert
 from fwsvd import DecompositionStore, analyze_layers, find_targets
+from fwsvd.factorize.weighted import method_transforms
 from fwsvd.fisher.estimate import estimate_fisher
 from fwsvd.surgery.targets import find_blocks, target_shapes
 from fwsvd.view.analysis import (
@@ -99,3 +100,48 @@ def test_weighted_curves_are_comparable_across_methods(analysed):
         for method in SUBSET:
             assert float(analysis.curves[method].weighted[-1]) == 0.0
             assert torch.all(analysis.curves[method].plain[:-1] > 0)
+
+
+@pytest.fixture(scope="module")
+def every_method():
+    model = tiny_bert()
+    batches = [random_batch(batch_size=8, length=12, seed=seed) for seed in range(3)]
+    fisher, statistics = estimate_fisher(model, batches, statistics=True)
+    store = DecompositionStore(use_disk=False)
+    analyses = analyze_layers(model, fisher, methods=METHODS, statistics=statistics, store=store)
+    return model, fisher, statistics, store, analyses
+
+
+def test_own_objective_curve_is_each_methods_explicit_objective(every_method):
+    """‖P(W − Ŵ_r)Q‖ / ‖PWQ‖ from P and Q applied to the reconstruction error, against the curve read off
+    the spectrum, at every rank of two layers; for svd and fwsvd it is their plain and weighted curve."""
+    model, fisher, statistics, store, analyses = every_method
+    targets = find_targets(model)
+    for name in list(analyses)[:2]:
+        analysis, module = analyses[name], targets[name]
+        weight = module.weight.detach().double()
+        for method in METHODS:
+            transforms = method_transforms(method, tuple(weight.shape), importance=fisher[name],
+                                           statistics=statistics[name])
+            decomposition = store.get(module, fisher[name], method=method, statistics=statistics[name])
+            explicit = [float(torch.linalg.matrix_norm(transforms.apply(weight)))]  # rank 0: Ŵ = 0
+            for rank in range(1, analysis.full_rank + 1):
+                error = weight - decomposition.reconstruct(rank).double()
+                explicit.append(float(torch.linalg.matrix_norm(transforms.apply(error))))
+            explicit = np.array(explicit) / explicit[0]
+            curve = analysis.relative_objective(method)
+            assert curve.shape == (analysis.full_rank + 1,) and curve[0] == 1.0 and curve[-1] == 0.0
+            np.testing.assert_allclose(curve, explicit, rtol=2e-4, atol=2e-5, err_msg=f"{name} {method}")
+        np.testing.assert_allclose(analysis.relative_objective("svd"), analysis.curves["svd"].relative_plain(),
+                                   rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(analysis.relative_objective("fwsvd"),
+                                   analysis.curves["fwsvd"].relative_weighted(), rtol=1e-5, atol=1e-6)
+
+
+def test_table_holds_each_methods_own_objective(every_method):
+    model, _, _, _, analyses = every_method
+    frame = layer_frame(analyses, {name: 3 for name in analyses}, find_blocks(model)).set_index("layer")
+    for name, analysis in analyses.items():
+        for method in METHODS:
+            assert frame.loc[name, f"{method}_objective_error"] == pytest.approx(
+                analysis.relative_objective(method)[3])

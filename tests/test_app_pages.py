@@ -197,6 +197,8 @@ def test_every_figure_follows_the_chosen_methods(app):
     at = app
     assert at.multiselect(key="methods").value == ["svd", "fwsvd"]  # the paper's comparison by default
     assert _trace_names(at, "error_chart") == _trace_names(at, "spectrum_chart") == {"SVD", "FWSVD"}
+    # SVD's and FWSVD's own objectives are the plain and weighted panels: no third one.
+    assert {trace["yaxis"] for trace in _chart(at, "error_chart")["data"]} == {"y", "y2"}
     at.multiselect(key="methods").set_value(["fwsvd"]).run()
     assert not at.exception and not at.error
     assert _trace_names(at, "error_chart") == _trace_names(at, "spectrum_chart") == {"FWSVD"}
@@ -244,6 +246,11 @@ def test_a_statistics_method_is_analysed_evaluated_and_exported_end_to_end(app):
     assert _decoded(plain["y"]) == pytest.approx(
         [float(expected[name].curves["asvd"].relative_plain()[11]) for name in block0])
     assert "asvd" in _view().analyses[block0[0]].curves  # in the snapshot: the next start has it at once
+    # A third panel: each method in its own objective (ASVD's scaled error; FWSVD's is its weighted error).
+    own = {trace["name"]: trace for trace in _chart(at, "error_chart")["data"] if trace["yaxis"] == "y3"}
+    assert set(own) == {"FWSVD", "ASVD"}
+    assert _decoded(own["ASVD"]["y"]) == pytest.approx(
+        [float(expected[name].relative_objective("asvd")[11]) for name in block0])
 
     at.number_input(key="eval_limit").set_value(16).run()
     at.button(key="evaluate").click().run()

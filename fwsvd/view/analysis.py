@@ -94,6 +94,18 @@ class LayerAnalysis:
     def params_at(self, rank: int, bias: bool = True) -> int:
         return rank * (self.out_features + self.in_features) + (self.out_features if bias else 0)
 
+    def relative_objective(self, method: str) -> np.ndarray:
+        """``method``'s own objective at every rank r = 0..k, relative: ``‖P(W − Ŵ_r)Q‖ / ‖PWQ‖`` for the
+        matrix it factors (W for svd, W·D for fwsvd, P·W·Q for the others, floors and ridge included).
+
+        By Eckart–Young it is the tail of that matrix's singular values, ``sqrt(Σ_{i≥r} s_i² / Σ_i s_i²)``, so
+        it is read off the spectrum; it equals the plain curve for svd and the Fisher-weighted one for fwsvd.
+        """
+        squares = np.square(_to_numpy(self.singular_values[check_method(method)]).astype(np.float64))
+        # Summing from the small end keeps the tail accurate (as fwsvd.factorize.closed_form does).
+        tails = np.concatenate([np.cumsum(squares[::-1])[::-1], [0.0]])
+        return np.sqrt(tails / tails[0]) if tails[0] > 0 else np.zeros_like(tails)
+
 
 def shapes_of(analyses: Mapping[str, LayerAnalysis]) -> dict[str, tuple[int, int]]:
     """{layer name: (out_features, in_features)}: what :mod:`fwsvd.ranks` needs to set and check ranks."""
@@ -120,8 +132,9 @@ def layers_by_block(frame: pd.DataFrame) -> dict[str, list[str]]:
 def layer_frame(analyses: Mapping[str, LayerAnalysis], ranks: Mapping[str, int],
                 blocks: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per layer at ``ranks``: weight parameters kept / removed, break-even flag, and for each
-    method the relative reconstruction error, plain ``‖W−Ŵ‖/‖W‖`` (``{method}_error``) and Fisher-weighted
-    ``‖(W−Ŵ)D‖/‖WD‖`` (``{method}_weighted_error``, NaN without Fisher).
+    method the relative reconstruction error, plain ``‖W−Ŵ‖/‖W‖`` (``{method}_error``), Fisher-weighted
+    ``‖(W−Ŵ)D‖/‖WD‖`` (``{method}_weighted_error``, NaN without Fisher) and in the method's own objective
+    (``{method}_objective_error``, :meth:`LayerAnalysis.relative_objective`).
 
     Parameters count weights only: a low-rank pair keeps the layer's bias unchanged. ``blocks`` are the
     block stacks (:func:`fwsvd.find_blocks`); without them the block is the name up to its last two parts.
@@ -152,10 +165,12 @@ def layer_frame(analyses: Mapping[str, LayerAnalysis], ranks: Mapping[str, int],
             if curves is None:
                 row[f"{method}_error"] = math.nan
                 row[f"{method}_weighted_error"] = math.nan
+                row[f"{method}_objective_error"] = math.nan
                 continue
             row[f"{method}_error"] = float(curves.relative_plain()[rank])
             weighted = curves.relative_weighted()
             row[f"{method}_weighted_error"] = math.nan if weighted is None else float(weighted[rank])
+            row[f"{method}_objective_error"] = float(analysis.relative_objective(method)[rank])
         rows.append(row)
     return pd.DataFrame(rows)
 
