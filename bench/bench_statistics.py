@@ -43,10 +43,9 @@ from transformers import BertConfig, BertForSequenceClassification
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fwsvd.config import FisherConfig  # noqa: E402
-from fwsvd.data.batches import make_batches as task_batches  # noqa: E402
 from fwsvd.data.tasks import task_of  # noqa: E402
 from fwsvd.fisher.estimate import estimate_fisher  # noqa: E402
-from fwsvd.io.models import load_any_model  # noqa: E402
+from fwsvd.fisher.task import fisher_batches  # noqa: E402
 from fwsvd.storage.locations import demo_is_built, demo_model_dir  # noqa: E402
 from fwsvd.view.explorer import Source  # noqa: E402
 
@@ -84,12 +83,8 @@ def demo_batches(count: int) -> list[Batch]:
     """The first ``count`` batches of the dashboard's default Fisher on the demo (needs ``fwsvd demo``)."""
     if not demo_is_built():
         raise SystemExit("--data demo needs the demo: run `python -m fwsvd demo` first")
-    config = FisherConfig()
-    task = task_of(Source())
-    _, tokenizer, _ = load_any_model(str(demo_model_dir()), task)
-    used = min(config.num_examples, len(task.load_split("train")), count * config.batch_size)
-    return task_batches(task, tokenizer, "train", batch_size=config.batch_size, max_length=config.max_length,
-                        limit=used, seed=config.seed, shuffle=True)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(demo_model_dir())
+    return fisher_batches(task_of(Source()), tokenizer, FisherConfig())[:count]
 
 
 def plain(model: nn.Module, batches: list[Batch]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +37,26 @@ def task_fisher(
     settings were seen before. ``statistics=True`` also gives each layer's token statistics over the same
     examples (``result.statistics[name]``, a LayerStatistics; see :mod:`fwsvd.fisher.statistics`)."""
     config = config if config is not None else FisherConfig()
-    # The cache key records the examples actually used: a small train split caps the request.
-    used = min(config.num_examples, len(task.load_split("train")))
-
-    def batches() -> list[dict[str, torch.Tensor]]:
-        return make_batches(task, tokenizer, "train", batch_size=config.batch_size, max_length=config.max_length,
-                            limit=used, seed=config.seed, shuffle=True)
-
     return load_or_estimate_fisher(
-        model, batches, data_id=task.data_id("train"), num_examples=used, seed=config.seed,
+        model, partial(fisher_batches, task, tokenizer, config), data_id=task.data_id("train"),
+        num_examples=fisher_example_count(task, config), seed=config.seed,
         max_length=config.max_length, mode=config.mode, batch_size=config.batch_size, cache_dir=cache_dir,
         progress=progress, statistics=statistics,
     )
+
+
+def fisher_example_count(task: Task, config: FisherConfig) -> int:
+    """How many train examples the Fisher of ``config`` uses: ``config.num_examples``, capped at the train
+    split's size. The cache key records this count, the examples actually used."""
+    return min(config.num_examples, len(task.load_split("train")))
+
+
+def fisher_batches(task: Task, tokenizer: PreTrainedTokenizerBase,
+                   config: FisherConfig) -> list[dict[str, torch.Tensor]]:
+    """The batches :func:`task_fisher` estimates over: the first :func:`fisher_example_count` examples of the
+    train split shuffled with ``config.seed``, ``config.batch_size`` at a time, padded to each batch's longest."""
+    return make_batches(task, tokenizer, "train", batch_size=config.batch_size, max_length=config.max_length,
+                        limit=fisher_example_count(task, config), seed=config.seed, shuffle=True)
 
 
 class _NotCached(LookupError):
@@ -67,9 +76,9 @@ def cached_task_fisher(model: nn.Module, task: Any, config: FisherConfig | None 
         raise _NotCached
 
     config = config if config is not None else FisherConfig()
-    used = min(config.num_examples, len(task.load_split("train")))
     try:
-        return load_or_estimate_fisher(model, refuse, data_id=task.data_id("train"), num_examples=used,
+        return load_or_estimate_fisher(model, refuse, data_id=task.data_id("train"),
+                                       num_examples=fisher_example_count(task, config),
                                        seed=config.seed, max_length=config.max_length, mode=config.mode,
                                        batch_size=config.batch_size, cache_dir=cache_dir, statistics=statistics)
     except _NotCached:
