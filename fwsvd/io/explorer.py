@@ -36,10 +36,11 @@ def explorer_view_of(source: Source, model: Any, task: Task, fisher: Any, *,
 
 
 def prepare_explorer(source: Source | None = None, config: FisherConfig | None = None,
-                     progress: Callable[[int, int], None] | None = None) -> Path:
+                     progress: Callable[[int, int], None] | None = None, *, statistics: bool = False) -> Path:
     """Cache the Fisher for ``config`` (default: the dashboard's default settings) and save the rank explorer's
     snapshot for ``source`` (default: the demo), so the dashboard opens on the full explorer; returns the
-    snapshot's path. Nothing is recomputed when the snapshot is there already.
+    snapshot's path. ``statistics`` also caches the token statistics asvd, whiten and kfac need (in the same
+    pass). Nothing is recomputed when the snapshot (and the statistics, if asked for) are there already.
 
     Raises ValueError for a source whose model is not a local directory (a hub id has no files to key a
     snapshot by until it is downloaded)."""
@@ -48,9 +49,12 @@ def prepare_explorer(source: Source | None = None, config: FisherConfig | None =
     key = snapshot_key(source, config)
     if key is None:
         raise ValueError(f"the rank explorer's snapshot needs a local model directory; {source.model!r} is not one")
-    if load_view(key) is None:
+    missing = load_view(key) is None
+    # Whether the statistics are cached is known only from the model's weights: load it to look them up.
+    if missing or statistics:
         task = task_of(source)
         model, tokenizer, _ = load_any_model(source.model, task)
-        fisher = task_fisher(model, tokenizer, task, config, progress=progress)
-        save_view(key, explorer_view_of(source, model, task, fisher))
+        fisher = task_fisher(model, tokenizer, task, config, progress=progress, statistics=statistics)
+        if missing:
+            save_view(key, explorer_view_of(source, model, task, fisher))
     return snapshot_path(key)

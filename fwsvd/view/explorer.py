@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fwsvd.storage.locations import demo_model_dir, key_digest
+from fwsvd.storage.locations import demo_model_dir, is_demo_model, key_digest
 from fwsvd.view import snapshot
 from fwsvd.view.analysis import LayerAnalysis, shapes_of
 
@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 class Source:
     """The model and task the dashboard works on (hashable: it keys the caches)."""
 
-    model: str = "demo"  # "demo", a model directory or a hub id
+    model: str = "demo"  # a demo model's alias ("demo", "demo-ner"), a model directory or a hub id
     task: str = "demo"  # a task name, or "local" for ``data_file``
     data_file: str | None = None
     text_column: str = "text"
@@ -87,7 +87,8 @@ def snapshot_key(source: Source, fisher_config: Any) -> dict[str, Any] | None:
     (``fisher_config``: a :class:`fwsvd.config.FisherConfig`, keyed by its ``key()`` as every Fisher lookup is)
     and the model's (and local data file's) names, sizes and times. None for a model that is not a local
     directory (a hub id): its files are only known once it is loaded."""
-    model_files = snapshot.files_identity(demo_model_dir() if source.model == "demo" else source.model)
+    model_files = snapshot.files_identity(demo_model_dir(model=source.model) if is_demo_model(source.model)
+                                          else source.model)
     if model_files is None:
         return None
     return {"kind": "rank-explorer", "source": source.key, "fisher": fisher_config.key(), "model_files": model_files,
