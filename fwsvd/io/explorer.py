@@ -17,6 +17,7 @@ from fwsvd.factorize.store import DecompositionStore
 from fwsvd.fisher.task import task_fisher
 from fwsvd.io.models import load_any_model
 from fwsvd.surgery.analyze import cached_analyses
+from fwsvd.surgery.modules import count_parameters
 from fwsvd.surgery.targets import find_blocks
 from fwsvd.view.analysis import LayerAnalysis
 from fwsvd.view.explorer import ExplorerView, Source, fisher_identity, load_view, save_view, snapshot_key
@@ -32,14 +33,15 @@ def explorer_view_of(source: Source, model: Any, task: Task, fisher: Any, *,
     if analyses is None:
         analyses = cached_analyses(model, fisher.importances, store=store)
     return ExplorerView(source.key, dict(analyses), find_blocks(model), fisher_identity(fisher.provenance),
-                        len(task.load_split("validation")), task.metric_names[0])
+                        len(task.load_split("validation")), task.metric_names[0], count_parameters(model))
 
 
 def prepare_explorer(source: Source | None = None, config: FisherConfig | None = None,
-                     progress: Callable[[int, int], None] | None = None) -> Path:
+                     progress: Callable[[int, int], None] | None = None, *, statistics: bool = False) -> Path:
     """Cache the Fisher for ``config`` (default: the dashboard's default settings) and save the rank explorer's
     snapshot for ``source`` (default: the demo), so the dashboard opens on the full explorer; returns the
-    snapshot's path. Nothing is recomputed when the snapshot is there already.
+    snapshot's path. ``statistics`` also caches the token statistics asvd, whiten and kfac need (in the same
+    pass). Nothing is recomputed when the snapshot (and the statistics, if asked for) are there already.
 
     Raises ValueError for a source whose model is not a local directory (a hub id has no files to key a
     snapshot by until it is downloaded)."""
@@ -48,9 +50,12 @@ def prepare_explorer(source: Source | None = None, config: FisherConfig | None =
     key = snapshot_key(source, config)
     if key is None:
         raise ValueError(f"the rank explorer's snapshot needs a local model directory; {source.model!r} is not one")
-    if load_view(key) is None:
+    missing = load_view(key) is None
+    # Whether the statistics are cached is known only from the model's weights: load it to look them up.
+    if missing or statistics:
         task = task_of(source)
         model, tokenizer, _ = load_any_model(source.model, task)
-        fisher = task_fisher(model, tokenizer, task, config, progress=progress)
-        save_view(key, explorer_view_of(source, model, task, fisher))
+        fisher = task_fisher(model, tokenizer, task, config, progress=progress, statistics=statistics)
+        if missing:
+            save_view(key, explorer_view_of(source, model, task, fisher))
     return snapshot_path(key)

@@ -1,6 +1,7 @@
 """Load a fine-tuned model and its tokenizer, and check that its head fits the task.
 
-A source is ``"demo"`` (built once, see :mod:`fwsvd.io.demo`), a local directory written by
+A source is a demo model's alias (``"demo"``, ``"demo-ner"``: built once, see :mod:`fwsvd.io.demos`), a
+local directory written by
 ``save_pretrained``, or a Hugging Face hub id (needs the hub). The head is checked *before* the weights
 are loaded, from the config: loading a base encoder with ``AutoModelForSequenceClassification`` would
 silently attach a random head, and compressing an untrained classifier measures nothing.
@@ -24,7 +25,7 @@ from transformers import (
 )
 
 from fwsvd.data.tasks import Task
-from fwsvd.io.demo import ensure_demo_model
+from fwsvd.io.demos import demo_of_model
 from fwsvd.io.persistence import INFO_FILE, load_compressed, read_compressed_info
 from fwsvd.io.quiet import quiet_transformers
 
@@ -41,7 +42,8 @@ def load_model(
     trust_remote_code: bool = False,
     num_labels: int | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """(model in eval mode, tokenizer) from ``"demo"``, a local directory or a hub id.
+    """(model in eval mode, tokenizer) from a demo alias (``"demo"``, ``"demo-ner"``), a local directory or a
+    hub id.
 
     With a ``task``, the model must be a ``*ForSequenceClassification`` with ``task.num_labels`` outputs
     (1 for regression) or, for NER, a ``*ForTokenClassification`` with as many tags; ``num_labels``, when
@@ -79,8 +81,9 @@ def _check_complete(loading: dict[str, Any], source: str | os.PathLike[str]) -> 
 
 def _locate(source: str | os.PathLike[str]) -> str:
     """A local directory path, or the hub id unchanged."""
-    if str(source) == "demo":
-        return str(ensure_demo_model())
+    demo = demo_of_model(source)
+    if demo is not None:
+        return str(demo.ensure())
     path = Path(source).expanduser()
     if path.is_dir():
         return str(path)
@@ -138,7 +141,7 @@ TOKENIZER_FILE = "tokenizer_config.json"
 
 def is_compressed_dir(source: str | os.PathLike[str]) -> bool:
     """True for a directory written by ``save_compressed`` (factorized or dense export)."""
-    return str(source) != "demo" and (Path(source).expanduser() / INFO_FILE).is_file()
+    return demo_of_model(source) is None and (Path(source).expanduser() / INFO_FILE).is_file()
 
 
 def load_any_model(
@@ -147,7 +150,7 @@ def load_any_model(
     *,
     trust_remote_code: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any] | None]:
-    """(model in eval mode, tokenizer, compression info or None) from "demo", a model directory, a hub id,
+    """(model in eval mode, tokenizer, compression info or None) from a demo alias, a model directory, a hub id,
     or a directory written by ``save_compressed`` (which must hold its tokenizer).
 
     With a ``task``, the model's head must fit it (ValueError otherwise).

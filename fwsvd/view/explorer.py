@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fwsvd.storage.locations import demo_model_dir, key_digest
+from fwsvd.storage.locations import demo_model_dir, is_demo_model, key_digest
 from fwsvd.view import snapshot
 from fwsvd.view.analysis import LayerAnalysis, shapes_of
 
@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 class Source:
     """The model and task the dashboard works on (hashable: it keys the caches)."""
 
-    model: str = "demo"  # "demo", a model directory or a hub id
+    model: str = "demo"  # a demo model's alias ("demo", "demo-ner"), a model directory or a hub id
     task: str = "demo"  # a task name, or "local" for ``data_file``
     data_file: str | None = None
     text_column: str = "text"
@@ -70,6 +70,9 @@ class ExplorerView:
     fisher_key: str
     validation_size: int
     metric: str
+    #: every parameter of the dense model (embeddings and heads included): the whole-model share's base
+    #: (:func:`fwsvd.view.analysis.totals`); None from a snapshot written without it
+    model_params: int | None = None
 
     @property
     def shapes(self) -> dict[str, tuple[int, int]]:
@@ -87,7 +90,8 @@ def snapshot_key(source: Source, fisher_config: Any) -> dict[str, Any] | None:
     (``fisher_config``: a :class:`fwsvd.config.FisherConfig`, keyed by its ``key()`` as every Fisher lookup is)
     and the model's (and local data file's) names, sizes and times. None for a model that is not a local
     directory (a hub id): its files are only known once it is loaded."""
-    model_files = snapshot.files_identity(demo_model_dir() if source.model == "demo" else source.model)
+    model_files = snapshot.files_identity(demo_model_dir(model=source.model) if is_demo_model(source.model)
+                                          else source.model)
     if model_files is None:
         return None
     return {"kind": "rank-explorer", "source": source.key, "fisher": fisher_config.key(), "model_files": model_files,
@@ -101,8 +105,10 @@ def load_view(key: Mapping[str, Any]) -> ExplorerView | None:
     if found is None:
         return None
     try:
+        model_params = found.info.get("model_params")
         return ExplorerView(str(key["source"]), found.analyses, found.blocks, str(found.info["fisher_key"]),
-                            int(found.info["validation_size"]), str(found.info["metric"]))
+                            int(found.info["validation_size"]), str(found.info["metric"]),
+                            None if model_params is None else int(model_params))
     except (KeyError, TypeError, ValueError) as error:
         logger.warning("the rank explorer's snapshot lacks %s; it will be recomputed", error)
         return None
@@ -112,4 +118,5 @@ def save_view(key: Mapping[str, Any], view: ExplorerView) -> Path:
     """Save ``view`` as the snapshot under ``key``; returns its path."""
     return snapshot.save_snapshot(key, view.analyses, view.blocks, {"fisher_key": view.fisher_key,
                                                                     "validation_size": view.validation_size,
-                                                                    "metric": view.metric})
+                                                                    "metric": view.metric,
+                                                                    "model_params": view.model_params})
