@@ -574,6 +574,13 @@ def _(ctx):
     return _warned(ctx, "is corrupt")
 
 
+@case("lib-store-dtype-unknown")
+def _(ctx):
+    ctx.monkeypatch.setenv("FWSVD_STORE_DTYPE", "half")
+    return _raises(ctx, ValueError, "FWSVD_STORE_DTYPE must be one of float32, float16, bfloat16, got 'half'",
+                   lambda: fwsvd.compress_(tiny_bert(), 0.5, method="svd", store=fwsvd.DecompositionStore()))
+
+
 @case("lib-snapshot-truncated")
 def _(ctx):
     ctx.cache_copy()

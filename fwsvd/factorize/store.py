@@ -8,10 +8,16 @@ decomposition is never used; a cache file that fails its checks is recomputed (s
 A store may serve several threads (the dashboard keeps one per process for every session): its memory is
 bounded (least recently used entries go first; they are read back from the disk cache when asked for again),
 and a key asked for by two threads at once is computed once while SVDs of different keys run in parallel.
+
+Memory can also hold the factors in 16 bits (``factor_dtype``, ``FWSVD_STORE_DTYPE``): half the bytes, so a
+1B-parameter model's decompositions (5 GB in float32) fit where they did not, at a relative error of a
+rank-r weight of about 3e-4 in float16 (2e-3 in bfloat16), far below any truncation error worth choosing
+(docs/BENCH_SCALE.md). The disk cache keeps float32, so the exact factors are never lost.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -38,6 +44,9 @@ FORMAT_VERSION = 3  # 2: factors kept as U·S and Vᵀ·D⁻¹; 3: any method's 
 #: decompositions are about 0.5 GB per method. The environment variable overrides it.
 DEFAULT_MAX_BYTES = 2 << 30
 MAX_BYTES_ENV = "FWSVD_STORE_MAX_BYTES"
+#: The dtype a store keeps factors in, in memory (float32 when unset); the environment variable overrides it.
+FACTOR_DTYPE_ENV = "FWSVD_STORE_DTYPE"
+FACTOR_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 _T = TypeVar("_T")
 
@@ -54,6 +63,28 @@ def default_max_bytes() -> int:
     if limit < 0:
         raise ValueError(f"{MAX_BYTES_ENV} must be >= 0, got {value!r}")
     return limit
+
+
+def default_factor_dtype() -> torch.dtype | None:
+    """``FWSVD_STORE_DTYPE`` (float32, float16 or bfloat16) when set, else None: factors kept as computed."""
+    value = os.environ.get(FACTOR_DTYPE_ENV, "").strip()
+    if not value:
+        return None
+    if value not in FACTOR_DTYPES:
+        raise ValueError(f"{FACTOR_DTYPE_ENV} must be one of {', '.join(FACTOR_DTYPES)}, got {value!r}")
+    return FACTOR_DTYPES[value]
+
+
+def compact(decomposition: Decomposition, dtype: torch.dtype | None) -> Decomposition:
+    """``decomposition`` with its factors held in ``dtype`` (None: as it is). The singular values stay as they
+    are (curves and allocations read them), and factors that a narrower dtype cannot represent (float16 tops
+    out at 65504, which a strongly whitened factor may pass) stay as they are rather than become infinite."""
+    if dtype is None or decomposition.left.dtype == dtype:
+        return decomposition
+    left, right = decomposition.left.to(dtype), decomposition.right.to(dtype)
+    if not (torch.isfinite(left).all() and torch.isfinite(right).all()):
+        return decomposition
+    return dataclasses.replace(decomposition, left=left, right=right)
 
 
 class _DigestMemo:
@@ -153,16 +184,23 @@ class DecompositionStore:
     what is kept in memory (default :func:`default_max_bytes`: ``FWSVD_STORE_MAX_BYTES``, else 2 GiB): past it
     the least recently used decompositions and curves are dropped, and read back from the disk cache (or, with
     ``use_disk=False``, recomputed) when asked for again. A model compressed from a dropped decomposition keeps
-    its own reference, so ``set_ranks_`` still works on it. Safe to share between threads.
+    its own reference, so ``set_ranks_`` still works on it. ``factor_dtype`` (default
+    :func:`default_factor_dtype`: ``FWSVD_STORE_DTYPE``, else as computed) is the dtype the factors are held
+    in, in memory: float16 halves what a model's decompositions take (see :func:`compact`). Error curves are
+    computed from the factors held (plain SVD's from the singular values alone, which stay exact); the disk
+    cache always keeps the factors as computed. Safe to share between threads.
     """
 
     def __init__(self, cache_dir: str | os.PathLike[str] | None = None, use_disk: bool = True,
-                 max_bytes: int | None = None) -> None:
+                 max_bytes: int | None = None, factor_dtype: torch.dtype | None = None) -> None:
         self._disk = TensorCache(cache_dir, namespace="decompositions") if use_disk else None
         self._writer = _CacheWriter(self._disk) if self._disk is not None else None
         self.max_bytes = default_max_bytes() if max_bytes is None else int(max_bytes)
         if self.max_bytes < 0:
             raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        self.factor_dtype = default_factor_dtype() if factor_dtype is None else factor_dtype
+        if self.factor_dtype is not None and self.factor_dtype not in FACTOR_DTYPES.values():
+            raise ValueError(f"factor_dtype must be one of torch.{', torch.'.join(FACTOR_DTYPES)}, got {factor_dtype}")
         # One LRU over decompositions ("decomposition", name) and curves ("curves", names): value and bytes.
         self._memory: OrderedDict[tuple[Any, ...], tuple[Any, int]] = OrderedDict()
         self._memory_bytes = 0
@@ -241,7 +279,10 @@ class DecompositionStore:
         key = {"kind": "decomposition", "version": FORMAT_VERSION, "method": method, "weight": weight_digest,
                "weighting": weighting_digest, **METHOD_SETTINGS}
         name = f"{method}/{weight_digest}/{weighting_digest}"
-        compute = partial(self._load_or_decompose, module, method, importance, statistics, key, name)
+        def compute() -> Decomposition:
+            return compact(self._load_or_decompose(module, method, importance, statistics, key, name),
+                           self.factor_dtype)
+
         return self._memoized(("decomposition", name), compute, _decomposition_bytes)
 
     def _load_or_decompose(self, module: nn.Module, method: str, importance: torch.Tensor | None,
@@ -297,6 +338,16 @@ METHOD_SETTINGS = {"floor": IMPORTANCE_FLOOR, "asvd_alpha": ASVD_ALPHA, "whiten_
 
 def _decomposition_bytes(decomposition: Decomposition) -> int:
     return sum(tensor.numel() * tensor.element_size() for tensor in decomposition.to_tensors().values())
+
+
+def factor_bytes(decomposition: Decomposition, dtype: torch.dtype | None = None, rank: int | None = None) -> int:
+    """Bytes of a decomposition held with its factors in ``dtype`` (default: theirs) and cut at ``rank``
+    (default: every component); the singular values stay as they are."""
+    rank = decomposition.full_rank if rank is None else min(int(rank), decomposition.full_rank)
+    size = (torch.empty((), dtype=dtype).element_size() if dtype is not None
+            else decomposition.left.element_size())
+    out_features, in_features = decomposition.shape
+    return rank * (out_features + in_features) * size + decomposition.s.numel() * decomposition.s.element_size()
 
 
 def _curves_bytes(curves: ErrorCurves) -> int:
