@@ -25,6 +25,27 @@ from fwsvd.data.tasks import Task
 ArrayLike = Sequence | np.ndarray
 
 
+_LABELS = {"accuracy": "accuracy", "f1": "F1 (positive class)", "matthews_correlation": "Matthews correlation",
+           "pearson": "Pearson correlation", "spearman": "Spearman correlation"}
+_NER_LABELS = {"f1": "entity-level F1 (seqeval)", "precision": "entity-level precision (seqeval)",
+               "recall": "entity-level recall (seqeval)", "accuracy": "token accuracy"}
+
+
+def metric_label(kind: str, name: str) -> str:
+    """What metric ``name`` of a task of ``kind`` is, for people: an NER "f1" is the entity-level F1 of seqeval,
+    not a token's; the short names stay the keys that results and scripts use."""
+    labels = _NER_LABELS if kind == "token_classification" else _LABELS
+    return labels.get(name, name)
+
+
+def metric_note(kind: str, metrics: dict[str, float]) -> str | None:
+    """A word on figures that read as a failure of the tool rather than of the model: an entity-level F1 of 0
+    with precision 0 means the model found no entity of the data."""
+    if kind == "token_classification" and metrics.get("f1") == 0.0 and metrics.get("precision") == 0.0:
+        return "no entities found: none of the entities the model marks is in the data (precision 0)"
+    return None
+
+
 def compute_metrics(task: Task, predictions: ArrayLike, references: ArrayLike) -> dict[str, float]:
     """``{metric: value}`` for every name in ``task.metric_names``.
 
