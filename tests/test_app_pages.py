@@ -321,14 +321,14 @@ def test_rank_explorer_draws_from_its_snapshot_without_loading_the_model(app_env
     assert len(list(snapshots.glob("*.npz"))) == 1
     drawn = (_metric(at, "Weights kept"), _chart(at, "error_chart")["data"], _chart(at, "spectrum_chart")["data"])
 
-    import ui_state  # the module the pages share, as the app imported it
+    import ui_session  # the module the pages share, as the app imported it
 
     st.cache_resource.clear()  # as in a new server process: nothing loaded, only the snapshot on disk
 
     def no_model(current):
         raise AssertionError("the model was loaded although a snapshot matches its files")
 
-    monkeypatch.setattr(ui_state, "_load", no_model)
+    monkeypatch.setattr(ui_session, "_load", no_model)
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
     at.run()
     assert not at.exception and not at.error

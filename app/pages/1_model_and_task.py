@@ -3,12 +3,15 @@
 from pathlib import Path
 
 import streamlit as st
-import ui_state as ui
+import ui_session
+from ui_format import count, error_box, progress_bar
+from ui_session import Loaded
 
-from fwsvd.surgery.architecture import architecture_frame, model_summary
 from fwsvd.data.files import data_file_columns
-from fwsvd.storage.locations import demo_is_built
 from fwsvd.data.tasks import TASK_NAMES
+from fwsvd.storage.locations import demo_is_built
+from fwsvd.surgery.architecture import architecture_frame, model_summary
+from fwsvd.view.explorer import Source
 
 MODEL_KINDS = {"demo": "Demo model (MiniLM-L6, Rotten Tomatoes)", "local": "Local directory",
                "hub": "Hugging Face hub id"}
@@ -19,13 +22,13 @@ st.caption("Pick a fine-tuned classifier and the task it was fine-tuned on. Fish
            "task's training split; evaluation uses its validation split.")
 
 
-def _model_kind(current: ui.Source) -> str:
+def _model_kind(current: Source) -> str:
     if current.model == "demo":
         return "demo"
     return "local" if Path(current.model).expanduser().exists() else "hub"
 
 
-def choose_source(current: ui.Source) -> ui.Source:
+def choose_source(current: Source) -> Source:
     """The widgets; returns the source they describe (not yet applied)."""
     left, right = st.columns(2, gap="large")
     with left:
@@ -45,12 +48,12 @@ def choose_source(current: ui.Source) -> ui.Source:
                             help="GLUE tasks and CoNLL-2003 need the Hugging Face hub; the demo and local files "
                                  "work offline.")
         if task != LOCAL_TASK:
-            return ui.Source(model=model, task=task)
+            return Source(model=model, task=task)
         data_file = st.text_input("Data file (CSV, TSV, JSON, JSONL or parquet)", value=current.data_file or "",
                                   key="data_file").strip()
         if not data_file:
             st.info("Enter the path of a local data file to choose its columns.")
-            return ui.Source(model=model, task="local")
+            return Source(model=model, task="local")
         columns = data_file_columns(data_file)
         text = st.selectbox("Text column", columns, index=_index(columns, current.text_column, 0), key="text_column")
         label = st.selectbox("Label column", columns, index=_index(columns, current.label_column, -1),
@@ -58,36 +61,36 @@ def choose_source(current: ui.Source) -> ui.Source:
         pair_options = ["(none)", *columns]
         pair = st.selectbox("Second text column (sentence pairs)", pair_options,
                             index=_index(pair_options, current.pair_column or "(none)", 0), key="pair_column")
-        return ui.Source(model=model, task="local", data_file=data_file, text_column=text, label_column=label,
-                         pair_column=None if pair == "(none)" else pair)
+        return Source(model=model, task="local", data_file=data_file, text_column=text, label_column=label,
+                      pair_column=None if pair == "(none)" else pair)
 
 
 def _index(options: list[str], wanted: str, fallback: int) -> int:
     return options.index(wanted) if wanted in options else fallback % len(options)
 
 
-def apply(chosen: ui.Source) -> None:
+def apply(chosen: Source) -> None:
     """Load the chosen model and task (building the demo first if needed); switch only if that works."""
     if not chosen.model:
         raise ValueError("enter a model directory or hub id")
     if chosen.model == "demo" and not demo_is_built():
-        bar, progress = ui.progress_bar("Building the demo model: fine-tuning MiniLM-L6 on Rotten Tomatoes")
-        ui.build_demo(progress)
+        bar, progress = progress_bar("Building the demo model: fine-tuning MiniLM-L6 on Rotten Tomatoes")
+        ui_session.build_demo(progress)
         bar.empty()
     with st.spinner(f"Loading {chosen.model} for task {chosen.task_label} …"):
-        ui._load(chosen)
-    ui.set_source(chosen)
+        ui_session.load(chosen)
+    ui_session.set_source(chosen)
     st.toast(f"Using {chosen.model} on {chosen.task_label}", icon=":material/check:")
 
 
-def show_summary(loaded: ui.Loaded) -> None:
+def show_summary(loaded: Loaded) -> None:
     summary = model_summary(loaded.model)
     st.subheader("Architecture")
     st.caption(f"`{summary['model_class']}` from `{loaded.source.model}` on task **{loaded.source.task_label}** "
-               f"({loaded.task.kind}, {loaded.task.num_labels} labels, metric: {ui.metric_of(loaded)})")
+               f"({loaded.task.kind}, {loaded.task.num_labels} labels, metric: {ui_session.metric_of(loaded)})")
     cols = st.columns(4)
-    cols[0].metric("Parameters", ui.count(summary["parameters"]))
-    cols[1].metric("Target weights", ui.count(summary["target_parameters"]))
+    cols[0].metric("Parameters", count(summary["parameters"]))
+    cols[1].metric("Target weights", count(summary["target_parameters"]))
     cols[2].metric("Target layers", f"{summary['target_layers']} in {summary['blocks']} blocks")
     cols[3].metric("Held by target layers", f"{summary['target_share']:.0%}",
                    help="Embeddings and the task head are not compressed, as in the paper.")
@@ -108,16 +111,17 @@ def show_summary(loaded: ui.Loaded) -> None:
         })
 
 
-with ui.error_box():
-    current = ui.source()
+with error_box():
+    current = ui_session.source()
     chosen = choose_source(current)
     label = "Use this model and task"
     if chosen.model == "demo" and not demo_is_built():
         label = "Build the demo model (about 6 minutes, once) and use it"
-    if st.button(label, type="primary", key="apply_source", disabled=chosen == current and ui.model_is_ready(current)):
+    if st.button(label, type="primary", key="apply_source",
+                 disabled=chosen == current and ui_session.model_is_ready(current)):
         apply(chosen)
         st.rerun()
 
-with ui.error_box():
+with error_box():
     st.divider()
-    show_summary(ui.require_model())
+    show_summary(ui_session.require_model())

@@ -4,7 +4,11 @@ from dataclasses import replace
 
 import streamlit as st
 import ui_charts as charts
-import ui_state as ui
+import ui_fisher
+import ui_session
+import ui_views
+from ui_format import error_box, progress_bar
+from ui_session import Loaded
 
 from fwsvd.config import FisherConfig
 from fwsvd.fisher.summary import compare_fisher, cumulative_share, fisher_frame, importance_matrix
@@ -30,14 +34,14 @@ def settings_widgets(settings: FisherConfig) -> FisherConfig:
     return replace(settings, mode=mode, num_examples=int(count), seed=int(seed))
 
 
-def compute(loaded: ui.Loaded, settings: FisherConfig) -> None:
-    bar, progress = ui.progress_bar(f"Estimating the {MODES[settings.mode].lower()} Fisher over "
-                                    f"{settings.num_examples} training examples")
-    ui.compute_fisher(loaded, settings, progress)
+def compute(loaded: Loaded, settings: FisherConfig) -> None:
+    bar, progress = progress_bar(f"Estimating the {MODES[settings.mode].lower()} Fisher over "
+                                 f"{settings.num_examples} training examples")
+    ui_views.compute_fisher(loaded, settings, progress)
     bar.empty()
 
 
-def show_importance(loaded: ui.Loaded, fisher) -> None:
+def show_importance(loaded: Loaded, fisher) -> None:
     frame = fisher_frame(fisher.importances, loaded.blocks)
     st.plotly_chart(charts.fisher_layers_figure(frame), key="fisher_layers")
     widths = sorted(frame["in_features"].unique())
@@ -68,11 +72,11 @@ def show_importance(loaded: ui.Loaded, fisher) -> None:
                  })
 
 
-def show_exact_vs_batch(loaded: ui.Loaded, settings: FisherConfig, fisher) -> None:
+def show_exact_vs_batch(loaded: Loaded, settings: FisherConfig, fisher) -> None:
     st.subheader("Exact vs batch Fisher")
     other_mode = "batch" if settings.mode == "per_example" else "per_example"
     other_settings = replace(settings, mode=other_mode)
-    other = ui.fisher_for(loaded, other_settings)
+    other = ui_fisher.fisher_for(loaded, other_settings)
     if other is None:
         st.caption(f"Compare with the {MODES[other_mode].lower()} Fisher over the same examples.")
         if st.button(f"Compute the {MODES[other_mode].lower()} Fisher to compare", key="compute_other_fisher"):
@@ -90,12 +94,12 @@ def show_exact_vs_batch(loaded: ui.Loaded, settings: FisherConfig, fisher) -> No
     st.plotly_chart(charts.exact_vs_batch_figure(comparison), key="fisher_exact_vs_batch")
 
 
-with ui.error_box():
-    loaded = ui.require_model()
-    settings = settings_widgets(ui.fisher_config())
-    if settings != ui.fisher_config():
-        ui.set_fisher_config(settings)
-    fisher = ui.fisher_for(loaded, settings)
+with error_box():
+    loaded = ui_session.require_model()
+    settings = settings_widgets(ui_fisher.fisher_config())
+    if settings != ui_fisher.fisher_config():
+        ui_fisher.set_fisher_config(settings)
+    fisher = ui_fisher.fisher_for(loaded, settings)
     if fisher is None:
         st.info(f"No {MODES[settings.mode].lower()} Fisher over {settings.num_examples} examples (seed "
                 f"{settings.seed}) is cached for this model and task yet.", icon=":material/info:")

@@ -3,10 +3,17 @@ or let the optimizer spread the global control's parameters where they lose leas
 
 import streamlit as st
 import ui_charts as charts
-import ui_state as ui
+import ui_fisher
+import ui_ranks
+import ui_session
+import ui_views
+from ui_format import count, error_box, progress_bar
+from ui_methods import chosen_methods, method_label, methods_text
 
+from fwsvd.config import DEFAULT_RANK_RATIO
 from fwsvd.view import analysis, rank_config
 from fwsvd.view import rank_plan as allocation
+from fwsvd.view.explorer import ExplorerView
 
 GLOBAL_MODES = {"rank_ratio": "Rank ratio", "param_budget": "Parameter budget"}
 GLOBAL_HELP = {
@@ -32,32 +39,32 @@ def global_ranks(analyses: dict) -> dict[str, int]:
 
 def apply_global(analyses: dict) -> None:
     """Widget callback: one control sets every layer's rank."""
-    ui.set_ranks(global_ranks(analyses))
+    ui_ranks.set_ranks(global_ranks(analyses))
 
 
 def apply_slider(name: str) -> None:
     """Widget callback: one layer's slider moved."""
-    ui.ranks_in_session()[name] = int(st.session_state[ui.RANK_WIDGET_PREFIX + name])
+    ui_ranks.ranks_in_session()[name] = int(st.session_state[ui_ranks.RANK_WIDGET_PREFIX + name])
 
 
-def global_control(view: ui.ExplorerView, methods: tuple[str, ...]) -> None:
+def global_control(view: ExplorerView, methods: tuple[str, ...]) -> None:
     left, right = st.columns([1, 3])
     mode = left.radio("Set every layer by", list(GLOBAL_MODES), format_func=GLOBAL_MODES.get, key="global_mode",
                       persist_state="session")
-    right.slider(GLOBAL_MODES[mode], min_value=0.02, max_value=1.0, value=ui.DEFAULT_RANK_RATIO, step=0.01,
+    right.slider(GLOBAL_MODES[mode], min_value=0.02, max_value=1.0, value=DEFAULT_RANK_RATIO, step=0.01,
                  key=f"global_{mode}", on_change=apply_global, args=(view.analyses,), help=GLOBAL_HELP[mode],
                  persist_state="session")
     left, right = st.columns([1, 3], vertical_alignment="bottom")
     weighted = [method for method in methods if method != "svd"]
     method = left.selectbox("Optimize for", methods, index=methods.index(weighted[0]) if weighted else 0,
-                            format_func=ui.method_label, key="optimize_method",
+                            format_func=method_label, key="optimize_method",
                             help="Fisher-weighted error for the weighted methods, plain error for SVD.")
     if right.button("Optimize ranks for this budget", key="optimize_ranks", icon=":material/auto_fix_high:",
                     help="Keep the weights this rule keeps, but give each layer the rank (or none: dense) that "
                          "minimises the summed error over all layers, each factorized layer keeping at least half "
                          "the rank the rule gives it."):
         result = allocation.optimize(view.analyses, global_ranks(view.analyses), method)
-        ui.set_ranks(result.ranks)
+        ui_ranks.set_ranks(result.ranks)
         st.session_state[OPTIMIZED] = {"digest": rank_config.ranks_digest(result.ranks), "result": result}
         st.rerun()  # everything below is drawn from the new ranks
 
@@ -74,24 +81,24 @@ def optimized(ranks: dict[str, int], analyses: dict) -> None:
     cols[1].metric(f"Summed {measure} error, optimized ranks", f"{result.error:.4g}",
                    f"{result.change:+.1%} vs uniform", delta_color="inverse")
     cols[2].metric("Layers kept dense", str(len(result.dense)))
-    st.caption(f"Optimized for {ui.method_label(result.method)} (objective: {result.objective} error) within the "
-               f"{ui.count(result.budget)} weights the global control keeps; {ui.count(result.kept_params)} kept. "
+    st.caption(f"Optimized for {method_label(result.method)} (objective: {result.objective} error) within the "
+               f"{count(result.budget)} weights the global control keeps; {count(result.kept_params)} kept. "
                "Each error is summed over the layers, squared; a layer kept dense adds none.")
 
 
 def headline(summary: dict, methods: tuple[str, ...], dense: int) -> None:
     cols = st.columns(2 + len(methods))
-    cols[0].metric("Weights kept", ui.count(summary["kept_params"]),
-                   f"{summary['kept_share']:.0%} of {ui.count(summary['dense_params'])}", delta_color="off",
+    cols[0].metric("Weights kept", count(summary["kept_params"]),
+                   f"{summary['kept_share']:.0%} of {count(summary['dense_params'])}", delta_color="off",
                    delta_arrow="off")
-    cols[1].metric("Weights removed", ui.count(summary["removed_params"]),
+    cols[1].metric("Weights removed", count(summary["removed_params"]),
                    f"{dense} layer(s) kept dense" if dense else None, delta_color="off", delta_arrow="off")
     for column, method in zip(cols[2:], methods):
         value = summary[f"{method}_mean_weighted_error"]
         delta = None
         if method != "svd" and "svd" in methods:
             delta = f"{value - summary['svd_mean_weighted_error']:+.3f} vs SVD"
-        column.metric(f"Mean Fisher-weighted error, {ui.method_label(method)}", f"{value:.3f}", delta,
+        column.metric(f"Mean Fisher-weighted error, {method_label(method)}", f"{value:.3f}", delta,
                       delta_color="inverse")
     if summary["above_break_even"]:
         names = ", ".join(f"`{name}`" for name in summary["above_break_even"][:6])
@@ -113,7 +120,7 @@ def sliders(frame) -> None:
         row = by_name.loc[name]
         columns[position % 3].slider(
             f"{row['name_in_block']} ({row['shape']})", min_value=1, max_value=int(row["full_rank"]),
-            key=ui.RANK_WIDGET_PREFIX + name, on_change=apply_slider, args=(name,),
+            key=ui_ranks.RANK_WIDGET_PREFIX + name, on_change=apply_slider, args=(name,),
             help=f"{name}: break-even at rank {row['break_even_rank']:.0f}; the full rank "
                  f"{int(row['full_rank'])} keeps the layer dense")
 
@@ -145,7 +152,7 @@ def table(frame, methods: tuple[str, ...]) -> None:
             "break_even_rank": st.column_config.NumberColumn("break-even", format="%.1f"),
             "kept_params": st.column_config.NumberColumn("weights kept", format="localized"),
             "removed_params": st.column_config.NumberColumn("weights removed", format="localized"),
-            **{column: st.column_config.NumberColumn(f"{ui.method_label(method)} weighted error", format="%.3f")
+            **{column: st.column_config.NumberColumn(f"{method_label(method)} weighted error", format="%.3f")
                for column, method in zip(errors, methods)},
         })
     changes = {name: max(1, min(int(full), int(new)))
@@ -154,7 +161,7 @@ def table(frame, methods: tuple[str, ...]) -> None:
     if changes:
         # The sliders above are already drawn this run; the next run moves them (sync_rank_widgets) and
         # draws a fresh editor whose pending edits are now part of the ranks it shows.
-        ui.ranks_in_session().update(changes)
+        ui_ranks.ranks_in_session().update(changes)
         st.session_state[TABLE_VERSION] = version + 1
         st.rerun()
 
@@ -170,7 +177,7 @@ def spectra(analyses: dict, frame, methods: tuple[str, ...]) -> None:
     st.plotly_chart(charts.spectrum_figure(spectra_frames, rows, methods), key="spectrum_chart")
 
 
-def evaluation(view: ui.ExplorerView, ranks: dict[str, int], methods: tuple[str, ...]) -> None:
+def evaluation(view: ExplorerView, ranks: dict[str, int], methods: tuple[str, ...]) -> None:
     st.subheader("Accuracy at these ranks")
     left, right = st.columns([1, 2])
     limit = left.number_input("Validation examples", min_value=8, max_value=view.validation_size,
@@ -178,10 +185,10 @@ def evaluation(view: ui.ExplorerView, ranks: dict[str, int], methods: tuple[str,
                               persist_state="session")
     digest = rank_config.ranks_digest(ranks)
     key = (view.source_key, view.fisher_key, digest, int(limit))
-    remembered = ui.evaluations()
+    remembered = ui_session.evaluations()
     done = remembered.get(key, {}).get("results", {})
     missing = [method for method in methods if method not in done]
-    if left.button(f"Evaluate {ui.methods_text(missing or methods)}", type="primary", key="evaluate",
+    if left.button(f"Evaluate {methods_text(missing or methods)}", type="primary", key="evaluate",
                    icon=":material/play_arrow:", disabled=not missing,
                    help="Methods already evaluated at these ranks are remembered."):
         evaluate(view, ranks, missing, int(limit), key)
@@ -205,7 +212,7 @@ def evaluation(view: ui.ExplorerView, ranks: dict[str, int], methods: tuple[str,
                                     "latency (s / batch of 32)", format="%.3f")})
 
 
-def evaluate(view: ui.ExplorerView, ranks: dict[str, int], methods: list[str], limit: int, key: tuple) -> None:
+def evaluate(view: ExplorerView, ranks: dict[str, int], methods: list[str], limit: int, key: tuple) -> None:
     """Evaluate a compressed copy per method in ``methods`` (and the dense model once per subset size); add
     the results to those remembered at these ranks. Layers kept dense stay as they are.
 
@@ -215,18 +222,18 @@ def evaluate(view: ui.ExplorerView, ranks: dict[str, int], methods: list[str], l
     compressed = allocation.compressed_ranks(ranks, view.analyses)
     if not compressed:
         raise ValueError("every layer is kept dense at these ranks: there is no compressed model to evaluate")
-    loaded = ui.require_model()
-    fisher = ui.fisher_for_methods(loaded, methods, "Evaluating the weighted methods needs the Fisher importances, "
-                                                    "and they are no longer in the cache: compute them on the "
-                                                    "Fisher page.")
-    remembered = ui.evaluations()
+    loaded = ui_session.require_model()
+    fisher = ui_views.fisher_for_methods(loaded, methods, "Evaluating the weighted methods needs the Fisher "
+                                                          "importances, and they are no longer in the cache: "
+                                                          "compute them on the Fisher page.")
+    remembered = ui_session.evaluations()
     dense = next((entry["results"]["dense"] for (src, _, _, size), entry in remembered.items()
                   if src == view.source_key and size == limit and "dense" in entry["results"]), None)
     run = tuple(methods) if dense is not None else ("dense", *methods)
-    bar, progress = ui.progress_bar(f"Evaluating {ui.methods_text(run)} on {limit} validation examples")
+    bar, progress = progress_bar(f"Evaluating {methods_text(run)} on {limit} validation examples")
     results = evaluate_methods(loaded.model, loaded.tokenizer, loaded.task, compressed, methods=run, limit=limit,
                                max_length=fisher.provenance["max_length"], fisher=fisher,
-                               store=ui.decomposition_store(), progress=progress)
+                               store=ui_session.decomposition_store(), progress=progress)
     bar.empty()
     entry = remembered.setdefault(key, {"ranks": dict(ranks), "results": {}})
     entry["results"].update({"dense": dense} if dense is not None else {}, **results)
@@ -237,22 +244,22 @@ def fisher_prompt() -> None:
     st.warning("FWSVD needs the Fisher importances of this model on its task, and none are cached yet.",
                icon=":material/warning:")
     if st.button("Compute Fisher now (default settings)", type="primary", key="explorer_compute_fisher"):
-        bar, progress = ui.progress_bar("Estimating the Fisher importances")
-        ui.compute_fisher(ui.require_model(), ui.fisher_config(), progress)
+        bar, progress = progress_bar("Estimating the Fisher importances")
+        ui_views.compute_fisher(ui_session.require_model(), ui_fisher.fisher_config(), progress)
         st.rerun()
-    st.page_link(ui.PAGES["fisher"], label="Or choose the settings on the Fisher page",
+    st.page_link(ui_session.PAGES["fisher"], label="Or choose the settings on the Fisher page",
                  icon=":material/arrow_forward:")
 
 
-with ui.error_box():
-    view = ui.explorer_view()
+with error_box():
+    view = ui_views.explorer_view()
     if view is None:
         fisher_prompt()
         st.stop()
-    methods = ui.chosen_methods()
-    view = ui.with_methods(view, methods)
-    ranks = ui.ranks(view.source_key, view.analyses)
-    ui.sync_rank_widgets(ranks)
+    methods = chosen_methods()
+    view = ui_views.with_methods(view, methods)
+    ranks = ui_ranks.ranks(view.source_key, view.analyses)
+    ui_ranks.sync_rank_widgets(ranks)
     global_control(view, methods)
     frame = allocation.mark_dense(analysis.layer_frame(view.analyses, ranks, view.blocks))
     headline(analysis.totals(frame), methods, int(frame["dense"].sum()))

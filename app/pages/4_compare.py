@@ -5,9 +5,14 @@ metric over a sweep of compressed copies (on request)."""
 import pandas as pd
 import streamlit as st
 import ui_charts as charts
-import ui_state as ui
+import ui_fisher
+import ui_session
+import ui_views
+from ui_format import error_box, progress_bar
+from ui_methods import chosen_methods, method_label, methods_text
 
 from fwsvd.view import rank_plan as allocation
+from fwsvd.view.explorer import ExplorerView
 
 RATIO_CHOICES = [0.05, 0.1, 0.15, 0.2, 0.25, 0.33, 0.4, 0.5, 0.6, 0.75, 0.9]
 DEFAULT_RATIOS = [0.1, 0.2, 0.33, 0.5]
@@ -21,24 +26,24 @@ st.caption("Uniform: every target layer keeps the same share of its rank. Alloca
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def curves(_view: ui.ExplorerView, ratios: tuple[float, ...], methods: tuple[str, ...], key: tuple) -> pd.DataFrame:
+def curves(_view: ExplorerView, ratios: tuple[float, ...], methods: tuple[str, ...], key: tuple) -> pd.DataFrame:
     # ``key`` (source and Fisher identity) stands for the unhashable view.
     return allocation.allocation_curves(_view.analyses, ratios, methods)
 
 
-def error_curves(view: ui.ExplorerView, ratios: list[float], methods: tuple[str, ...]) -> None:
+def error_curves(view: ExplorerView, ratios: list[float], methods: tuple[str, ...]) -> None:
     st.subheader("Error against size")
     frame = curves(view, tuple(sorted(ratios)), methods, (view.source_key, view.fisher_key))
     chart, table = st.columns([3, 2])
     chart.plotly_chart(charts.allocation_figure(frame, methods), key="allocation_chart")
-    shown = frame.assign(method=frame["method"].map(ui.method_label))
+    shown = frame.assign(method=frame["method"].map(method_label))
     table.dataframe(shown, hide_index=True, width="stretch", key="allocation_table",
                     column_config={"params": st.column_config.NumberColumn("weights kept", format="localized"),
                                    "rank_ratio": st.column_config.NumberColumn("rank ratio", format="%.2f"),
                                    "error": st.column_config.NumberColumn("summed error", format="%.4g")})
 
 
-def plan_runs(view: ui.ExplorerView, ratios: list[float], methods: tuple[str, ...],
+def plan_runs(view: ExplorerView, ratios: list[float], methods: tuple[str, ...],
               rules: list[str]) -> list[tuple[str, float, dict[str, int], tuple[str, ...]]]:
     """The evaluations of a sweep: (rule, ratio, every layer's rank, methods), one per uniform ratio (all methods
     at once) and one per allocated (ratio, method); the dense model rides along with the first."""
@@ -55,23 +60,23 @@ def plan_runs(view: ui.ExplorerView, ratios: list[float], methods: tuple[str, ..
     return plan
 
 
-def run(view: ui.ExplorerView, ratios: list[float], methods: tuple[str, ...], rules: list[str], limit: int,
+def run(view: ExplorerView, ratios: list[float], methods: tuple[str, ...], rules: list[str], limit: int,
         key: tuple) -> None:
     """Evaluate the dense model and a compressed copy per (method, rule, ratio); remember the table. Layers
     an allocation keeps dense stay as they are, as on the rank explorer."""
     from fwsvd.evaluate.methods import evaluate_methods
 
-    loaded = ui.require_model()
-    fisher = ui.fisher_for_methods(loaded, methods, "The sweep needs the Fisher importances: compute them first.")
+    loaded = ui_session.require_model()
+    fisher = ui_views.fisher_for_methods(loaded, methods, "The sweep needs the Fisher importances: compute them first.")
     plan = plan_runs(view, ratios, methods, rules)
-    bar, progress = ui.progress_bar(f"Evaluating {sum(len(run[3]) for run in plan)} models on {limit} examples")
+    bar, progress = progress_bar(f"Evaluating {sum(len(run[3]) for run in plan)} models on {limit} examples")
     rows = []
     for position, (rule, ratio, ranks, run_methods) in enumerate(plan):
         compressed = allocation.compressed_ranks(ranks, view.analyses)
         if compressed:  # else every layer stays dense: the dense model's row says it
             results = evaluate_methods(loaded.model, loaded.tokenizer, loaded.task, compressed, methods=run_methods,
                                        limit=limit, max_length=fisher.provenance["max_length"],
-                                       store=ui.decomposition_store(), fisher=fisher)
+                                       store=ui_session.decomposition_store(), fisher=fisher)
             rows += [{"method": method, "rule": "dense" if method == "dense" else rule,
                       "rank_ratio": 1.0 if method == "dense" else ratio, "params": result["params"],
                       "latency_s_per_batch": result["latency_s_per_batch"], **result["metrics"]}
@@ -80,10 +85,10 @@ def run(view: ui.ExplorerView, ratios: list[float], methods: tuple[str, ...], ru
     bar.empty()
     frame = pd.DataFrame(rows)
     frame.insert(4, "params_fraction", frame["params"] / float(frame.loc[frame["method"] == "dense", "params"].iloc[0]))
-    ui.sweeps()[key] = frame
+    ui_session.sweeps()[key] = frame
 
 
-def sweep(view: ui.ExplorerView, ratios: list[float], methods: tuple[str, ...]) -> None:
+def sweep(view: ExplorerView, ratios: list[float], methods: tuple[str, ...]) -> None:
     st.subheader("Task metric against size")
     left, middle, right = st.columns([3, 1, 1], vertical_alignment="bottom")
     rules = left.multiselect("Rank rules", list(RULES), default=list(RULES), format_func=RULES.get,
@@ -96,7 +101,7 @@ def sweep(view: ui.ExplorerView, ratios: list[float], methods: tuple[str, ...]) 
     if right.button("Run sweep", type="primary", key="run_sweep", disabled=not (ratios and rules),
                     icon=":material/play_arrow:"):
         run(view, sorted(ratios), methods, list(key[5]), int(limit), key)
-    mine = {k: v for k, v in ui.sweeps().items() if k[0] == view.source_key}
+    mine = {k: v for k, v in ui_session.sweeps().items() if k[0] == view.source_key}
     if not mine:
         st.info("No sweep yet for this model. Each rank ratio evaluates one compressed copy per method and rule.",
                 icon=":material/info:")
@@ -104,7 +109,7 @@ def sweep(view: ui.ExplorerView, ratios: list[float], methods: tuple[str, ...]) 
     shown_key = key if key in mine else next(reversed(mine))
     if shown_key != key:
         st.caption(f"Showing the last sweep: ratios {', '.join(map(str, shown_key[2]))} on {shown_key[3]} examples, "
-                   f"{ui.methods_text(shown_key[4])}, {' and '.join(shown_key[5])} ranks.")
+                   f"{methods_text(shown_key[4])}, {' and '.join(shown_key[5])} ranks.")
     frame = mine[shown_key]
     metric = view.metric
     chart, table = st.columns([3, 2])
@@ -116,14 +121,14 @@ def sweep(view: ui.ExplorerView, ratios: list[float], methods: tuple[str, ...]) 
                                    "rank_ratio": st.column_config.NumberColumn("rank ratio", format="%.2f")})
 
 
-with ui.error_box():
-    methods = ui.chosen_methods()
-    view = ui.explorer_view()
+with error_box():
+    methods = chosen_methods()
+    view = ui_views.explorer_view()
     if view is None:
-        loaded = ui.require_model()
-        ui.require_fisher(loaded, "The comparison needs the Fisher importances: compute them first.")
+        loaded = ui_session.require_model()
+        ui_fisher.require_fisher(loaded, "The comparison needs the Fisher importances: compute them first.")
         st.stop()
-    view = ui.with_methods(view, methods)
+    view = ui_views.with_methods(view, methods)
     ratios = st.multiselect("Rank ratios", RATIO_CHOICES, default=DEFAULT_RATIOS, key="sweep_ratios",
                             persist_state="session",
                             help="Each ratio sets every layer to that share of its rank; the allocated ranks "

@@ -3,7 +3,13 @@
 import json
 
 import streamlit as st
-import ui_state as ui
+import ui_fisher
+import ui_ranks
+import ui_session
+import ui_views
+from ui_format import error_box
+from ui_methods import chosen_methods, method_label
+from ui_session import Loaded
 
 from fwsvd.config import CompressionConfig, read_rank_document
 from fwsvd.evaluate.methods import evaluations_frame
@@ -21,7 +27,7 @@ def compression_config(config: CompressionConfig, analyses: dict) -> None:
     left.download_button("Download ranks (JSON)", config.to_json(), file_name="fwsvd_config.json",
                          mime="application/json", key="download_ranks", icon=":material/download:")
     dense = len(analyses) - len(config.rank_pattern)
-    left.caption(f"{ui.method_label(config.method)} at these ranks on {len(config.rank_pattern)} layers (digest "
+    left.caption(f"{method_label(config.method)} at these ranks on {len(config.rank_pattern)} layers (digest "
                  f"`{rank_config.ranks_digest(config.rank_pattern)}`), with the Fisher settings"
                  + (f"; the {dense} layer(s) kept dense are left out of rank_pattern and target_modules" if dense
                     else "") + ". `fwsvd compress --config fwsvd_config.json` builds the same model.")
@@ -38,7 +44,7 @@ def compression_config(config: CompressionConfig, analyses: dict) -> None:
         right.success("These ranks are the current ranks.", icon=":material/check_circle:")
     else:
         dense = len(shapes) - len(ranks)
-        right.info(f"{ui.method_label(uploaded.method)} on {len(ranks)} layers (digest "
+        right.info(f"{method_label(uploaded.method)} on {len(ranks)} layers (digest "
                    f"`{rank_config.ranks_digest(ranks)}`)" + (f", {dense} kept dense" if dense else "") + ".",
                    icon=":material/info:")
         right.button("Use these ranks", type="primary", key="apply_uploaded_ranks", on_click=use_ranks,
@@ -51,40 +57,40 @@ def compression_config(config: CompressionConfig, analyses: dict) -> None:
 def use_ranks(ranks: dict[str, int], method: str) -> None:
     """Button callback: the uploaded ranks (layers it leaves out at full rank: dense) and method become the
     session's (the method is offered below even when it is not among the compared ones)."""
-    ui.set_ranks(ranks)
+    ui_ranks.set_ranks(ranks)
     st.session_state["export_method"] = method
 
 
-def model_archive(loaded: ui.Loaded, fisher, config: CompressionConfig) -> None:
+def model_archive(loaded: Loaded, fisher, config: CompressionConfig) -> None:
     st.subheader("Compressed model")
     digest = rank_config.ranks_digest(config.rank_pattern)
 
     def archive() -> bytes:
         # Built only when the button is clicked: a compressed copy plus a zip of its folder.
         return compressed_archive(loaded.model, config, tokenizer=loaded.tokenizer, fisher_provenance=fisher.provenance,
-                                  store=ui.decomposition_store(), extra={"ranks_digest": digest},
+                                  store=ui_session.decomposition_store(), extra={"ranks_digest": digest},
                                   fisher=fisher)
 
-    st.download_button(f"Download the {ui.method_label(config.method)} model at the current ranks (zip)", archive,
+    st.download_button(f"Download the {method_label(config.method)} model at the current ranks (zip)", archive,
                        file_name=f"fwsvd_{config.method}_{digest}.zip", mime="application/zip",
                        key="download_model", icon=":material/download:")
     st.caption("Safetensors + JSON, no pickles; reload with `fwsvd.load_compressed('model')`.")
 
 
-def results(loaded: ui.Loaded, analyses: dict, ranks: dict[str, int]) -> None:
+def results(loaded: Loaded, analyses: dict, ranks: dict[str, int]) -> None:
     st.subheader("Results")
     cols = st.columns(3)
     layers = allocation.mark_dense(analysis.layer_frame(analyses, ranks, loaded.blocks))
     cols[0].download_button("Per-layer errors at the current ranks (CSV)", layers.to_csv(index=False),
                             file_name="fwsvd_layers.csv", mime="text/csv", key="download_layers")
     entries = [({"ranks_digest": digest, "subset": size, "ranks": json.dumps(entry["ranks"])}, entry["results"])
-               for (src, _, digest, size), entry in ui.evaluations().items() if src == loaded.source.key]
+               for (src, _, digest, size), entry in ui_session.evaluations().items() if src == loaded.source.key]
     if entries:
         cols[1].download_button("Evaluations (CSV)", evaluations_frame(entries).to_csv(index=False),
                                 file_name="fwsvd_evaluations.csv", mime="text/csv", key="download_evaluations")
     else:
         cols[1].caption("No evaluations yet (Rank explorer → Evaluate).")
-    sweeps = [frame for key, frame in ui.sweeps().items() if key[0] == loaded.source.key]
+    sweeps = [frame for key, frame in ui_session.sweeps().items() if key[0] == loaded.source.key]
     if sweeps:
         cols[2].download_button("Last sweep (CSV)", sweeps[-1].to_csv(index=False),
                                 file_name="fwsvd_sweep.csv", mime="text/csv", key="download_sweep")
@@ -92,21 +98,22 @@ def results(loaded: ui.Loaded, analyses: dict, ranks: dict[str, int]) -> None:
         cols[2].caption("No sweep yet (Compare → Run sweep).")
 
 
-with ui.error_box():
-    loaded = ui.require_model()
-    fisher = ui.require_fisher(loaded, "Exports need the Fisher importances: compute them on the Fisher page.")
-    analyses = ui.analyses_for(loaded, fisher)
-    ranks = ui.ranks(loaded.source.key, analyses)
-    chosen = ui.chosen_methods()
+with error_box():
+    loaded = ui_session.require_model()
+    fisher = ui_fisher.require_fisher(loaded, "Exports need the Fisher importances: compute them on the Fisher page.")
+    analyses = ui_views.analyses_for(loaded, fisher)
+    ranks = ui_ranks.ranks(loaded.source.key, analyses)
+    chosen = chosen_methods()
     methods = [name for name in METHODS if name in chosen or name == st.session_state.get("export_method")]
     if st.session_state.get("export_method") not in methods:  # the first visit
         weighted = [name for name in methods if name != "svd"]
         st.session_state["export_method"] = weighted[0] if weighted else methods[0]
-    method = st.radio("Method", methods, format_func=ui.method_label, horizontal=True, key="export_method",
+    method = st.radio("Method", methods, format_func=method_label, horizontal=True, key="export_method",
                       persist_state="session", help="Of both the config and the model below, and recorded in both: "
                                                     "one of the methods chosen in the sidebar, or an uploaded one.")
-    config = ui.compression_config(method, analyses)
-    with ui.error_box():
+    config = ui_ranks.compression_config(method, analyses, ui_fisher.fisher_config())
+    with error_box():
         compression_config(config, analyses)
-    model_archive(loaded, ui.fisher_for_methods(loaded, (method,), "Exports need the Fisher importances."), config)
+    model_archive(loaded, ui_views.fisher_for_methods(loaded, (method,), "Exports need the Fisher importances."),
+                  config)
     results(loaded, analyses, ranks)
