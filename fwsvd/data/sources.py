@@ -1,10 +1,11 @@
-"""The data a compression document records (:class:`fwsvd.config.DataConfig`) and the task it names, both ways:
+"""Where a task's data comes from: what a compression document records of it (:class:`fwsvd.config.DataConfig`),
+the task such a record names, and how the examples are split between the roles. Both ways of the record:
 so that ``fwsvd compress --config FILE`` reads the data the document was made from."""
 
 from __future__ import annotations
 
 from fwsvd.config import DataConfig
-from fwsvd.data.tasks import Task, get_task, local_task
+from fwsvd.data.tasks import ROLES, Task, get_task, local_task
 
 
 def task_of_data(data: DataConfig) -> Task:
@@ -33,3 +34,18 @@ def local_defaults() -> tuple[float, float, int]:
     """local_task's default validation fraction, test fraction and seed."""
     defaults = local_task.__kwdefaults__
     return defaults["validation_fraction"], defaults["test_fraction"], defaults["seed"]
+
+
+def split_sizes(task: Task) -> dict[str, int]:
+    """How many examples each role (train, validation, test) reads."""
+    return {role: len(task.load_split(role)) for role in ROLES}
+
+
+def carved_roles(task: Task) -> tuple[str, ...]:
+    """The roles cut out of the training data at random (with ``task.seed``) rather than read from a file or
+    split of their own: a local file's missing roles, and the demo's validation and test."""
+    if task.source == "hub":
+        return ()
+    if task.source == "demo":
+        return ("validation", "test")
+    return tuple(role for role in ROLES if role not in dict(task.data_files))
