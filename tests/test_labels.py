@@ -113,7 +113,7 @@ def test_a_label_map_gives_the_right_score(classifiers, tmp_path, model_index):
 
 def test_generic_names_take_integer_ids_and_refuse_strings_without_a_map(tmp_path):
     path = _save(tiny_bert(num_labels=2), tmp_path / "generic")
-    with pytest.raises(ValueError, match=r"only LABEL_0 … LABEL_1 .*--label-map negative=0,positive=1"):
+    with pytest.raises(ValueError, match=r"only LABEL_0 … LABEL_1 .*--label-map negative=ID,positive=ID"):
         load_for_task(path, _reviews(tmp_path))
     mapped = load_for_task(path, _reviews(tmp_path), label_map={"negative": "1", "positive": "LABEL_0"}).task
     assert mapped.label_names == ("LABEL_0", "LABEL_1")

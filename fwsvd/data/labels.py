@@ -86,8 +86,10 @@ def match_labels(task: Task, id2label: Mapping[int | str, str] | None, num_label
         return task
     data = task.label_names
     names = model_label_names(id2label, num_labels)
-    if names is None and not requested and task.source != "local":
-        return task  # a hub dataset's ClassLabel ids on a model that names nothing: ids are ids
+    if names is None and not requested and (task.source != "local" or len(data) != num_labels):
+        # A hub dataset's ClassLabel ids on a model that names nothing: ids are ids. A count that differs is
+        # the model's head not fitting the task, which the head check says in those words.
+        return task
     model_names = names or tuple(f"LABEL_{i}" for i in range(num_labels))
     target = _resolve(requested, data, model_names, model)
     unmatched = [name for name in data if name not in target]
@@ -135,16 +137,17 @@ def _model_name(wanted: str, data_name: str, model_names: Sequence[str], model: 
 
 def _mismatch(task: Task, data: Sequence[str], names: Sequence[str] | None, model_names: Sequence[str],
               unmatched: Sequence[str], model: str) -> str:
-    example = ",".join(f"{name}={model_names[i % len(model_names)] if names else i % len(model_names)}"
-                       for i, name in enumerate(unmatched[:2]))
+    # The example leaves the right-hand sides open: a guessed pairing, copied as it is, would flip the classes.
     if names is None:
+        example = ",".join(f"{name}=ID" for name in unmatched[:2])
         return (f"{model} names its {len(model_names)} classes only LABEL_0 … LABEL_{len(model_names) - 1} "
                 f"(transformers' defaults), so the labels of {task.label_column!r} ({_listing(data)}) cannot be "
-                f"matched by name: give a label map to the model's ids (e.g. --label-map {example}), or integer "
+                f"matched by name: map each to the model's class id (--label-map {example}), or write integer "
                 "ids in the data")
-    return (f"the labels of {task.label_column!r} do not match {model}'s: the data has {_listing(data)}; the "
-            f"model has {_listing(model_names)}; {_listing(unmatched)} found no match. Give a label map (e.g. "
-            f"--label-map {example}), or choose the label column the model was fine-tuned on")
+    example = ",".join(f"{name}=MODEL_LABEL" for name in unmatched[:2])
+    return (f"the labels of {task.label_column!r} do not match those of {model}: the data has {_listing(data)}; "
+            f"the model has {_listing(model_names)}; no match for {_listing(unmatched)}. Map each to one of the "
+            f"model's labels (--label-map {example}), or choose the label column the model was fine-tuned on")
 
 
 def _listing(names: Sequence[str]) -> str:
