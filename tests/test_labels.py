@@ -16,6 +16,7 @@ from fwsvd.data.batches import IGNORE_INDEX, make_batches
 from fwsvd.data.labels import format_label_map, match_labels, model_label_names, parse_label_map
 from fwsvd.data.tasks import get_task, local_task
 from fwsvd.evaluate.evaluation import evaluate_model, predict
+from fwsvd.evaluate.metrics import compute_metrics
 from fwsvd.evaluate.finetune import finetune_
 from fwsvd.fisher.task import task_fisher
 from fwsvd.io.models import load_any_model, load_for_task
@@ -144,7 +145,7 @@ def test_token_tags_follow_the_model_with_o_as_zero(tmp_path):
     assert first == [names.index(tag) for tag in rows[0]["tags"]]
     # Entity-level F1 against a reference computed from the tags themselves, named by the model.
     logits = predict(loaded.model, batches)[0]
-    predicted, reference = [], []
+    predicted = []
     for batch, batch_logits in zip(batches, logits):
         for labels, sentence in zip(batch["labels"], batch_logits.argmax(-1)):
             keep = labels != IGNORE_INDEX
@@ -187,3 +188,12 @@ def test_model_label_names_and_label_map_text():
         match_labels(get_task("demo"), SENTIMENT, 2, {"stale": "negative"})
     with pytest.raises(ValueError, match="sends 'negative' to 'bad', which is neither a label"):
         match_labels(get_task("demo"), SENTIMENT, 2, {"negative": "bad"})
+
+
+def test_f1_is_of_the_positive_class_however_the_model_numbers_it():
+    mrpc = get_task("mrpc")  # not_equivalent = 0, equivalent = 1: F1 of "equivalent"
+    swapped = match_labels(mrpc, {0: "equivalent", 1: "not_equivalent"}, 2)
+    references, predictions = [1, 1, 0, 0, 1], [1, 0, 0, 1, 1]
+    flipped = lambda ids: [1 - i for i in ids]  # noqa: E731 - the same labels in the swapped model's ids
+    assert compute_metrics(swapped, flipped(predictions), flipped(references)) == pytest.approx(
+        compute_metrics(mrpc, predictions, references))
