@@ -39,7 +39,9 @@ from fwsvd.fisher.summary import importance_agreement
 from fwsvd.io.models import load_any_model
 from fwsvd.fisher.task import task_fisher
 from fwsvd.evaluate.sweep import run_sweep
+from fwsvd.data.language_modeling import text_task
 from fwsvd.data.tasks import ROLES, TASK_NAMES, Task, get_task, local_task
+from fwsvd.view.metrics import direction_note
 
 PROG = "fwsvd"
 #: Library errors that mean "the input is wrong", shown as one line; anything else is a bug and keeps its traceback.
@@ -117,18 +119,19 @@ def _add_json(parser: argparse.ArgumentParser) -> None:
 
 def _add_model(parser: argparse.ArgumentParser, what: str = "model") -> None:
     parser.add_argument("--model", required=True, metavar="SOURCE",
-                        help=f"{what}: 'demo', a model directory (save_pretrained or fwsvd compress output) "
-                             "or a hub id (needs the hub)")
+                        help=f"{what}: 'demo', 'demo-lm' (a causal LM), a model directory (save_pretrained or "
+                             "fwsvd compress output) or a hub id (needs the hub)")
 
 
 def _add_task(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("task (default: demo with --model demo)")
+    group = parser.add_argument_group("task (default: demo with --model demo, demo-lm with --model demo-lm)")
     group.add_argument("--task", metavar="NAME", help=f"one of {', '.join(TASK_NAMES)}")
     group.add_argument("--data-files", nargs="+", metavar="FILE",
                        help="local CSV/TSV/JSON(L)/parquet data instead of --task: one file (split into "
-                            "train/validation/test) or ROLE=FILE items, e.g. train=a.csv test=b.csv")
+                            "train/validation/test) or ROLE=FILE items, e.g. train=a.csv test=b.csv; without "
+                            "--label-column, text for language modelling (.txt files, or --text-column)")
     group.add_argument("--text-column", help="text column of --data-files")
-    group.add_argument("--label-column", help="label column of --data-files")
+    group.add_argument("--label-column", help="label column of --data-files (leave out for language modelling)")
     group.add_argument("--text-pair-column", help="second text column of --data-files (sentence pairs)")
 
 
@@ -205,6 +208,9 @@ def _task(args: argparse.Namespace, required: bool = True) -> Task | None:
     if args.task and args.data_files:
         raise UserError("give --task or --data-files, not both")
     if args.data_files:
+        if not args.label_column and not args.text_pair_column:
+            # No labels: the text is its own target (a causal language model's perplexity).
+            return text_task(_data_files(args.data_files), text_column=args.text_column)
         if not args.text_column or not args.label_column:
             raise UserError("--data-files needs --text-column and --label-column")
         return local_task(_data_files(args.data_files), text_column=args.text_column,
@@ -214,8 +220,8 @@ def _task(args: argparse.Namespace, required: bool = True) -> Task | None:
         raise UserError(f"{', '.join(given)} only apply with --data-files")
     if args.task:
         return get_task(args.task)
-    if args.model == "demo":
-        return get_task("demo")
+    if args.model in ("demo", "demo-lm"):
+        return get_task(args.model)
     if required:
         raise UserError("give --task NAME or --data-files FILE --text-column C --label-column C")
     return None
@@ -305,8 +311,17 @@ def _fisher(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, task: Ta
         return task_fisher(model, tokenizer, task, settings, progress=progress, statistics=statistics)
 
 
-def _metrics_text(metrics: dict[str, float]) -> str:
-    return ", ".join(f"{name} {value:.4f}" for name, value in metrics.items())
+def _metrics_text(metrics: dict[str, float], intervals: dict[str, Any] | None = None) -> str:
+    """``name value`` per metric, with its 95% interval where it has one and which way is better where that
+    is not higher (perplexity)."""
+    parts = []
+    for name, value in metrics.items():
+        text = f"{name} {value:.4f}"
+        if intervals and name in intervals:
+            low, high = intervals[name]
+            text += f" (95% interval {low:.4f}–{high:.4f})"
+        parts.append(text + direction_note(name))
+    return ", ".join(parts)
 
 
 def _directory_bytes(directory: Path) -> int:
@@ -397,7 +412,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     with _progress(f"evaluating ({args.split})", "batch") as progress:
         result = evaluate_model(model, tokenizer, task, args.split, limit=args.limit, batch_size=args.batch_size,
                                 max_length=args.max_length, progress=progress)
-    print(f"{task.name} {args.split} ({result.num_examples} examples): {_metrics_text(result.metrics)}; "
+    print(f"{task.name} {args.split} ({result.num_examples} examples): "
+          f"{_metrics_text(result.metrics, result.intervals)}; "
           f"{result.params:,} parameters; {result.latency_s_per_batch * 1000:.0f} ms per batch")
     return {**result.to_dict(), "model": str(args.model), "task": task.name, "split": args.split}
 

@@ -1,7 +1,9 @@
 """Metrics, parameter count and latency of a (possibly compressed) model on a task split.
 
 Only the model's ``logits`` are used, so any model works whose forward takes the tokenizer's batch and
-returns logits — including models whose Linear layers were swapped for low-rank modules.
+returns logits — including models whose Linear layers were swapped for low-rank modules. A causal language
+model is scored by perplexity (:mod:`fwsvd.evaluate.perplexity`): its logits are reduced to each block's
+summed loss batch by batch, since a vocabulary's worth of logits per token would not fit in memory.
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,7 +20,9 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from fwsvd.data.batches import IGNORE_INDEX, make_batches
+from fwsvd.data.language_modeling import is_language_modeling
 from fwsvd.evaluate.metrics import compute_metrics
+from fwsvd.evaluate.perplexity import block_losses, perplexity_metrics
 from fwsvd.surgery.modules import count_parameters
 from fwsvd.storage.sharing import exclusive
 from fwsvd.data.tasks import Role, Task
@@ -35,6 +40,10 @@ class EvalResult:
     latency_s_per_batch: float
     num_examples: int
     batch_size: int
+    #: {metric: (low, high)} 95% intervals where the metric has one (perplexity: bootstrap over blocks)
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: language modelling: (summed next-token loss, predicted tokens) of each evaluated block, in order
+    block_losses: list[tuple[float, int]] | None = None
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -45,10 +54,12 @@ def predict(
     batches: Sequence[dict[str, torch.Tensor]],
     *,
     progress: Progress | None = None,
-) -> tuple[list[torch.Tensor], list[float]]:
+    reduce: Callable[[torch.Tensor, dict[str, torch.Tensor]], Any] | None = None,
+) -> tuple[list[Any], list[float]]:
     """(logits per batch, seconds per batch), in inference mode; every module's train/eval mode is restored.
 
-    ``labels`` are not passed to the model, so no loss is computed and timed.
+    ``labels`` are not passed to the model, so no loss is computed and timed. ``reduce(logits, batch)``, when
+    given, replaces each batch's logits by what it returns (outside the timed forward pass).
     """
     device = _device_of(model)
     logits, seconds = [], []
@@ -64,7 +75,7 @@ def predict(
                     start = time.perf_counter()
                     output = model(**inputs)
                     seconds.append(time.perf_counter() - start)
-                    logits.append(output.logits.float().cpu())
+                    logits.append(reduce(output.logits, batch) if reduce else output.logits.float().cpu())
                     if progress is not None:
                         progress(done, len(batches))
         finally:
@@ -96,14 +107,22 @@ def evaluate_model(
         batches = make_batches(task, tokenizer, role, batch_size=batch_size, max_length=max_length, limit=limit)
     if not batches:
         raise ValueError(f"no examples to evaluate in the {role} split of task {task.name!r}")
+    sizes = {"num_examples": sum(len(batch["labels"]) for batch in batches),
+             "batch_size": max(len(batch["labels"]) for batch in batches)}
+    if is_language_modeling(task):
+        per_batch, seconds = predict(model, batches, progress=progress, reduce=block_losses)
+        blocks = [block for batch in per_batch for block in batch]
+        metrics, intervals = perplexity_metrics(blocks)
+        return EvalResult(metrics=metrics, params=count_parameters(model),
+                          latency_s_per_batch=statistics.median(seconds), intervals=intervals,
+                          block_losses=blocks, **sizes)
     logits, seconds = predict(model, batches, progress=progress)
     predictions, references = _collect(task, logits, [batch["labels"] for batch in batches])
     return EvalResult(
         metrics=compute_metrics(task, predictions, references),
         params=count_parameters(model),
         latency_s_per_batch=statistics.median(seconds),
-        num_examples=sum(len(batch["labels"]) for batch in batches),
-        batch_size=max(len(batch["labels"]) for batch in batches),
+        **sizes,
     )
 
 

@@ -28,7 +28,8 @@ def evaluate_methods(model: nn.Module, tokenizer: Any, task: Any, ranks: Mapping
     The model is never modified (:func:`fwsvd.compressed_copy`); the data is tokenised once for all. Every
     method's inputs are checked first (fwsvd: ``fisher``; asvd, whiten, kfac: token ``statistics``, or those of
     a FisherResult ``fisher``), so a missing one fails before any evaluation. Returns {method: {"metrics":
-    {...}, "params": int, "latency_s_per_batch": float, "num_examples": int}}.
+    {...}, "intervals": {metric: (low, high)}, "params": int, "latency_s_per_batch": float, "num_examples": int}}
+    (``intervals`` empty where the metrics have none; perplexity has a bootstrap interval).
     ``progress(done, total)`` counts batches over all methods.
     """
     from fwsvd.data.batches import make_batches
@@ -57,7 +58,8 @@ def evaluate_methods(model: nn.Module, tokenizer: Any, task: Any, ranks: Mapping
             candidate, _ = compressed_copy(model, ranks, method=method, fisher=fisher, statistics=statistics,
                                            store=store)
         result = evaluate_model(candidate, tokenizer, task, role, batches=batches, progress=step)
-        results[method] = {"metrics": dict(result.metrics), "params": result.params,
+        results[method] = {"metrics": dict(result.metrics), "intervals": dict(result.intervals),
+                           "params": result.params,
                            "latency_s_per_batch": result.latency_s_per_batch, "num_examples": result.num_examples}
     return results
 

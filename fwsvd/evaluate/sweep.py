@@ -40,6 +40,8 @@ class SweepRun:
     metrics: dict[str, float]
     latency_s_per_batch: float
     finetuned: bool
+    #: {metric: (low, high)} 95% intervals where the metric has one (perplexity)
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -127,7 +129,7 @@ def run_sweep(
         evaluation = evaluate_model(compressed, tokenizer, task, role, batches=batches)
         run = SweepRun(method=run_config.method, rank_ratio=run_config.rank_ratio, params=evaluation.params,
                        metrics=evaluation.metrics, latency_s_per_batch=evaluation.latency_s_per_batch,
-                       finetuned=finetune_epochs > 0)
+                       finetuned=finetune_epochs > 0, intervals=evaluation.intervals)
         result.runs.append(run)
         if on_run is not None:
             on_run(run)
