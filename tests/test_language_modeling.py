@@ -107,6 +107,41 @@ def test_strip_gutenberg_keeps_only_the_text():
     assert strip_gutenberg("\nACT I.\nNay, answer me.\n\n") == "ACT I.\nNay, answer me.\n"
 
 
+def test_table_rows_are_documents_joined_by_end_of_text(tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "docs.csv"
+    pd.DataFrame({"body": ["the movie was great", "a boring film", "loved it"] * 10}).to_csv(path, index=False)
+    task = text_task({"train": path, "test": path}, text_column="body")
+    tokenizer = tiny_tokenizer()
+    tokenizer.eos_token = "[SEP]"
+    ids = make_batches(task, tokenizer, "test", max_length=5)[0]["input_ids"]
+    words = tokenizer.convert_ids_to_tokens(ids.flatten().tolist())
+    assert words[:10] == ["the", "movie", "was", "great", "[SEP]", "a", "boring", "film", "[SEP]", "loved"]
+    with pytest.raises(ValueError, match="needs its text column"):
+        text_task(path)
+
+
+def test_hub_text_task_reads_its_split_and_joins_lines(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(path, config, split):
+        calls.append((path, config, split))
+        return datasets.Dataset.from_dict({"text": [" = Title = \n", "the film is great .\n", ""] * 8})
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    task = get_task("wikitext2")
+    tokenizer = tiny_tokenizer()
+    batches = make_batches(task, tokenizer, "validation", max_length=6)
+    assert calls == [("Salesforce/wikitext", "wikitext-2-raw-v1", "validation")]
+    stream = tokenizer(["the film is great .\n"], add_special_tokens=False)["input_ids"][0]
+    assert batches[0]["input_ids"][0, 3:].tolist() == stream[:3]  # " = Title = " then the line, no separator
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args, **kwargs: (_ for _ in ()).throw(ConnectionError()))
+    with pytest.raises(ConnectionError, match="Offline, use local text"):
+        get_task("wikitext103").load_split("test")
+
+
 # --------------------------------------------------------------------------------------------------
 # Packing
 

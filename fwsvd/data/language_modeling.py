@@ -279,14 +279,18 @@ def _read_text_file(path: Path, text_column: str) -> datasets.Dataset:
     """A ``.txt`` file as its lines (line breaks kept), a table file as its rows; one clear error for an
     empty file or a missing or non-text column."""
     suffix = path.suffix.lower()
+    if path.stat().st_size == 0:  # datasets fails on an empty file with a generic "error while generating"
+        raise ValueError(f"{path} holds no text (an empty file)")
     try:
         if suffix == ".txt":
             dataset = datasets.load_dataset("text", data_files=str(path), split="train", keep_linebreaks=True)
         else:
             options = {"delimiter": "\t"} if suffix == ".tsv" else {}
             dataset = datasets.load_dataset(_TABLE_FORMATS[suffix], data_files=str(path), split="train", **options)
-    except ValueError as error:  # datasets' words for an empty file name no file
+    except ValueError as error:  # datasets' words for an empty table name no file
         raise ValueError(f"{path} holds no text (an empty file, or a header only)") from error
+    except datasets.exceptions.DatasetGenerationError as error:
+        raise ValueError(f"cannot read {path} as {suffix[1:].upper()}: {error.__cause__ or error}") from error
     if len(dataset) == 0:
         raise ValueError(f"{path} holds no text (an empty file, or a header only)")
     _check_text_column(dataset, text_column, str(path))
