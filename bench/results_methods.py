@@ -45,16 +45,15 @@ transformers.logging.set_verbosity_error()
 
 
 def _runs(methods: list[str], ratios: list[float], rules: list[str]) -> list[tuple[str, float, str | None]]:
-    """(method, ratio or budget, allocation objective or None for uniform), in table order."""
+    """(method, ratio or budget, allocation objective or None for uniform): every method uniform at every
+    ratio, then every method allocated, then SVD allocated on its plain error — so that a long run stopped
+    early has whole comparisons."""
     runs = []
-    for ratio in ratios:
-        for method in methods:
-            if "uniform" in rules:
-                runs.append((method, ratio, None))
-            if "allocated" in rules:
-                runs.append((method, ratio, "fisher"))
-                if method == "svd":
-                    runs.append((method, ratio, "plain"))
+    if "uniform" in rules:
+        runs += [(method, ratio, None) for ratio in ratios for method in methods]
+    if "allocated" in rules:
+        runs += [(method, ratio, "fisher") for ratio in ratios for method in methods]
+        runs += [("svd", ratio, "plain") for ratio in ratios] if "svd" in methods else []
     return runs
 
 
