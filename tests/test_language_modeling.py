@@ -262,6 +262,31 @@ def test_cli_evaluate_on_a_text_file_reports_perplexity(tmp_path, text_file, cac
     assert "perplexity" in printed and "(lower is better)" in printed and "95% interval" in printed
 
 
+def test_cli_compresses_a_causal_lm_with_kfac_and_evaluates_the_saved_model(tmp_path, text_file, cache_dir):
+    model_dir = tmp_path / "lm"
+    tiny_gpt2().save_pretrained(model_dir)  # Conv1D layers, saved and reloaded as low-rank pairs
+    tiny_tokenizer().save_pretrained(model_dir)
+    data = ["--data-files", str(text_file), "--max-length", str(BLOCK), "--batch-size", "4"]
+    out = tmp_path / "compressed"
+    assert main(["compress", "--model", str(model_dir), *data, "--method", "kfac", "--param-budget", "0.5",
+                 "--fisher-examples", "8", "--output", str(out), "--json", str(tmp_path / "c.json")]) == 0
+    compressed = json.loads((tmp_path / "c.json").read_text())
+    assert compressed["fisher"]["num_examples"] == 8 and compressed["params_after"] < compressed["params_before"]
+    assert main(["evaluate", "--model", str(out), *data, "--json", str(tmp_path / "e.json")]) == 0
+    saved = json.loads((tmp_path / "e.json").read_text())
+    assert saved["params"] == compressed["params_after"]
+    assert 1 < saved["metrics"]["perplexity"] < 10 * VOCAB
+
+
+def test_finetuning_a_causal_lm_uses_the_next_token_loss(text_file):
+    from fwsvd.evaluate.finetune import _loss
+
+    model = tiny_llama()
+    batch = make_batches(text_task(text_file), tiny_tokenizer(), "train", batch_size=3, max_length=BLOCK)[0]
+    expected = model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
+    torch.testing.assert_close(_loss(model, dict(batch), True), expected)
+
+
 def test_cli_refuses_a_classifier_for_text(tmp_path, text_file, cache_dir, capsys):
     from conftest import tiny_bert
 
