@@ -45,15 +45,15 @@ transformers.logging.set_verbosity_error()
 
 
 def _runs(methods: list[str], ratios: list[float], rules: list[str]) -> list[tuple[str, float, str | None]]:
-    """(method, ratio or budget, allocation objective or None for uniform): every method uniform at every
-    ratio, then every method allocated, then SVD allocated on its plain error — so that a long run stopped
-    early has whole comparisons."""
+    """(method, ratio or budget, allocation objective or None for uniform): per ratio, every method uniform,
+    then every method allocated; SVD allocated on its plain error last — so that a long run stopped early has
+    whole comparisons."""
     runs = []
-    if "uniform" in rules:
-        runs += [(method, ratio, None) for ratio in ratios for method in methods]
-    if "allocated" in rules:
-        runs += [(method, ratio, "fisher") for ratio in ratios for method in methods]
-        runs += [("svd", ratio, "plain") for ratio in ratios] if "svd" in methods else []
+    for ratio in ratios:
+        runs += [(method, ratio, None) for method in methods] if "uniform" in rules else []
+        runs += [(method, ratio, "fisher") for method in methods] if "allocated" in rules else []
+    if "allocated" in rules and "svd" in methods:
+        runs += [("svd", ratio, "plain") for ratio in ratios]
     return runs
 
 
