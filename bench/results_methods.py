@@ -1,16 +1,22 @@
-"""Every method × uniform and allocated ranks on the offline demo, without fine-tuning: docs/RESULTS.md §4–5.
+"""Every method × uniform and allocated ranks on an offline demo, without fine-tuning: docs/RESULTS.md §4–5 (the
+sentiment demo) and §6 (the language-modelling demo).
 
-For each rank ratio r the budget is the parameter count that ratio keeps in the compressed layers; "uniform"
-gives every layer rank round(r · full rank), "allocated" spreads the same number of parameters over the layers
+For each rank ratio r the budget is the parameter count that ratio keeps in the compressed layers (with
+``--param-budgets``, the share b of the compressed layers' weights); "uniform" gives every layer rank
+round(r · full rank) (or the rank that keeps b of its weights), "allocated" spreads the same number of parameters over the layers
 where they lose least (``CompressionConfig(allocation="fisher")``: minimum summed Fisher-weighted error of that
 method's own factorization; an allocation may leave a layer dense). SVD is also allocated on its plain error
 (the Fisher-free baseline). One exact per-example Fisher pass on the train split gives the importances and the
 token statistics the other methods need; every model is scored on the same tokenised test split.
 
     python bench/results_methods.py --json docs/results/methods_allocation.json
+    python bench/results_methods.py --model demo-lm --task demo-lm --param-budgets 0.95,0.9,0.8 \
+        --fisher-examples 32 --max-length 256 --batch-size 4 --limit 16 --json docs/results/lm_methods.json
 
 (``--methods svd,fwsvd`` for the methods of the paper only; ``--rules allocated --allocation-floor 0`` for the
-allocations alone, without the floor; ``--limit N`` scores N test examples.)
+allocations alone, without the floor; ``--limit N`` scores N test examples — blocks, for language modelling.)
+Each row holds the task's headline metric (accuracy, or perplexity: lower is better) and its 95% interval where
+the metric has one, and the seconds its compression and evaluation took.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import json
 import time
 from pathlib import Path
 
+import torch
 import transformers
 
 from fwsvd.config import CompressionConfig, FisherConfig
@@ -38,25 +45,29 @@ transformers.logging.set_verbosity_error()
 
 
 def _runs(methods: list[str], ratios: list[float], rules: list[str]) -> list[tuple[str, float, str | None]]:
-    """(method, ratio, allocation objective or None for uniform), in table order."""
+    """(method, ratio or budget, allocation objective or None for uniform): per ratio, every method uniform,
+    then every method allocated; SVD allocated on its plain error last — so that a long run stopped early has
+    whole comparisons."""
     runs = []
     for ratio in ratios:
-        for method in methods:
-            if "uniform" in rules:
-                runs.append((method, ratio, None))
-            if "allocated" in rules:
-                runs.append((method, ratio, "fisher"))
-                if method == "svd":
-                    runs.append((method, ratio, "plain"))
+        runs += [(method, ratio, None) for method in methods] if "uniform" in rules else []
+        runs += [(method, ratio, "fisher") for method in methods] if "allocated" in rules else []
+    if "allocated" in rules and "svd" in methods:
+        runs += [("svd", ratio, "plain") for ratio in ratios]
     return runs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="demo", help="demo, demo-lm or a model directory")
+    parser.add_argument("--task", default="demo")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--rank-ratios", default="0.5,0.33,0.25,0.15")
+    rules = parser.add_mutually_exclusive_group()
+    rules.add_argument("--rank-ratios", default="0.5,0.33,0.25,0.15")
+    rules.add_argument("--param-budgets", help="shares of the compressed layers' weights, instead of rank ratios")
     parser.add_argument("--fisher-examples", type=int, default=2048)
     parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32, help="of the Fisher pass and of evaluation")
     parser.add_argument("--rules", default="uniform,allocated", help="uniform, allocated or both")
     parser.add_argument("--allocation-floor", type=float, default=DEFAULT_FLOOR,
                         help="share of the uniform rank every allocated layer keeps at least")
@@ -64,37 +75,57 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     methods = [method for method in args.methods.split(",") if method]
-    ratios = [float(ratio) for ratio in args.rank_ratios.split(",")]
+    rule = "param_budget" if args.param_budgets else "rank_ratio"
+    values = [float(value) for value in (args.param_budgets or args.rank_ratios).split(",")]
 
-    task = get_task("demo")
-    model, tokenizer, _ = load_any_model("demo", task)
-    fisher_config = FisherConfig(num_examples=args.fisher_examples, max_length=args.max_length)
+    started = time.perf_counter()
+    task = get_task(args.task)
+    model, tokenizer, _ = load_any_model(args.model, task)
+    metric = task.metric_names[0]
+    fisher_config = FisherConfig(num_examples=args.fisher_examples, max_length=args.max_length,
+                                 batch_size=args.batch_size)
+    load_seconds = time.perf_counter() - started
     started = time.perf_counter()
     fisher = task_fisher(model, tokenizer, task, fisher_config,
                          statistics=any(needs_statistics(method) for method in methods))
+    fisher_seconds = time.perf_counter() - started
     print(f"Fisher{' and statistics' if fisher.statistics else ''}: "
-          f"{'cached' if fisher.from_cache else f'{time.perf_counter() - started:.0f} s'}", flush=True)
-    batches = make_batches(task, tokenizer, "test", max_length=args.max_length, limit=args.limit)
+          f"{'cached' if fisher.from_cache else f'{fisher_seconds:.0f} s'}", flush=True)
+    batches = make_batches(task, tokenizer, "test", batch_size=args.batch_size, max_length=args.max_length,
+                           limit=args.limit)
+    started = time.perf_counter()
     dense = evaluate_model(model, tokenizer, task, "test", batches=batches)
-    rows = [{"method": "dense", "rank_ratio": None, "allocation": None, "params": dense.params,
-             "accuracy": dense.metrics["accuracy"]}]
-    print(f"dense: {dense.metrics['accuracy']:.4f}, {dense.params:,} parameters", flush=True)
+    rows = [{"method": "dense", rule: None, "allocation": None, "params": dense.params,
+             metric: dense.metrics[metric], "interval": dense.intervals.get(metric),
+             "seconds": time.perf_counter() - started}]
+    print(f"dense: {metric} {dense.metrics[metric]:.4f}{_interval_text(dense.intervals.get(metric))}, "
+          f"{dense.params:,} parameters", flush=True)
     store = DecompositionStore()
     targets = find_targets(model)
-    for method, ratio, allocation in _runs(methods, ratios, args.rules.split(",")):
-        config = CompressionConfig(method=method, rank_ratio=ratio, allocation=allocation,
-                                   allocation_floor=args.allocation_floor, fisher=fisher_config)
+    for method, value, allocation in _runs(methods, values, args.rules.split(",")):
+        started = time.perf_counter()
+        config = CompressionConfig(method=method, allocation=allocation, allocation_floor=args.allocation_floor,
+                                   fisher=fisher_config, **{rule: value})
         compressed, report = compressed_copy(model, config, fisher=fisher.importances, statistics=fisher.statistics,
                                              store=store)
         result = evaluate_model(compressed, tokenizer, task, "test", batches=batches)
-        row = {"method": method, "rank_ratio": ratio, "allocation": allocation,
+        row = {"method": method, rule: value, "allocation": allocation,
                "allocation_floor": args.allocation_floor if allocation else None, "params": result.params,
-               "accuracy": result.metrics["accuracy"], "dense_layers": len(targets) - len(report.layers)}
+               metric: result.metrics[metric], "interval": result.intervals.get(metric),
+               "dense_layers": len(targets) - len(report.layers), "seconds": time.perf_counter() - started}
         rows.append(row)
-        print(f"{method:6s} r={ratio:<5} {allocation or 'uniform':8s} acc {row['accuracy']:.4f} "
-              f"params {row['params']:,} dense layers {row['dense_layers']}", flush=True)
-    if args.json:
-        args.json.write_text(json.dumps({"fisher": fisher.provenance, "rows": rows}, indent=2))
+        print(f"{method:6s} {rule}={value:<5} {allocation or 'uniform':8s} {metric} {row[metric]:.4f}"
+              f"{_interval_text(row['interval'])} params {row['params']:,} dense layers {row['dense_layers']} "
+              f"({row['seconds']:.0f} s)", flush=True)
+        if args.json:  # after every row, so that a long run stopped early keeps what it measured
+            cost = {"load_seconds": load_seconds, "fisher_seconds": None if fisher.from_cache else fisher_seconds,
+                    "torch_threads": torch.get_num_threads()}
+            args.json.write_text(json.dumps({"model": args.model, "task": task.name, "metric": metric,
+                                             "fisher": fisher.provenance, "cost": cost, "rows": rows}, indent=2))
+
+
+def _interval_text(interval: tuple[float, float] | None) -> str:
+    return "" if interval is None else f" [{interval[0]:.4f}, {interval[1]:.4f}]"
 
 
 if __name__ == "__main__":

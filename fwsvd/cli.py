@@ -42,8 +42,10 @@ from fwsvd.data.sources import data_of_task, task_of_data
 from fwsvd.evaluate.metrics import metric_label, metric_note
 from fwsvd.fisher.task import task_fisher
 from fwsvd.evaluate.sweep import run_sweep
+from fwsvd.data.language_modeling import text_task
 from fwsvd.data.tasks import ROLES, TASK_NAMES, Task, get_task, local_task
 from fwsvd.view.explorer import Source
+from fwsvd.view.metrics import direction_note
 
 PROG = "fwsvd"
 #: Library errors that mean "the input is wrong", shown as one line; anything else is a bug and keeps its traceback.
@@ -138,9 +140,10 @@ def _add_task(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--task", metavar="NAME", help=f"one of {', '.join(TASK_NAMES)}")
     group.add_argument("--data-files", nargs="+", metavar="FILE",
                        help="local CSV/TSV/JSON(L)/parquet data instead of --task: one file (split into "
-                            "train/validation/test) or ROLE=FILE items, e.g. train=a.csv test=b.csv")
+                            "train/validation/test) or ROLE=FILE items, e.g. train=a.csv test=b.csv; without "
+                            "--label-column, text for language modelling (.txt files, or --text-column)")
     group.add_argument("--text-column", help="text column of --data-files")
-    group.add_argument("--label-column", help="label column of --data-files")
+    group.add_argument("--label-column", help="label column of --data-files (leave out for language modelling)")
     group.add_argument("--text-pair-column", help="second text column of --data-files (sentence pairs)")
     group.add_argument("--label-map", type=_label_map, metavar="DATA=MODEL,...",
                        help="labels matched to the model's by name; rename those the model calls otherwise, e.g. "
@@ -221,6 +224,9 @@ def _task(args: argparse.Namespace, required: bool = True, config: CompressionCo
     if args.task and args.data_files:
         raise UserError("give --task or --data-files, not both")
     if args.data_files:
+        if not args.label_column and not args.text_pair_column:
+            # No labels: the text is its own target (a causal language model's perplexity).
+            return text_task(_data_files(args.data_files), text_column=args.text_column)
         if not args.text_column or not args.label_column:
             raise UserError("--data-files needs --text-column and --label-column")
         return local_task(_data_files(args.data_files), text_column=args.text_column,
@@ -354,11 +360,18 @@ def _fisher(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, task: Ta
         return task_fisher(model, tokenizer, task, settings, progress=progress, statistics=statistics)
 
 
-def _metrics_text(metrics: dict[str, float], kind: str = "classification") -> str:
-    """Each metric named for what it is (an NER F1 is seqeval's entity-level F1), and a note on a telling 0."""
-    text = ", ".join(f"{metric_label(kind, name)} {value:.4f}" for name, value in metrics.items())
+def _metrics_text(metrics: dict[str, float], kind: str = "classification",
+                  intervals: dict[str, Any] | None = None) -> str:
+    """Each metric named for what it is (an NER F1 is seqeval's entity-level F1), with its 95% interval where
+    it has one, which way is better where that is not higher (perplexity), and a note on a telling 0."""
+    parts = []
+    for name, value in metrics.items():
+        text = f"{metric_label(kind, name)} {value:.4f}"
+        if intervals and name in intervals:
+            text += f" (95% interval {intervals[name].low:.4f}–{intervals[name].high:.4f})"
+        parts.append(text + direction_note(name))
     note = metric_note(kind, metrics)
-    return f"{text} ({note})" if note else text
+    return f"{', '.join(parts)} ({note})" if note else ", ".join(parts)
 
 
 def _directory_bytes(directory: Path) -> int:
@@ -452,7 +465,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     with _progress(f"evaluating ({args.split})", "batch") as progress:
         result = evaluate_model(model, tokenizer, task, args.split, limit=args.limit, batch_size=args.batch_size,
                                 max_length=args.max_length, progress=progress)
-    print(f"{task.name} {args.split} ({result.num_examples} examples): {_metrics_text(result.metrics, task.kind)}; "
+    print(f"{task.name} {args.split} ({result.num_examples} examples): "
+          f"{_metrics_text(result.metrics, task.kind, result.intervals)}; "
           f"{result.params:,} parameters; {result.latency_s_per_batch * 1000:.0f} ms per batch")
     return {**result.to_dict(), "model": str(args.model), "task": task.name, "split": args.split}
 

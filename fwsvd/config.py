@@ -121,7 +121,8 @@ def _text(name: str, value: Any) -> str:
 class DataConfig:
     """The data a compression's Fisher is read from, so that the document rebuilds the model on its own: a
     registered ``task`` (fwsvd.data.tasks.TASK_NAMES, e.g. "sst2") or local ``data_files`` {role: path} with
-    their ``text_column`` and ``label_column`` (and ``text_pair_column`` for sentence pairs)."""
+    their ``text_column`` and ``label_column`` (and ``text_pair_column`` for sentence pairs); without a
+    ``label_column``, the files' text is for language modelling (``.txt`` files: text column "text")."""
 
     task: str | None = None
     data_files: Mapping[str, str] | None = None
@@ -147,16 +148,21 @@ class DataConfig:
                              f"{', '.join(DATA_ROLES)}, got {files!r}")
         object.__setattr__(self, "data_files", {role: _text(f"DataConfig.data_files[{role!r}]", path)
                                                  for role, path in files.items()})
-        for name in ("text_column", "label_column"):
-            object.__setattr__(self, name, _text(f"DataConfig.{name}", columns[name]))
+        object.__setattr__(self, "text_column", _text("DataConfig.text_column", self.text_column))
+        if self.label_column is not None:
+            object.__setattr__(self, "label_column", _text("DataConfig.label_column", self.label_column))
+        elif self.text_pair_column is not None:
+            raise ValueError("DataConfig.text_pair_column needs a label_column: text without labels is for language "
+                             "modelling, which reads one text column")
         if self.text_pair_column is not None:
             object.__setattr__(self, "text_pair_column", _text("DataConfig.text_pair_column", self.text_pair_column))
 
     def to_dict(self) -> dict[str, Any]:
         if self.task is not None:
             return {"task": self.task}
-        document: dict[str, Any] = {"data_files": dict(self.data_files or {}), "text_column": self.text_column,
-                                    "label_column": self.label_column}
+        document: dict[str, Any] = {"data_files": dict(self.data_files or {}), "text_column": self.text_column}
+        if self.label_column is not None:
+            document["label_column"] = self.label_column
         if self.text_pair_column is not None:
             document["text_pair_column"] = self.text_pair_column
         return document

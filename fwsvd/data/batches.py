@@ -8,6 +8,11 @@ on short texts halves the cost of a forward pass compared with padding to ``max_
 For token classification the word-level tags are aligned to word pieces: the first piece of each word
 carries the word's tag, every other position (special tokens, later pieces, padding) carries -100, which
 both the loss and the metrics ignore.
+
+For language modelling the split's text is packed into blocks of ``max_length`` tokens
+(:func:`fwsvd.data.language_modeling.encode_blocks`) and each block's labels are its next tokens: position t
+carries token t + 1, the last position -100. The labels are shifted here, once, so that a block's loss is the
+same token-level cross-entropy as for token classification: the Fisher and the metrics need no LM case.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from fwsvd.data.language_modeling import KIND as LANGUAGE_MODELING
+from fwsvd.data.language_modeling import encode_blocks
 from fwsvd.data.tasks import Role, Task
 from fwsvd.storage.sharing import exclusive
 
@@ -44,8 +51,9 @@ def make_batches(
     group_by_length: bool = False,
 ) -> list[dict[str, torch.Tensor]]:
     """Batches of the ``role`` split: ``input_ids``, ``attention_mask`` (``token_type_ids`` when the
-    tokenizer makes them) and ``labels`` — long class ids, float scores for regression, or word-piece
-    aligned tag ids for NER.
+    tokenizer makes them) and ``labels`` — long class ids, float scores for regression, word-piece
+    aligned tag ids for NER, or each token's next token for language modelling (whose examples are blocks of
+    ``max_length`` tokens).
 
     ``shuffle`` permutes the examples with ``seed`` first; ``limit`` then keeps the first ``limit``.
     ``group_by_length`` (for training) puts examples of similar length in the same batch and then
@@ -75,7 +83,7 @@ def make_batches(
         batch = {key: _pad([values[i] for i in rows], _pad_value(key, pad_id), tokenizer.padding_side)
                  for key, values in encoded.items() if key != "labels"}
         labels = [encoded["labels"][i] for i in rows]
-        if task.kind == "token_classification":
+        if task.kind in ("token_classification", LANGUAGE_MODELING):
             batch["labels"] = _pad(labels, IGNORE_INDEX, tokenizer.padding_side)
         else:
             batch["labels"] = torch.tensor(labels, dtype=label_dtype)
@@ -105,7 +113,9 @@ def _encode_split(task: Task, tokenizer: PreTrainedTokenizerBase, role: Role, ma
         per_tokenizer = _ENCODED.setdefault(tokenizer, {})
         if key not in per_tokenizer:
             dataset = task.load_split(role)
-            if task.kind == "token_classification":
+            if task.kind == LANGUAGE_MODELING:
+                per_tokenizer[key] = _encode_language_modeling(task, tokenizer, dataset, max_length, role)
+            elif task.kind == "token_classification":
                 per_tokenizer[key] = _encode_tokens(task, tokenizer, dataset, max_length)
             else:
                 per_tokenizer[key] = _encode_texts(task, tokenizer, dataset, max_length)
@@ -129,6 +139,13 @@ def _encode_tokens(task: Task, tokenizer: PreTrainedTokenizerBase, dataset: Any,
     encoded = dict(encoding)
     encoded["labels"] = [align_labels(tags, encoding.word_ids(i))
                          for i, tags in enumerate(dataset[task.label_column])]
+    return encoded
+
+
+def _encode_language_modeling(task: Task, tokenizer: PreTrainedTokenizerBase, dataset: Any, block_size: int,
+                              role: Role) -> _Encoded:
+    encoded: _Encoded = dict(encode_blocks(task, tokenizer, dataset, block_size, role))
+    encoded["labels"] = [block[1:] + [IGNORE_INDEX] for block in encoded["input_ids"]]
     return encoded
 
 

@@ -1,7 +1,10 @@
-"""Local data files: the columns of a CSV / TSV / JSON(L) / parquet file, read from its first rows."""
+"""Local data files: the columns of a CSV / TSV / JSON(L) / parquet file, read from its first rows; a file's
+content hash for cache keys."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from pathlib import Path
 
 import pandas as pd
@@ -38,3 +41,18 @@ def _read_json_head(file: Path) -> pd.DataFrame:
         return pd.read_json(file, lines=True, nrows=5)
     except ValueError:
         return pd.read_json(file)
+
+
+def file_digest(path: str | Path) -> str:
+    """A content hash of a file (for cache keys), recomputed only when its size or modification time changes."""
+    stat = Path(path).stat()
+    return _file_digest_of(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest_of(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.blake2b(digest_size=8)
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

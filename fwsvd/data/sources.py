@@ -5,6 +5,7 @@ so that ``fwsvd compress --config FILE`` reads the data the document was made fr
 from __future__ import annotations
 
 from fwsvd.config import DataConfig
+from fwsvd.data.language_modeling import is_language_modeling, text_task
 from fwsvd.data.tasks import ROLES, Task, get_task, local_task
 
 
@@ -13,6 +14,8 @@ def task_of_data(data: DataConfig) -> Task:
     if data.task is not None:
         return get_task(data.task)
     files = dict(data.data_files or {})
+    if data.label_column is None:  # text without labels: language modelling
+        return text_task(files if len(files) > 1 else files["train"], text_column=data.text_column)
     return local_task(files if len(files) > 1 else files["train"], text_column=data.text_column or "",
                       label_column=data.label_column or "", text_pair_column=data.text_pair_column)
 
@@ -22,6 +25,14 @@ def data_of_task(task: Task) -> DataConfig:
     columns. Local files split by other fractions or seed than the defaults cannot be recorded: ValueError."""
     if task.source != "local":
         return DataConfig(task=task.name)
+    if is_language_modeling(task):
+        # text_task's default fractions (its split is in order, so no seed plays a part)
+        fractions = (text_task.__kwdefaults__["validation_fraction"], text_task.__kwdefaults__["test_fraction"])
+        if (task.validation_fraction, task.test_fraction) != fractions:
+            raise ValueError("a compression document records local text split with the default fractions "
+                             f"(validation, test = {fractions}); this task's are "
+                             f"{(task.validation_fraction, task.test_fraction)}")
+        return DataConfig.of_files(dict(task.data_files), task.text_column, None)
     defaults = local_defaults()
     if (task.validation_fraction, task.test_fraction, task.seed) != defaults:
         raise ValueError("a compression document records local data split with the default fractions and seed "

@@ -32,6 +32,7 @@ import datasets
 import numpy as np
 
 from fwsvd.data import twitter_ner
+from fwsvd.data.language_modeling import LM_TASKS, LanguageModelingTask
 from fwsvd.view.explorer import Source
 
 TaskKind = Literal["classification", "regression", "token_classification"]
@@ -183,13 +184,16 @@ _TASKS: dict[str, Task] = {
     ),
 }
 
-#: Names accepted by :func:`get_task` ("local" tasks come from :func:`local_task`).
-TASK_NAMES: tuple[str, ...] = tuple(_TASKS)
+#: Names accepted by :func:`get_task` ("local" tasks come from :func:`local_task`); the language-modelling
+#: tasks (demo-lm, WikiText) live in :mod:`fwsvd.data.language_modeling`.
+TASK_NAMES: tuple[str, ...] = (*_TASKS, *LM_TASKS)
 
 
-def get_task(name: str) -> Task:
+def get_task(name: str) -> Task | LanguageModelingTask:
     """The task called ``name`` (one of :data:`TASK_NAMES`); ValueError listing the valid names otherwise."""
     key = name.strip().lower()
+    if key in LM_TASKS:
+        return LM_TASKS[key]
     if key not in _TASKS:
         raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASK_NAMES)} "
                          "(or local files through local_task)")

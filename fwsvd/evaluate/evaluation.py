@@ -3,7 +3,9 @@
 Only the model's ``logits`` are used, so any model works whose forward takes the tokenizer's batch and
 returns logits — including models whose Linear layers were swapped for low-rank modules. The per-example
 predictions are kept with the result, so two models scored on the same examples can be compared with a paired
-interval (:func:`difference`).
+interval (:func:`difference`). A causal language model is scored by perplexity
+(:mod:`fwsvd.evaluate.perplexity`): its logits are reduced to each block's summed loss batch by batch, since a
+vocabulary's worth of logits per token would not fit in memory; its blocks' losses are what it keeps.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from fwsvd.data.batches import IGNORE_INDEX, make_batches
+from fwsvd.data.language_modeling import PERPLEXITY, is_language_modeling
 from fwsvd.evaluate.metrics import compute_metrics
+from fwsvd.evaluate.perplexity import block_losses, perplexity_difference, perplexity_metrics
 from fwsvd.evaluate.uncertainty import Difference, Interval, metric_intervals, paired_differences
 from fwsvd.surgery.modules import count_parameters
 from fwsvd.storage.sharing import exclusive
@@ -40,12 +44,15 @@ class EvalResult:
     latency_s_per_batch: float
     num_examples: int
     batch_size: int
-    #: {metric: 95% interval over the examples} (:func:`fwsvd.evaluate.uncertainty.metric_intervals`)
+    #: {metric: 95% interval over the examples} (:func:`fwsvd.evaluate.uncertainty.metric_intervals`;
+    #: perplexity: bootstrap over blocks)
     intervals: dict[str, Interval] = field(default_factory=dict)
     #: what compute_metrics was given, per example (per sentence for NER): kept for paired comparisons,
     #: left out of to_dict
     predictions: Any = field(default=None, repr=False, compare=False)
     references: Any = field(default=None, repr=False, compare=False)
+    #: language modelling: (summed next-token loss, predicted tokens) of each evaluated block, in order
+    block_losses: list[tuple[float, int]] | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, object]:
         """The figures as JSON-ready values: the per-example arrays are left out, intervals are dicts."""
@@ -59,10 +66,12 @@ def predict(
     batches: Sequence[dict[str, torch.Tensor]],
     *,
     progress: Progress | None = None,
-) -> tuple[list[torch.Tensor], list[float]]:
+    reduce: Callable[[torch.Tensor, dict[str, torch.Tensor]], Any] | None = None,
+) -> tuple[list[Any], list[float]]:
     """(logits per batch, seconds per batch), in inference mode; every module's train/eval mode is restored.
 
-    ``labels`` are not passed to the model, so no loss is computed and timed.
+    ``labels`` are not passed to the model, so no loss is computed and timed. ``reduce(logits, batch)``, when
+    given, replaces each batch's logits by what it returns (outside the timed forward pass).
     """
     device = _device_of(model)
     logits, seconds = [], []
@@ -78,7 +87,7 @@ def predict(
                     start = time.perf_counter()
                     output = model(**inputs)
                     seconds.append(time.perf_counter() - start)
-                    logits.append(output.logits.float().cpu())
+                    logits.append(reduce(output.logits, batch) if reduce else output.logits.float().cpu())
                     if progress is not None:
                         progress(done, len(batches))
         finally:
@@ -110,23 +119,33 @@ def evaluate_model(
         batches = make_batches(task, tokenizer, role, batch_size=batch_size, max_length=max_length, limit=limit)
     if not batches:
         raise ValueError(f"no examples to evaluate in the {role} split of task {task.name!r}")
+    sizes = {"num_examples": sum(len(batch["labels"]) for batch in batches),
+             "batch_size": max(len(batch["labels"]) for batch in batches)}
+    if is_language_modeling(task):
+        per_batch, seconds = predict(model, batches, progress=progress, reduce=block_losses)
+        blocks = [block for batch in per_batch for block in batch]
+        metrics, intervals = perplexity_metrics(blocks)
+        return EvalResult(metrics=metrics, params=count_parameters(model),
+                          latency_s_per_batch=statistics.median(seconds), intervals=intervals,
+                          block_losses=blocks, **sizes)
     logits, seconds = predict(model, batches, progress=progress)
     predictions, references = _collect(task, logits, [batch["labels"] for batch in batches])
     return EvalResult(
         metrics=compute_metrics(task, predictions, references),
         params=count_parameters(model),
         latency_s_per_batch=statistics.median(seconds),
-        num_examples=sum(len(batch["labels"]) for batch in batches),
-        batch_size=max(len(batch["labels"]) for batch in batches),
         intervals=metric_intervals(task, predictions, references),
         predictions=predictions,
         references=references,
+        **sizes,
     )
 
 
 def difference(task: Task, result: EvalResult, baseline: EvalResult) -> dict[str, Difference]:
     """``{metric: Difference}`` of ``result`` minus ``baseline``, with the paired interval; both must have been
     scored on the same examples of ``task`` (the same batches), else ValueError."""
+    if result.block_losses is not None and baseline.block_losses is not None:
+        return {PERPLEXITY: perplexity_difference(result.block_losses, baseline.block_losses)}
     if result.references is None or baseline.references is None:
         raise ValueError("a paired comparison needs the per-example predictions of both evaluations")
     if not _same_references(result.references, baseline.references):

@@ -13,11 +13,13 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
-from fwsvd.data.batches import make_batches
+from fwsvd.data.batches import IGNORE_INDEX, make_batches
+from fwsvd.data.language_modeling import is_language_modeling
 from fwsvd.data.tasks import Task
 
 Progress = Callable[[int, int], None]
@@ -88,8 +90,8 @@ def finetune_(
                 losses = []
                 order = torch.randperm(len(batches)) if epoch else torch.arange(len(batches))
                 for index in order.tolist():
-                    batch = batches[index]
-                    loss = model(**{key: value.to(device) for key, value in batch.items()}).loss
+                    loss = _loss(model, {key: value.to(device) for key, value in batches[index].items()},
+                                 is_language_modeling(task))
                     loss.backward()
                     opt.step()
                     scheduler.step()
@@ -109,3 +111,12 @@ def finetune_(
     return {"loss": epoch_loss, "steps": done, "epochs": epochs, "examples": examples,
             "seconds": time.perf_counter() - started}
 
+
+def _loss(model: nn.Module, batch: dict[str, torch.Tensor], language_modeling: bool) -> torch.Tensor:
+    """The model's own loss; for language modelling the mean next-token loss over the labels as
+    :func:`~fwsvd.data.batches.make_batches` shifts them (a causal LM given them would shift them again)."""
+    if not language_modeling:
+        return model(**batch).loss
+    labels = batch.pop("labels")
+    logits = model(**batch).logits
+    return F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE_INDEX)

@@ -38,7 +38,8 @@ def evaluate_methods(model: nn.Module, tokenizer: Any, task: Any, ranks: Mapping
     a FisherResult ``fisher``), so a missing one fails before any evaluation. Returns {method: entry}, each
     entry:
 
-    - ``"metrics"`` {name: value}, ``"intervals"`` {name: Interval}, ``"params"``, ``"num_examples"``;
+    - ``"metrics"`` {name: value}, ``"intervals"`` {name: Interval} (perplexity: bootstrap over blocks),
+      ``"params"``, ``"num_examples"``;
     - ``"vs_svd"`` / ``"vs_dense"``: {name: Difference} from that baseline on the same examples, when it was
       evaluated (:func:`add_differences`; call it again after merging results of several calls);
     - ``"latency_s_per_batch"``: the median seconds per batch over ``latency_rounds`` interleaved rounds on the

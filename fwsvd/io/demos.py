@@ -1,7 +1,8 @@
 """The demos fwsvd builds offline, by name: what each is called, its model alias, task, and how it is built.
 
 Each demo is a model made here from registry packages (no hub): ``sentiment`` (MiniLM-L6 on Rotten Tomatoes
-reviews, :mod:`fwsvd.io.demo`) and ``ner`` (MiniLM-L6 tagging entities in tweets, :mod:`fwsvd.io.demo_ner`).
+reviews, :mod:`fwsvd.io.demo`) ``ner`` (MiniLM-L6 tagging entities in tweets, :mod:`fwsvd.io.demo_ner`) and ``lm`` (the causal language
+model SmolLM2-135M on Shakespeare's plays, :mod:`fwsvd.io.demo_lm`).
 Its model alias is what ``--model`` and the dashboard accept, and names the demo's task too, so a demo's
 model never meets another task by default. The CLI (``fwsvd demo --name``) and model resolution read this
 table; a new demo is one entry here and its recipe module.
@@ -16,6 +17,7 @@ from typing import Any
 
 from fwsvd.config import FisherConfig
 from fwsvd.io.demo import demo_info, ensure_demo_model
+from fwsvd.io.demo_lm import LM_DEMO_FISHER, ensure_lm_demo_model, lm_demo_info, lm_demo_is_built
 from fwsvd.io.demo_ner import ensure_ner_demo_model, ner_demo_is_built
 from fwsvd.storage.locations import demo_is_built
 
@@ -45,6 +47,8 @@ DEMOS: dict[str, Demo] = {
     "sentiment": Demo("sentiment", "demo", "demo", "Rotten Tomatoes review sentiment", ensure_demo_model,
                       demo_is_built),
     "ner": Demo("ner", "demo-ner", "demo-ner", "Twitter named entities", ensure_ner_demo_model, ner_demo_is_built),
+    "lm": Demo("lm", "demo-lm", "demo-lm", "Shakespeare, next-word prediction (SmolLM2-135M)", ensure_lm_demo_model,
+               lm_demo_is_built, info=lm_demo_info, fisher=LM_DEMO_FISHER),
 }
 DEFAULT_DEMO = "sentiment"
 

@@ -1,7 +1,7 @@
 """Load a fine-tuned model and its tokenizer, and check that its head fits the task.
 
-A source is a demo model's alias (``"demo"``, ``"demo-ner"``: built once, see :mod:`fwsvd.io.demos`), a
-local directory written by
+A source is a demo model's alias (``"demo"``, ``"demo-ner"``, ``"demo-lm"``: built once, see
+:mod:`fwsvd.io.demos`), a local directory written by
 ``save_pretrained``, or a Hugging Face hub id (needs the hub). The head is checked *before* the weights
 are loaded, from the config: loading a base encoder with ``AutoModelForSequenceClassification`` would
 silently attach a random head, and compressing an untrained classifier measures nothing.
@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
+    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     AutoTokenizer,
@@ -31,6 +32,7 @@ from transformers import (
 
 from fwsvd.data.labels import match_labels
 from fwsvd.data.tasks import Task
+from fwsvd.data.language_modeling import is_language_modeling
 from fwsvd.io.demos import demo_of_model
 from fwsvd.io.persistence import INFO_FILE, load_compressed, read_compressed_info
 from fwsvd.io.quiet import quiet_transformers
@@ -38,7 +40,10 @@ from fwsvd.io.quiet import quiet_transformers
 _HEADS = {
     "ForSequenceClassification": AutoModelForSequenceClassification,
     "ForTokenClassification": AutoModelForTokenClassification,
+    "ForCausalLM": AutoModelForCausalLM,
 }
+#: Other names of a causal language model's class (GPT-2's GPT2LMHeadModel).
+_CAUSAL_ALIASES = ("LMHeadModel",)
 
 
 def load_model(
@@ -52,7 +57,8 @@ def load_model(
     hub id.
 
     With a ``task``, the model must be a ``*ForSequenceClassification`` with ``task.num_labels`` outputs
-    (1 for regression) or, for NER, a ``*ForTokenClassification`` with as many tags; ``num_labels``, when
+    (1 for regression), for NER a ``*ForTokenClassification`` with as many tags, or for language modelling a
+    causal LM (``*ForCausalLM``, GPT-2's ``*LMHeadModel``); ``num_labels``, when
     given, is checked the same way. Otherwise ValueError says what was found and what is needed.
     ``trust_remote_code`` stays off unless asked for: it runs code shipped with the model.
     """
@@ -146,15 +152,21 @@ def check_head(config: PretrainedConfig, task: Task | None, num_labels: int | No
     """The head suffix to load with, after checking it fits the task and label count."""
     architectures = config.architectures or []
     found = _head_of(config)
-    needed = ("ForTokenClassification" if task is not None and task.kind == "token_classification"
+    if found is None and any(arch.endswith(_CAUSAL_ALIASES) for arch in architectures):
+        found = "ForCausalLM"  # GPT-2's GPT2LMHeadModel is a causal LM under another name
+    needed = ("ForCausalLM" if is_language_modeling(task)
+              else "ForTokenClassification" if task is not None and task.kind == "token_classification"
               else "ForSequenceClassification" if task is not None else None)
+    if found == "ForCausalLM" and needed in (None, "ForCausalLM"):
+        return found  # the text is its own target: no label count to check
     label_count = task.num_labels if task is not None else num_labels
     if task is not None and num_labels is not None and num_labels != task.num_labels:
         raise ValueError(f"num_labels={num_labels} contradicts task {task.name!r}, which has {task.num_labels}")
     what = f"model {str(source)!r} is a {', '.join(architectures) or 'model of unknown architecture'}"
     if found is None:
-        raise ValueError(f"{what}, not a fine-tuned classifier: fwsvd needs a *ForSequenceClassification "
-                         "or *ForTokenClassification model (a base encoder or LM head has no trained task head)")
+        raise ValueError(f"{what}, not a fine-tuned classifier or a causal language model: fwsvd needs a "
+                         "*ForSequenceClassification, *ForTokenClassification or *ForCausalLM model (a base "
+                         "encoder has no trained task head)")
     if needed is not None and found != needed:
         raise ValueError(f"{what}, but task {task.name!r} ({task.kind}) needs a *{needed} model")
     if label_count is not None and config.num_labels != label_count:

@@ -19,12 +19,15 @@ CACHE_ENV_VAR = "FWSVD_CACHE_DIR"
 DEMO_VERSION = "v2"
 #: The same for the NER demo's recipe (fwsvd.io.demo_ner).
 DEMO_NER_VERSION = "v1"
+#: The same for the causal-LM demo (fwsvd.io.demo_lm).
+DEMO_LM_VERSION = "v1"
 #: Written last into a demo build: its presence means the build is complete.
 DEMO_INFO_FILE = "fwsvd_demo.json"
 #: Each demo model's alias (what ``--model`` and the dashboard accept) and its build folder under the cache.
 DEMO_BUILDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", DEMO_VERSION),
     "demo-ner": ("demo-ner", DEMO_NER_VERSION),
+    "demo-lm": ("demo-lm", DEMO_LM_VERSION),
 }
 
 
