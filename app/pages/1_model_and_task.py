@@ -19,7 +19,8 @@ from fwsvd.view.explorer import Source
 START = {"demo": "The demo: MiniLM-L6 fine-tuned on Rotten Tomatoes reviews (offline)",
          "own": "Your own model and data"}
 MODEL_KINDS = {"local": "Local directory (save_pretrained)", "hub": "Hugging Face hub id"}
-DATA_KINDS = {"file": "A data file (CSV, TSV, JSON, JSONL, parquet)", "task": "A hub task (GLUE, CoNLL-2003) or the demo's"}
+DATA_KINDS = {"file": "A data file (CSV, TSV, JSON, JSONL, parquet)",
+              "task": "A hub task (GLUE, CoNLL-2003) or the demo's"}
 #: Tasks offered for your own model: every registered one (the demo's reviews serve a sentiment model too).
 HUB_TASKS = [name for name in TASK_NAMES if name != "demo"] + ["demo"]
 
