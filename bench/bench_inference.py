@@ -95,6 +95,43 @@ def as_two_calls(model: nn.Module) -> nn.Module:
     return model
 
 
+class _Layer(nn.Module):
+    """One layer called as ``layer(x=...)``, the way measure_latency calls models."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+
+def layer_table(dense: nn.Module, targets: Mapping[str, nn.Module], ratios: list[float], tokens: list[int],
+                rounds: int) -> None:
+    """Each distinct target shape alone: dense against the pair at each ratio's rank, new forward and old, on
+    ``tokens`` rows; the ideal is the pair's share of the multiply-adds, r·(m+n) / (m·n)."""
+    print("\n| layer (out × in) | rank | tokens | dense ms | pair × | two calls × | ideal × | pair / ideal | "
+          "two calls / ideal |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    by_shape = {}
+    for module in targets.values():
+        by_shape.setdefault(tuple(module.weight.shape), module)
+    for (out_features, in_features), module in by_shape.items():
+        for ratio in ratios:
+            rank = rank_for_ratio(ratio, min(out_features, in_features))
+            pair = LowRankLinear.from_linear(module, rank)
+            old = as_two_calls(LowRankLinear.from_linear(module, rank))
+            ideal = rank * (out_features + in_features) / (out_features * in_features)
+            for count in tokens:
+                x = torch.randn(count, in_features, generator=torch.Generator().manual_seed(count))
+                report = measure_latency({"dense": _Layer(module), "pair": _Layer(pair), "old": _Layer(old)},
+                                         [{"x": x}], rounds=rounds, reference="dense")
+                new, former = report.time_ratio("pair").median, report.time_ratio("old").median
+                print(f"| {out_features} × {in_features} | {rank} | {count} | "
+                      f"{report.latency('dense').median * 1e3:.3f} | {new:.3f} | {former:.3f} | {ideal:.3f} | "
+                      f"{new / ideal:.3f} | {former / ideal:.3f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="demo")
@@ -104,6 +141,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--profile-repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--layer-tokens", type=int, nargs="*", default=[64, 512, 4096],
+                        help="rows for the per-layer table (none: skip it)")
+    parser.add_argument("--layer-rounds", type=int, default=15)
+    parser.add_argument("--skip-model", action="store_true", help="only the per-layer table")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -129,6 +170,10 @@ def main() -> None:
           f"thread(s); {args.rounds} interleaved rounds after 1 warm-up; model {args.model}")
     for label, text in settings.items():
         print(f"# {label}: {text}")
+    if args.layer_tokens:
+        layer_table(dense, targets, args.ratios, args.layer_tokens, args.layer_rounds)
+    if args.skip_model:
+        return
     print("\n| batch × length | dense s / batch | Linear share | model | measured × | spread (IQR) | ideal × | "
           "measured / ideal |")
     print("|---|---|---|---|---|---|---|---|")

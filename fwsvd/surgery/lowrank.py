@@ -3,7 +3,7 @@
 Speed: the pair costs rank·(in + out) multiply-adds per token against in·out, but the GEMM kernels run at
 that speed only when the rank is a multiple of :data:`ALIGNMENT`. At rank 127 (MiniLM's 384 at ratio 0.33)
 the first product, whose output rows are 127 floats long, ran about 1.7x slower than at rank 128 here, and
-the second, reading those rows, about 1.5x (docs/BENCH_INFERENCE.md). So without autograd (evaluation,
+the second, reading those rows, about 1.6x (docs/BENCH_INFERENCE.md). So without autograd (evaluation,
 inference) an unaligned pair multiplies zero-padded copies of its factors, rank rounded up to the next
 multiple: the same function (the padding adds zeros), a little more arithmetic, aligned rows. The copies are
 made once and kept until a factor changes; the parameters and their count stay those of the rank.
