@@ -323,6 +323,21 @@ def _(ctx):
     return _cli(ctx, ["evaluate", "--model", ctx.world.model, "--task", "sst-2"], "unknown task 'sst-2'")
 
 
+@case("cli-unknown-demo")
+def _(ctx):
+    return _cli(ctx, ["demo", "--name", "pos"], "argument --name: invalid choice: 'pos'")
+
+
+@case("cli-demo-model-on-another-task")
+def _(ctx):
+    from demo_support import tiny_ner_build
+    from fwsvd.io import demo_ner
+
+    ctx.monkeypatch.setattr(demo_ner, "_build", tiny_ner_build)
+    return _cli(ctx, ["evaluate", "--model", "demo-ner", "--task", "demo", "--limit", "8"],
+                "but task 'demo' (classification) needs a *ForSequenceClassification model")
+
+
 # Data
 
 

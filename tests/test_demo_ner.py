@@ -146,6 +146,20 @@ def test_is_built_follows_each_demos_own_folder(tmp_path):
         demo_model_dir(tmp_path, "demo-x")
 
 
+def test_the_dashboards_demo_model_brings_its_own_task(monkeypatch):
+    from fwsvd.view.explorer import Source
+
+    monkeypatch.delenv("FWSVD_APP_TASK", raising=False)
+    for demo in DEMOS.values():
+        monkeypatch.setenv("FWSVD_APP_MODEL", demo.model)
+        assert Source.from_environment() == Source(model=demo.model, task=demo.task)
+    monkeypatch.setenv("FWSVD_APP_MODEL", "/some/model")
+    assert Source.from_environment().task == "demo"  # as before for other models
+    monkeypatch.setenv("FWSVD_APP_MODEL", "demo-ner")
+    monkeypatch.setenv("FWSVD_APP_TASK", "conll2003")
+    assert Source.from_environment().task == "conll2003"
+
+
 # --------------------------------------------------------------------------------------------------
 # The CLI
 

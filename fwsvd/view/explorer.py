@@ -41,12 +41,12 @@ class Source:
         """The dashboard's default: ``FWSVD_APP_MODEL`` ("demo", a model directory or a hub id) and
         ``FWSVD_APP_TASK`` (a task name, or a local CSV / TSV / JSON(L) / parquet file whose columns are
         ``FWSVD_APP_TEXT_COLUMN``, ``FWSVD_APP_LABEL_COLUMN`` and optionally ``FWSVD_APP_PAIR_COLUMN``),
-        else the demo on its task."""
-        task = os.environ.get("FWSVD_APP_TASK", "demo")
+        else the demo on its task. A demo model without ``FWSVD_APP_TASK`` gets its own task (its alias)."""
+        model = os.environ.get("FWSVD_APP_MODEL", "demo")
+        task = os.environ.get("FWSVD_APP_TASK", model if is_demo_model(model) else "demo")
         common = dict(text_column=os.environ.get("FWSVD_APP_TEXT_COLUMN", "text"),
                       label_column=os.environ.get("FWSVD_APP_LABEL_COLUMN", "label"),
                       pair_column=os.environ.get("FWSVD_APP_PAIR_COLUMN") or None)
-        model = os.environ.get("FWSVD_APP_MODEL", "demo")
         if Path(task).suffix:
             return cls(model=model, task="local", data_file=task, **common)
         return cls(model=model, task=task, **common)
