@@ -20,7 +20,7 @@ from fwsvd.data.language_modeling import LM_TASKS, pack_blocks, text_task
 from fwsvd.data.shakespeare import strip_gutenberg
 from fwsvd.data.tasks import TASK_NAMES, get_task
 from fwsvd.evaluate.evaluation import evaluate_model
-from fwsvd.evaluate.perplexity import perplexity, perplexity_interval
+from fwsvd.evaluate.perplexity import perplexity, perplexity_interval, perplexity_ratio
 from fwsvd.factorize.layers import dense_weight
 from fwsvd.fisher.estimate import estimate_fisher
 from fwsvd.surgery.compress import compress_
@@ -228,6 +228,21 @@ def test_perplexity_interval_is_a_seeded_bootstrap_over_blocks():
     assert perplexity_interval(blocks) == (low, high)  # the same blocks, the same interval
     assert perplexity_interval(blocks, seed=1) != (low, high)
     assert perplexity_interval(blocks[:1]) == pytest.approx((perplexity(blocks[:1]),) * 2)
+
+
+def test_paired_ratio_of_two_models_on_the_same_blocks():
+    rng = np.random.default_rng(0)
+    reference = [(float(loss), 10) for loss in rng.uniform(20, 40, size=30)]
+    shifted = [(loss + 10 * 0.1, tokens) for loss, tokens in reference]  # every token 0.1 nats worse
+    ratio, low, high = perplexity_ratio(shifted, reference)
+    assert ratio == pytest.approx(math.exp(0.1)) and (low, high) == pytest.approx((math.exp(0.1),) * 2)
+    noisy = [(loss + float(rng.normal(1.0, 3.0)), tokens) for loss, tokens in reference]
+    ratio, low, high = perplexity_ratio(noisy, reference)
+    alone_low, alone_high = perplexity_interval(noisy)
+    # Pairing removes the blocks' shared difficulty: the ratio is far surer than either model's own interval.
+    assert low < ratio < high and (high - low) / ratio < 0.5 * (alone_high - alone_low) / perplexity(noisy)
+    with pytest.raises(ValueError, match="same blocks"):
+        perplexity_ratio(reference[:5], reference)
 
 
 def test_full_rank_compression_reproduces_perplexity(causal_lm, text_file):

@@ -61,6 +61,25 @@ def perplexity_interval(blocks: Sequence[BlockLoss], *, confidence: float = CONF
     return float(low), float(high)
 
 
+def perplexity_ratio(blocks: Sequence[BlockLoss], reference: Sequence[BlockLoss], *,
+                     confidence: float = CONFIDENCE, resamples: int = BOOTSTRAP_RESAMPLES,
+                     seed: int = BOOTSTRAP_SEED) -> tuple[float, float, float]:
+    """(ratio, low, high): ``perplexity(blocks) / perplexity(reference)`` for two models scored on the **same**
+    blocks, with a paired bootstrap interval (each resample draws the same blocks for both). Two models'
+    own intervals overlap far more than their difference is uncertain, since the blocks' difficulty moves
+    both alike; an interval of the ratio that excludes 1 is a difference outside the noise."""
+    ours = np.asarray(blocks, dtype=np.float64).reshape(-1, 2)
+    theirs = np.asarray(reference, dtype=np.float64).reshape(-1, 2)
+    if ours.shape != theirs.shape or not np.array_equal(ours[:, 1], theirs[:, 1]):
+        raise ValueError("a paired comparison needs both models scored on the same blocks")
+    draws = np.random.default_rng(seed).integers(0, len(ours), size=(resamples, len(ours)))
+    tokens = np.maximum(ours[:, 1][draws].sum(1), 1)
+    ratios = np.exp((ours[:, 0][draws].sum(1) - theirs[:, 0][draws].sum(1)) / tokens)
+    tail = (1.0 - confidence) / 2
+    low, high = np.quantile(ratios, [tail, 1.0 - tail])
+    return perplexity(blocks) / perplexity(reference), float(low), float(high)
+
+
 def perplexity_metrics(blocks: Sequence[BlockLoss]) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
     """({"perplexity": value}, {"perplexity": (low, high)}): the metric and its 95% bootstrap interval."""
     return {PERPLEXITY: perplexity(blocks)}, {PERPLEXITY: perplexity_interval(blocks)}
