@@ -97,7 +97,7 @@ def main() -> None:
     dense = evaluate_model(model, tokenizer, task, "test", batches=batches)
     rows = [{"method": "dense", rule: None, "allocation": None, "params": dense.params,
              metric: dense.metrics[metric], "interval": dense.intervals.get(metric),
-             "seconds": time.perf_counter() - started}]
+             "seconds": time.perf_counter() - started, "block_losses": dense.block_losses}]
     print(f"dense: {metric} {dense.metrics[metric]:.4f}{_interval_text(dense.intervals.get(metric))}, "
           f"{dense.params:,} parameters", flush=True)
     store = DecompositionStore()
@@ -112,7 +112,8 @@ def main() -> None:
         row = {"method": method, rule: value, "allocation": allocation,
                "allocation_floor": args.allocation_floor if allocation else None, "params": result.params,
                metric: result.metrics[metric], "interval": result.intervals.get(metric),
-               "dense_layers": len(targets) - len(report.layers), "seconds": time.perf_counter() - started}
+               "dense_layers": len(targets) - len(report.layers), "seconds": time.perf_counter() - started,
+               "block_losses": result.block_losses}
         rows.append(row)
         print(f"{method:6s} {rule}={value:<5} {allocation or 'uniform':8s} {metric} {row[metric]:.4f}"
               f"{_interval_text(row['interval'])} params {row['params']:,} dense layers {row['dense_layers']} "

@@ -244,6 +244,16 @@ def test_perplexity_difference_is_paired_over_the_same_blocks():
         perplexity_difference(blocks[:10], blocks)
 
 
+def test_pairing_removes_the_blocks_shared_difficulty():
+    rng = np.random.default_rng(0)
+    reference = [(float(loss), 10) for loss in rng.uniform(20, 40, size=30)]
+    noisy = [(loss + float(rng.normal(1.0, 3.0)), tokens) for loss, tokens in reference]
+    paired = perplexity_difference(noisy, reference).interval
+    alone = perplexity_interval(noisy)
+    # The difference is far surer than either model's own interval: hard blocks are hard for both.
+    assert paired.high - paired.low < 0.5 * (alone.high - alone.low)
+
+
 def test_full_rank_compression_reproduces_perplexity(causal_lm, text_file):
     task = text_task(text_file)
     batches = make_batches(task, tiny_tokenizer(), "test", batch_size=4, max_length=BLOCK)
