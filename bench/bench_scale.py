@@ -145,14 +145,16 @@ def main() -> None:
     store = DecompositionStore(cache_dir)
     analyses, sizes, errors, shapes_seen = {}, {}, [], set()
     start = time.perf_counter()
-    svd_seconds: dict[tuple[int, int], list[float]] = {}
+    # (wall, CPU) seconds per layer that ran an SVD, by shape: on a loaded machine the CPU time is the work.
+    svd_seconds: dict[tuple[int, int], list[tuple[float, float]]] = {}
     for position, (name, module) in enumerate(targets.items(), start=1):
-        begin, computed = time.perf_counter(), store.computed
+        begin, begin_cpu, computed = time.perf_counter(), time.process_time(), store.computed
         decomposition = store.get(module, method="svd")
         curves = store.curves(module, method="svd")
         out_features, in_features = dense_weight(module).shape
         if store.computed > computed:
-            svd_seconds.setdefault((out_features, in_features), []).append(time.perf_counter() - begin)
+            svd_seconds.setdefault((out_features, in_features), []).append(
+                (time.perf_counter() - begin, time.process_time() - begin_cpu))
         analyses[name] = LayerAnalysis(name, out_features, in_features, {"svd": decomposition.s}, {"svd": curves})
         for kept in ("all", "break-even"):
             rank = None if kept == "all" else max(1, int(break_even_rank(out_features, in_features)))
@@ -171,12 +173,16 @@ def main() -> None:
     say(f"decompose: {len(targets)} layers in {decompose_s:.1f} s, {store.computed} SVDs (the layers of "
         f"{svd_blocks} block(s)), curves included, written to the disk cache; peak RSS {peak['VmHWM']:.2f} GiB; "
         f"the store holds {store.memory_bytes / GiB:.2f} GiB (cap {store.max_bytes / GiB:.2f} GiB)")
-    per_shape = {shape: statistics.median(values) for shape, values in svd_seconds.items()}
-    say("\n| shape (out×in) | SVDs run | median s per layer (SVD + curves + digest) |\n|---|---|---|")
+    per_shape = {shape: [statistics.median(value[clock] for value in values) for clock in (0, 1)]
+                 for shape, values in svd_seconds.items()}
+    say("\n| shape (out×in) | SVDs run | median wall s per layer (SVD + curves + digest) | median CPU s |"
+        "\n|---|---|---|---|")
     for shape, values in svd_seconds.items():
-        say(f"| {shape[0]}×{shape[1]} | {len(values)} | {per_shape[shape]:.1f} |")
-    every = sum(per_shape[tuple(dense_weight(module).shape)] for module in targets.values())
-    say(f"\nall {len(targets)} layers decomposed: {every:.0f} s ({every / 60:.1f} min)"
+        say(f"| {shape[0]}×{shape[1]} | {len(values)} | {per_shape[shape][0]:.1f} | {per_shape[shape][1]:.1f} |")
+    wall, cpu = (sum(per_shape[tuple(dense_weight(module).shape)][clock] for module in targets.values())
+                 for clock in (0, 1))
+    say(f"\nall {len(targets)} layers decomposed: {wall:.0f} s wall ({wall / 60:.1f} min), {cpu:.0f} s CPU "
+        f"({cpu / 60:.1f} min; / {args.threads} threads = {cpu / args.threads / 60:.1f} min on idle cores)"
         + ("" if svd_blocks == args.blocks else " — extrapolated from the per-shape medians above"))
     del store
 
@@ -193,6 +199,7 @@ def main() -> None:
     # 3. A rank change: the model re-cut from the kept decompositions, and the explorer's curves.
     # From a second store over the same disk cache, holding factors in --store-dtype: every decomposition is
     # read back from disk (none recomputed), and the model compressed in place pins what it was cut from.
+    # ``targets`` keeps the dense layers alive, as the dashboard keeps its dense model beside the compressed one.
     store = DecompositionStore(cache_dir, factor_dtype=DTYPES[args.store_dtype])
     blocks = find_blocks(model)
     begin = time.perf_counter()
