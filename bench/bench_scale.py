@@ -178,11 +178,14 @@ def main() -> None:
         "\n|---|---|---|---|")
     for shape, values in svd_seconds.items():
         say(f"| {shape[0]}×{shape[1]} | {len(values)} | {per_shape[shape][0]:.1f} | {per_shape[shape][1]:.1f} |")
-    wall, cpu = (sum(per_shape[tuple(dense_weight(module).shape)][clock] for module in targets.values())
-                 for clock in (0, 1))
-    say(f"\nall {len(targets)} layers decomposed: {wall:.0f} s wall ({wall / 60:.1f} min), {cpu:.0f} s CPU "
-        f"({cpu / 60:.1f} min; / {args.threads} threads = {cpu / args.threads / 60:.1f} min on idle cores)"
-        + ("" if svd_blocks == args.blocks else " — extrapolated from the per-shape medians above"))
+    shapes = [tuple(dense_weight(module).shape) for module in targets.values()]
+    if set(shapes) <= set(per_shape):
+        wall, cpu = (sum(per_shape[shape][clock] for shape in shapes) for clock in (0, 1))
+        say(f"\nall {len(targets)} layers decomposed: {wall:.0f} s wall ({wall / 60:.1f} min), {cpu:.0f} s CPU "
+            f"({cpu / 60:.1f} min; / {args.threads} threads = {cpu / args.threads / 60:.1f} min on idle cores)"
+            + ("" if svd_blocks == args.blocks else " — extrapolated from the per-shape medians above"))
+    else:
+        say("\nsome shapes ran no SVD (their decompositions were already in --cache-dir): nothing to extrapolate")
     del store
 
     # 2. What the store needs in each dtype, and what 16-bit factors cost in accuracy.
