@@ -32,7 +32,7 @@ from fwsvd.surgery.compress import compressed_copy
 from fwsvd.surgery.modules import count_parameters
 from fwsvd.surgery.targets import find_targets
 from fwsvd.view.analysis import METHODS
-from ner_intervals import f1_difference, f1_interval
+from fwsvd.evaluate.uncertainty import metric_intervals, paired_differences
 
 transformers.logging.set_verbosity_error()
 
@@ -67,14 +67,19 @@ def main() -> None:
     batches = make_batches(task, tokenizer, "test", max_length=64)
     dense_tags, gold = _tags(model, batches, task.label_names)
 
+    def _ids(sentences: list) -> list:
+        return [[task.label_names.index(tag) for tag in sentence] for sentence in sentences]
+
     def row(name: str, ratio: float | None, allocation: str | None, tags: list, params: int,
             baseline: list | None, seconds: float) -> dict:
-        f1 = compute_metrics(task, [[task.label_names.index(t) for t in s] for s in tags],
-                             [[task.label_names.index(t) for t in s] for s in gold])
+        ids, gold_ids = _ids(tags), _ids(gold)
+        f1 = compute_metrics(task, ids, gold_ids)
+        interval = metric_intervals(task, ids, gold_ids)["f1"]
         result = {"method": name, "rank_ratio": ratio, "allocation": allocation, "params": params,
-                  **f1, "f1_interval": f1_interval(tags, gold), "seconds": seconds}
+                  **f1, "f1_interval": (interval.low, interval.high), "seconds": seconds}
         if baseline is not None:
-            result["minus_svd_interval"] = f1_difference(tags, baseline, gold)
+            difference = paired_differences(task, ids, _ids(baseline), gold_ids)["f1"].interval
+            result["minus_svd_interval"] = (difference.low, difference.high)
         print(f"{name:6s} r={ratio!s:<5} {allocation or 'uniform':8s} F1 {result['f1']:.3f} "
               f"[{result['f1_interval'][0]:.3f}, {result['f1_interval'][1]:.3f}] params {params:,} "
               f"({seconds:.0f} s)", flush=True)
