@@ -3,43 +3,48 @@
 from pathlib import Path
 
 import streamlit as st
+import ui_demos
 import ui_session
 from ui_format import count, error_box, progress_bar
 from ui_session import Loaded
 
 from fwsvd.data.files import data_file_columns
+from fwsvd.data.language_modeling import is_text_file
 from fwsvd.data.labels import format_label_map, parse_label_map
 from fwsvd.data.sources import carved_roles, split_sizes
 from fwsvd.data.tasks import TASK_NAMES
 from fwsvd.evaluate.metrics import metric_label
-from fwsvd.storage.locations import demo_is_built
+from fwsvd.storage.locations import is_demo_model
 from fwsvd.surgery.architecture import architecture_frame, model_summary
 from fwsvd.view.explorer import Source
 
-START = {"demo": "The demo: MiniLM-L6 fine-tuned on Rotten Tomatoes reviews (offline)",
+START = {"demo": "A demo (built here, offline)",
          "own": "Your own model and data"}
 MODEL_KINDS = {"local": "Local directory (save_pretrained)", "hub": "Hugging Face hub id"}
-DATA_KINDS = {"file": "A data file (CSV, TSV, JSON, JSONL, parquet)", "task": "A hub task (GLUE, CoNLL-2003) or the demo's"}
+DATA_KINDS = {"file": "A data file (CSV, TSV, JSON, JSONL, parquet; .txt for a language model)",
+              "task": "A hub task (GLUE, CoNLL-2003) or the demo's"}
 #: Tasks offered for your own model: every registered one (the demo's reviews serve a sentiment model too).
 HUB_TASKS = [name for name in TASK_NAMES if name != "demo"] + ["demo"]
 
 st.title("Model & task")
-st.caption("Compress the demo, or your own fine-tuned **classifier or token tagger (NER)** from a model directory "
+st.caption("Compress a demo, or your own fine-tuned **classifier, token tagger (NER) or causal language model** "
+           "from a model directory "
            "or the Hugging Face hub, with its data from a file or the hub. Labels are matched to the model's by "
            "name. Fisher importances come from the training split; evaluation uses the validation split.")
 
 
 def _model_kind(current: Source) -> str:
-    return "hub" if current.model != "demo" and not Path(current.model).expanduser().exists() else "local"
+    return "hub" if not is_demo_model(current.model) and not Path(current.model).expanduser().exists() else "local"
 
 
-def choose_source(current: Source) -> Source:
-    """The widgets; returns the source they describe (not yet applied)."""
-    own = not (current.model == "demo" and current.task == "demo")
+def choose_source(current: Source) -> Source | None:
+    """The widgets; returns the source they describe (not yet applied), or None for a demo (its picker opens it)."""
+    own = not ui_demos.is_demo_source(current)
     start = st.radio("Start from", list(START), index=int(own), format_func=START.get, horizontal=True,
                      key="start_from")
     if start == "demo":
-        return Source()
+        ui_demos.demo_picker(current)
+        return None
     left, right = st.columns(2, gap="large")
     with left:
         kinds = list(MODEL_KINDS)
@@ -47,7 +52,7 @@ def choose_source(current: Source) -> Source:
                         key="model_kind")
         placeholder = "/path/to/a/fine-tuned/model" if kind == "local" else "textattack/bert-base-uncased-SST-2"
         model = st.text_input("Model directory" if kind == "local" else "Hub id",
-                              value="" if current.model == "demo" else current.model,
+                              value="" if is_demo_model(current.model) else current.model,
                               placeholder=placeholder, key="model_path").strip()
     with right:
         data_kinds = list(DATA_KINDS)
@@ -63,6 +68,8 @@ def choose_source(current: Source) -> Source:
         if not data_file:
             st.info("Enter the path of a local data file to choose its columns.")
             return Source(model=model, task="local")
+        if is_text_file(data_file):  # plain text: language modelling, no columns to choose
+            return Source(model=model, task="local", data_file=data_file)
         columns = data_file_columns(data_file)
         text = st.selectbox("Text column", columns, index=_index(columns, current.text_column, 0), key="text_column",
                             help="For token tagging (NER): the column of word lists.")
@@ -91,12 +98,13 @@ def _index(options: list[str], wanted: str, fallback: int) -> int:
 
 
 def apply(chosen: Source) -> None:
-    """Load the chosen model and task (building the demo first if needed); switch only if that works."""
+    """Load the chosen model and task (building a demo's model first if needed); switch only if that works."""
     if not chosen.model:
         raise ValueError("enter a model directory or hub id")
-    if chosen.model == "demo" and not demo_is_built():
-        bar, progress = progress_bar("Building the demo model: fine-tuning MiniLM-L6 on Rotten Tomatoes")
-        ui_session.build_demo(progress)
+    demo = ui_demos.demo_of_model(chosen.model)
+    if demo is not None and not demo.is_built():
+        bar, progress = progress_bar(f"Building the {demo.title} model")
+        demo.ensure(progress=progress)
         bar.empty()
     with st.spinner(f"Loading {chosen.model} for task {chosen.task_label} …"):
         ui_session.load(chosen)
@@ -158,11 +166,8 @@ def show_summary(loaded: Loaded) -> None:
 with error_box():
     current = ui_session.source()
     chosen = choose_source(current)
-    label = "Use this model and task"
-    if chosen.model == "demo" and not demo_is_built():
-        label = "Build the demo model (about 6 minutes, once) and use it"
-    if st.button(label, type="primary", key="apply_source",
-                 disabled=chosen == current and ui_session.model_is_ready(current)):
+    if chosen is not None and st.button("Use this model and task", type="primary", key="apply_source",
+                                        disabled=chosen == current and ui_session.model_is_ready(current)):
         with error_box():
             apply(chosen)
             st.rerun()
