@@ -9,7 +9,7 @@ from ui_format import count, error_box, progress_bar
 from ui_session import Loaded
 
 from fwsvd.data.files import data_file_columns
-from fwsvd.data.language_modeling import is_text_file
+from fwsvd.data.language_modeling import is_language_modeling, is_text_file
 from fwsvd.data.labels import format_label_map, parse_label_map
 from fwsvd.data.sources import carved_roles, split_sizes
 from fwsvd.data.tasks import TASK_NAMES
@@ -17,6 +17,8 @@ from fwsvd.evaluate.metrics import metric_label
 from fwsvd.storage.locations import is_demo_model
 from fwsvd.surgery.architecture import architecture_frame, model_summary
 from fwsvd.view.explorer import Source
+from fwsvd.view.metrics import direction_note
+from fwsvd.view.metrics import metric_label as direction_label
 
 START = {"demo": "A demo (built here, offline)",
          "own": "Your own model and data"}
@@ -115,10 +117,14 @@ def apply(chosen: Source) -> None:
 def show_data(loaded: Loaded) -> None:
     """What the task reads: how its examples are split, and how its labels became the model's."""
     task = loaded.task
+    if is_language_modeling(task):
+        st.caption(f"Task **{loaded.source.task_label}**: language modeling, the next token of each block of text; "
+                   f"scored by {direction_label(task.metric_names[0])}, the exponential of the mean token loss.")
+        return
     names = [metric_label(task.kind, name) for name in task.metric_names]
     also = f", with {' and '.join(names[1:3])} beside it" if task.kind == "token_classification" else ""
     st.caption(f"Task **{loaded.source.task_label}**: {task.kind.replace('_', ' ')}, {task.num_labels} labels; "
-               f"scored by {names[0]}{also}.")
+               f"scored by {names[0]}{direction_note(task.metric_names[0])}{also}.")
     carved = carved_roles(task)
     if carved:
         sizes = split_sizes(task)

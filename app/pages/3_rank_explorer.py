@@ -14,6 +14,7 @@ from fwsvd.config import DEFAULT_RANK_RATIO
 from fwsvd.view import analysis, rank_config
 from fwsvd.view import rank_plan as allocation
 from fwsvd.view.explorer import ExplorerView
+from fwsvd.view.metrics import metric_label
 
 GLOBAL_MODES = {"rank_ratio": "Rank ratio", "param_budget": "Parameter budget"}
 GLOBAL_HELP = {
@@ -178,7 +179,8 @@ def spectra(analyses: dict, frame, methods: tuple[str, ...]) -> None:
 
 
 def evaluation(view: ExplorerView, ranks: dict[str, int], methods: tuple[str, ...]) -> None:
-    st.subheader("Accuracy at these ranks")
+    st.subheader(f"{view.metric.replace('_', ' ').capitalize()} at these ranks")
+    st.caption(f"Scored by {metric_label(view.metric)} on the validation split.")
     left, right = st.columns([1, 2])
     limit = left.number_input("Validation examples", min_value=8, max_value=view.validation_size,
                               value=min(512, view.validation_size), step=64, key="eval_limit",
@@ -205,7 +207,7 @@ def evaluation(view: ExplorerView, ranks: dict[str, int], methods: tuple[str, ..
     right.plotly_chart(charts.evaluation_figure(table_frame, view.metric, methods), key="evaluation_chart")
     st.dataframe(table_frame[["method", view.metric, "params", "num_examples", "latency_s_per_batch"]],
                  hide_index=True, width="stretch", key="evaluation_table",
-                 column_config={view.metric: st.column_config.NumberColumn(format="%.4f"),
+                 column_config={view.metric: st.column_config.NumberColumn(metric_label(view.metric), format="%.4f"),
                                 "params": st.column_config.NumberColumn("parameters", format="localized"),
                                 "num_examples": "examples",
                                 "latency_s_per_batch": st.column_config.NumberColumn(
