@@ -23,6 +23,7 @@ from fwsvd.view.explorer import Source
 APP = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
 TIMEOUT = 240  # seconds per run: the CPU is shared and the first run imports torch and transformers
 MODEL_PAGE = "pages/1_model_and_task.py"
+BLOCKS = 14
 
 
 def _app() -> AppTest:
@@ -120,7 +121,8 @@ def _write_text(path: Path, lines: int = 300, seed: int = 0) -> Path:
 
 @pytest.fixture(scope="module")
 def lm_env(tmp_path_factory):
-    """A tiny random Llama saved with the tiny tokenizer, a .txt file, and a cache with the pages' default Fisher."""
+    """A tiny random Llama of 14 blocks (past the block picker's buttons) saved with the tiny tokenizer, a .txt
+    file, and a cache with the pages' default Fisher and token statistics."""
     import os
 
     from fwsvd.config import FisherConfig
@@ -131,7 +133,7 @@ def lm_env(tmp_path_factory):
     root = tmp_path_factory.mktemp("lm_app")
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48,
-                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         num_hidden_layers=BLOCKS, num_attention_heads=4, num_key_value_heads=2,
                                          max_position_embeddings=256)).eval()
     model.save_pretrained(root / "lm")
     tiny_tokenizer().save_pretrained(root / "lm")
@@ -164,3 +166,18 @@ def test_every_page_works_on_a_language_model(lm_app, page):
     at = _open(lm_app, page)
     if page.endswith("4_compare.py") or page.endswith("3_rank_explorer.py"):
         assert "lower is better" in _texts(at)
+
+
+def test_the_explorer_picks_one_of_many_blocks_from_a_dropdown_and_evaluates_perplexity(lm_app):
+    at = _open(lm_app, "pages/3_rank_explorer.py")
+    picker = at.selectbox(key="slider_block")
+    assert len(picker.options) == BLOCKS and picker.options[-1] == f"Block {BLOCKS - 1}"
+    picker.set_value(f"model.layers.{BLOCKS - 1}").run()
+    assert not at.exception, at.exception
+    at.number_input(key="eval_limit").set_value(8).run()
+    at.button(key="evaluate").click().run()
+    assert not at.exception, at.exception
+    assert not at.error, [error.value for error in at.error]
+    table = next(frame.value for frame in at.dataframe if "perplexity" in frame.value.columns)
+    assert list(table["method"])[0] == "dense" and (table["perplexity"] > 1).all()
+    assert "perplexity (lower is better)" in _texts(at)

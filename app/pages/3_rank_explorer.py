@@ -112,9 +112,12 @@ def headline(summary: dict, methods: tuple[str, ...], dense: int) -> None:
 def sliders(frame) -> None:
     """One block's sliders at a time (a block picker above them): 36 or 72 sliders at once are a wall."""
     groups = analysis.layers_by_block(frame)
-    block = st.segmented_control("Block", list(groups), default=next(iter(groups)), required=True,
-                                 format_func=lambda name: f"Block {name.rsplit('.', 1)[-1]}", key="slider_block",
-                                 persist_state="session")
+    common = dict(format_func=lambda name: f"Block {name.rsplit('.', 1)[-1]}", key="slider_block",
+                  persist_state="session")
+    if len(groups) <= 12:
+        block = st.segmented_control("Block", list(groups), default=next(iter(groups)), required=True, **common)
+    else:  # 30 blocks (SmolLM2) of buttons wrap into rows that push the sliders down: a dropdown instead
+        block = st.selectbox("Block", list(groups), **common)
     by_name = frame.set_index("layer")
     columns = st.columns(3)
     for position, name in enumerate(groups[block]):
