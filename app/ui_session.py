@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import streamlit as st
+import ui_imports
 import ui_ranks
 
 from fwsvd.storage.locations import demo_is_built
@@ -85,6 +86,7 @@ def _load(current: Source) -> Loaded:
 
 def load(current: Source) -> Loaded:
     """``current`` loaded (once per process)."""
+    ui_imports.ensure_heavy_imports()
     return _load(current)
 
 
@@ -107,10 +109,12 @@ def require_model() -> Loaded:
     current = source()
     require_ready(current)
     with st.spinner(f"Loading {current.model} …"):
+        ui_imports.ensure_heavy_imports()
         return _load(current)
 
 
 def build_demo(progress: Callable[[int, int], None] | None) -> Path:
+    ui_imports.ensure_heavy_imports()
     from fwsvd.io.demo import ensure_demo_model
 
     return ensure_demo_model(progress=progress)

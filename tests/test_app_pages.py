@@ -502,3 +502,11 @@ def test_export_page_offers_ranks_model_and_results(app):
     # Ranks survive the page switch: back on the explorer the slider is where it was left.
     at = _open(at, "3_rank_explorer.py")
     assert rank_slider(at, QUERY).value == 7
+
+
+def test_the_methods_box_is_on_every_page_and_keeps_the_choice(app):
+    at = app
+    at.multiselect(key="methods").set_value(["fwsvd"]).run()
+    for page in ("1_model_and_task.py", "2_fisher.py", "4_compare.py", "5_export.py", "3_rank_explorer.py"):
+        at = _open(at, page)
+        assert at.sidebar.multiselect(key="methods").value == ["fwsvd"], page

@@ -3,14 +3,13 @@
 from pathlib import Path
 
 import streamlit as st
+import ui_imports
 import ui_session
 from ui_format import count, error_box, progress_bar
+from ui_methods import methods_box
 from ui_session import Loaded
 
-from fwsvd.data.files import data_file_columns
-from fwsvd.data.tasks import TASK_NAMES
 from fwsvd.storage.locations import demo_is_built
-from fwsvd.surgery.architecture import architecture_frame, model_summary
 from fwsvd.view.explorer import Source
 
 MODEL_KINDS = {"demo": "Demo model (MiniLM-L6, Rotten Tomatoes)", "local": "Local directory",
@@ -30,6 +29,9 @@ def _model_kind(current: Source) -> str:
 
 def choose_source(current: Source) -> Source:
     """The widgets; returns the source they describe (not yet applied)."""
+    from fwsvd.data.files import data_file_columns
+    from fwsvd.data.tasks import TASK_NAMES
+
     left, right = st.columns(2, gap="large")
     with left:
         kinds = list(MODEL_KINDS)
@@ -84,6 +86,8 @@ def apply(chosen: Source) -> None:
 
 
 def show_summary(loaded: Loaded) -> None:
+    from fwsvd.surgery.architecture import architecture_frame, model_summary
+
     summary = model_summary(loaded.model)
     st.subheader("Architecture")
     st.caption(f"`{summary['model_class']}` from `{loaded.source.model}` on task **{loaded.source.task_label}** "
@@ -111,7 +115,10 @@ def show_summary(loaded: Loaded) -> None:
         })
 
 
+methods_box()  # not used here, but always in the sidebar
+
 with error_box():
+    ui_imports.ensure_heavy_imports()  # before the first import of fwsvd.data (datasets) and torch
     current = ui_session.source()
     chosen = choose_source(current)
     label = "Use this model and task"

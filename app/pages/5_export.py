@@ -12,8 +12,6 @@ from ui_methods import chosen_methods, method_label
 from ui_session import Loaded
 
 from fwsvd.config import CompressionConfig, read_rank_document
-from fwsvd.evaluate.methods import evaluations_frame
-from fwsvd.io.archive import compressed_archive
 from fwsvd.view import analysis, rank_config
 from fwsvd.view import rank_plan as allocation
 from fwsvd.view.analysis import METHODS
@@ -66,6 +64,8 @@ def model_archive(loaded: Loaded, fisher, config: CompressionConfig) -> None:
     digest = rank_config.ranks_digest(config.rank_pattern)
 
     def archive() -> bytes:
+        from fwsvd.io.archive import compressed_archive
+
         # Built only when the button is clicked: a compressed copy plus a zip of its folder.
         return compressed_archive(loaded.model, config, tokenizer=loaded.tokenizer, fisher_provenance=fisher.provenance,
                                   store=ui_session.decomposition_store(), extra={"ranks_digest": digest},
@@ -78,6 +78,8 @@ def model_archive(loaded: Loaded, fisher, config: CompressionConfig) -> None:
 
 
 def results(loaded: Loaded, analyses: dict, ranks: dict[str, int]) -> None:
+    from fwsvd.evaluate.methods import evaluations_frame
+
     st.subheader("Results")
     cols = st.columns(3)
     layers = allocation.mark_dense(analysis.layer_frame(analyses, ranks, loaded.blocks))
