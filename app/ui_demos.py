@@ -5,14 +5,17 @@ and opens it, so that every page finds its Fisher, statistics and explorer snaps
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import streamlit as st
 import ui_fisher
 import ui_session
 from ui_format import progress_bar
 
-from fwsvd.io.demos import DEFAULT_DEMO, DEMOS, Demo, demo_of_model
 from fwsvd.view.explorer import Source
+
+if TYPE_CHECKING:
+    from fwsvd.io.demos import Demo
 
 Progress = Callable[[int, int], None]
 
@@ -24,12 +27,16 @@ def source_of(demo: Demo) -> Source:
 
 def is_demo_source(current: Source) -> bool:
     """Whether ``current`` is a demo on its own task (not, say, the demo's model on another task)."""
+    from fwsvd.io.demos import demo_of_model
+
     demo = demo_of_model(current.model)
     return demo is not None and current == source_of(demo)
 
 
 def current_demo(current: Source) -> Demo:
     """The demo ``current`` is (the default demo when it is none, e.g. your own model)."""
+    from fwsvd.io.demos import DEFAULT_DEMO, DEMOS, demo_of_model
+
     return demo_of_model(current.model) if is_demo_source(current) else DEMOS[DEFAULT_DEMO]
 
 
@@ -56,7 +63,9 @@ def open_demo(demo: Demo) -> None:
 
 def demo_picker(current: Source) -> None:
     """The demos as a radio with their titles and whether each is built; the button builds (if needed) and
-    opens the chosen one."""
+    opens the chosen one. Imports the registry (torch): call it after ``ui_imports.ensure_heavy_imports``."""
+    from fwsvd.io.demos import DEMOS
+
     names = list(DEMOS)
     name = st.radio("Demo", names, index=names.index(current_demo(current).name),
                     format_func=lambda key: DEMOS[key].title, captions=[_caption(DEMOS[key]) for key in names],

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import streamlit as st
+import ui_imports
 import ui_ranks
 
 from fwsvd.storage.locations import demo_is_built, is_demo_model
@@ -83,6 +84,7 @@ def _load(current: Source) -> Loaded:
 
 def load(current: Source) -> Loaded:
     """``current`` loaded (once per process)."""
+    ui_imports.ensure_heavy_imports()
     return _load(current)
 
 
@@ -106,6 +108,7 @@ def require_model() -> Loaded:
     current = source()
     require_ready(current)
     with st.spinner(f"Loading {current.model} …"):
+        ui_imports.ensure_heavy_imports()
         return _load(current)
 
 

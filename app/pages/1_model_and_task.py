@@ -4,18 +4,13 @@ from pathlib import Path
 
 import streamlit as st
 import ui_demos
+import ui_imports
 import ui_session
 from ui_format import count, error_box, progress_bar
+from ui_methods import methods_box
 from ui_session import Loaded
 
-from fwsvd.data.files import data_file_columns
-from fwsvd.data.language_modeling import is_language_modeling, is_text_file
-from fwsvd.data.labels import format_label_map, parse_label_map
-from fwsvd.data.sources import carved_roles, split_sizes
-from fwsvd.data.tasks import TASK_NAMES
-from fwsvd.evaluate.metrics import metric_label
 from fwsvd.storage.locations import is_demo_model
-from fwsvd.surgery.architecture import architecture_frame, model_summary
 from fwsvd.view.explorer import Source
 from fwsvd.view.metrics import direction_note
 from fwsvd.view.metrics import metric_label as direction_label
@@ -25,8 +20,6 @@ START = {"demo": "A demo (built here, offline)",
 MODEL_KINDS = {"local": "Local directory (save_pretrained)", "hub": "Hugging Face hub id"}
 DATA_KINDS = {"file": "A data file (CSV, TSV, JSON, JSONL, parquet; .txt for a language model)",
               "task": "A hub task (GLUE, CoNLL-2003) or the demo's"}
-#: Tasks offered for your own model: every registered one (the demo's reviews serve a sentiment model too).
-HUB_TASKS = [name for name in TASK_NAMES if name != "demo"] + ["demo"]
 
 st.title("Model & task")
 st.caption("Compress a demo, or your own fine-tuned **classifier, token tagger (NER) or causal language model** "
@@ -41,6 +34,12 @@ def _model_kind(current: Source) -> str:
 
 def choose_source(current: Source) -> Source | None:
     """The widgets; returns the source they describe (not yet applied), or None for a demo (its picker opens it)."""
+    from fwsvd.data.files import data_file_columns
+    from fwsvd.data.language_modeling import is_text_file
+    from fwsvd.data.tasks import TASK_NAMES
+
+    # Tasks offered for your own model: every registered one (the demo's reviews serve a sentiment model too).
+    hub_tasks = [name for name in TASK_NAMES if name != "demo"] + ["demo"]
     own = not ui_demos.is_demo_source(current)
     start = st.radio("Start from", list(START), index=int(own), format_func=START.get, horizontal=True,
                      key="start_from")
@@ -61,7 +60,7 @@ def choose_source(current: Source) -> Source | None:
         data_kind = st.radio("Data", data_kinds, index=0 if current.task == "local" else 1,
                              format_func=DATA_KINDS.get, key="data_kind")
         if data_kind == "task":
-            task = st.selectbox("Task", HUB_TASKS, index=_index(HUB_TASKS, current.task, 0), key="task_name",
+            task = st.selectbox("Task", hub_tasks, index=_index(hub_tasks, current.task, 0), key="task_name",
                                 help="GLUE tasks and CoNLL-2003 need the Hugging Face hub; the demo's reviews "
                                      "work offline.")
             return Source(model=model, task=task, label_map=label_map_widget(current))
@@ -86,6 +85,8 @@ def choose_source(current: Source) -> Source | None:
 
 def label_map_widget(current: Source) -> tuple[tuple[str, str], ...]:
     """The label map: data labels the model names otherwise, sent to the model's names (or ids)."""
+    from fwsvd.data.labels import format_label_map, parse_label_map
+
     text = st.text_input("Label map (only where the data names labels otherwise than the model)",
                          value=format_label_map(current.label_map), key="label_map",
                          placeholder="rotten=negative,fresh=positive",
@@ -103,7 +104,9 @@ def apply(chosen: Source) -> None:
     """Load the chosen model and task (building a demo's model first if needed); switch only if that works."""
     if not chosen.model:
         raise ValueError("enter a model directory or hub id")
-    demo = ui_demos.demo_of_model(chosen.model)
+    from fwsvd.io.demos import demo_of_model
+
+    demo = demo_of_model(chosen.model)
     if demo is not None and not demo.is_built():
         bar, progress = progress_bar(f"Building the {demo.title} model")
         demo.ensure(progress=progress)
@@ -116,6 +119,10 @@ def apply(chosen: Source) -> None:
 
 def show_data(loaded: Loaded) -> None:
     """What the task reads: how its examples are split, and how its labels became the model's."""
+    from fwsvd.data.language_modeling import is_language_modeling
+    from fwsvd.data.sources import carved_roles, split_sizes
+    from fwsvd.evaluate.metrics import metric_label
+
     task = loaded.task
     if is_language_modeling(task):
         st.caption(f"Task **{loaded.source.task_label}**: language modeling, the next token of each block of text; "
@@ -142,6 +149,8 @@ def show_data(loaded: Loaded) -> None:
 
 
 def show_summary(loaded: Loaded) -> None:
+    from fwsvd.surgery.architecture import architecture_frame, model_summary
+
     summary = model_summary(loaded.model)
     show_data(loaded)
     st.subheader("Architecture")
@@ -169,7 +178,10 @@ def show_summary(loaded: Loaded) -> None:
         })
 
 
+methods_box()  # not used here, but always in the sidebar
+
 with error_box():
+    ui_imports.ensure_heavy_imports()  # before the first import of fwsvd.data (datasets) and torch
     current = ui_session.source()
     chosen = choose_source(current)
     if chosen is not None and st.button("Use this model and task", type="primary", key="apply_source",
