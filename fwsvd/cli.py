@@ -250,7 +250,8 @@ def _model(args: argparse.Namespace, config: CompressionConfig | None = None) ->
     """--model, else the --config file's model."""
     source = args.model or (config.model if config is not None else None)
     if not source:
-        raise UserError("give --model SOURCE (the --config file records no model)")
+        raise UserError("give --model SOURCE" + (" (the --config file records no model)"
+                                                 if getattr(args, "config", None) is not None else ""))
     return str(source)
 
 
@@ -262,7 +263,7 @@ def _load(args: argparse.Namespace, task: Task | None, config: CompressionConfig
         if label_map:
             raise UserError("--label-map maps a task's labels: give the task (--task or --data-files) too")
         model, tokenizer, info = load_any_model(_model(args, config), None)
-        return TaskModel(model, tokenizer, None, info)  # type: ignore[arg-type]
+        return TaskModel(model, tokenizer, None, info)
     return load_for_task(_model(args, config), task, label_map=label_map)
 
 
@@ -496,7 +497,8 @@ def _cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
                            batch_size=settings.batch_size, max_length=settings.max_length,
                            finetune_epochs=args.finetune_epochs, finetune_kwargs=finetune, progress=progress,
                            on_run=show)
-    print(f"dense ({task.name} {args.split}): params {result.dense.params:,}  {_metrics_text(result.dense.metrics, task.kind)}")
+    print(f"dense ({task.name} {args.split}): params {result.dense.params:,}  "
+          f"{_metrics_text(result.dense.metrics, task.kind)}")
     return {**result.to_dict(), "model": str(args.model), "task": task.name, "split": args.split,
             "fisher": fisher.provenance if fisher else None, "config": base.to_dict(),
             "finetune": {"epochs": args.finetune_epochs, **finetune} if args.finetune_epochs else None}

@@ -374,7 +374,8 @@ def _model_with_labels(ctx: Context, id2label: dict[str, str] | None) -> Path:
 
 
 def _tagged_words(ctx: Context) -> Path:
-    rows = [{"tokens": ["john", "lives", "here"], "words": ["john", "lives", "here"], "tags": ["B-PER", "O", "O"]}] * 8
+    words = ["john", "lives", "here"]
+    rows = [{"tokens": words, "words": words, "tags": ["B-PER", "O", "O"]}] * 8
     path = ctx.tmp / "ner.jsonl"
     path.write_text("\n".join(json.dumps(row) for row in rows))
     return path
@@ -388,7 +389,8 @@ def _(ctx):
 
 @case("cli-labels-on-a-model-without-names")
 def _(ctx):
-    return _cli(ctx, _evaluate(ctx, _model_with_labels(ctx, None)), "only LABEL_0 … LABEL_1 (transformers' defaults)")
+    return _cli(ctx, _evaluate(ctx, _model_with_labels(ctx, None)),
+                "only LABEL_0 … LABEL_1 (transformers' defaults)")
 
 
 @case("cli-label-map-not-pairs")

@@ -46,9 +46,10 @@ def compression_config(config: CompressionConfig, analyses: dict) -> None:
     left.caption(f"{method_label(config.method)} at these ranks on {len(config.rank_pattern)} layers (digest "
                  f"`{rank_config.ranks_digest(config.rank_pattern)}`), with the Fisher settings"
                  + (f"; the {dense} layer(s) kept dense are left out of rank_pattern and target_modules" if dense
-                    else "") + ", the model, the data and the label map; this command builds the same model from it:")
-    left.code(COMMAND, language="bash")
+                    else "") + ", the model, the data and the label map; the command below builds the same model "
+                 "from it.")
     left.expander("The config").code(config.to_json(), language="json")
+    left.code(COMMAND, language="bash")
     upload = right.file_uploader("Load a rank document", type=["json"], key="upload_ranks",
                                  help="This page's download, 'fwsvd compress --json' output, a saved model's "
                                       "fwsvd_compressed.json, an older rank file or {layer: rank}.")

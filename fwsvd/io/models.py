@@ -213,7 +213,8 @@ class TaskModel(NamedTuple):
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
-    task: Task
+    #: None only when loaded without a task
+    task: Task | None
     #: a compressed directory's fwsvd_compressed.json, else None
     info: dict[str, Any] | None
 
