@@ -20,7 +20,8 @@ logger = logging.getLogger(__name__)
 #: names they take from transformers are resolved here, under the lock).
 HEAVY_MODULES = (
     "torch", "transformers", "datasets",
-    "fwsvd.data.files", "fwsvd.data.tasks", "fwsvd.io.models", "fwsvd.io.demo", "fwsvd.io.demos", "fwsvd.io.explorer",
+    "fwsvd.data.files", "fwsvd.data.labels", "fwsvd.data.language_modeling", "fwsvd.data.sources", "fwsvd.data.tasks",
+    "fwsvd.evaluate.metrics", "fwsvd.io.models", "fwsvd.io.demo", "fwsvd.io.demos", "fwsvd.io.explorer",
     "fwsvd.io.archive", "fwsvd.surgery.architecture", "fwsvd.surgery.targets", "fwsvd.surgery.analyze",
     "fwsvd.fisher.task", "fwsvd.fisher.summary", "fwsvd.evaluate.methods", "fwsvd",
 )
