@@ -51,11 +51,6 @@ def ranks(source_key: str, analyses: dict[str, LayerAnalysis]) -> dict[str, int]
     return dict(state.ranks)
 
 
-def stored() -> dict[str, int]:
-    """The current ranks (for widget callbacks, which run before the page); a copy."""
-    return dict(_state().ranks)
-
-
 def rule() -> tuple[str, float]:
     """The global control's rule and its value."""
     state = _state()
@@ -73,14 +68,10 @@ def rule_ranks(analyses: dict[str, LayerAnalysis]) -> dict[str, int]:
     return uniform_ranks(analyses, name, value)
 
 
-def revision() -> int:
-    """Bumped on every write: widget keys carry it, so that no widget outlives the value it was drawn with."""
-    return _state().revision
-
-
 def key(name: str) -> str:
-    """The key of the widget ``name`` (e.g. ``rank::<layer>``) at the store's current revision."""
-    return f"{name}@{revision()}"
+    """The key of the widget ``name`` (e.g. ``rank::<layer>``) at the store's revision, bumped on every write:
+    no widget outlives the value it was drawn with."""
+    return f"{name}@{_state().revision}"
 
 
 def set_ranks(new: dict[str, int]) -> None:
