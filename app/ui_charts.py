@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from fwsvd.view.analysis import METHOD_LABELS, STATISTICS_METHODS
+from fwsvd.view.metrics import metric_label
 
 COLORS = {"svd": "#E8710A", "fwsvd": "#1A73E8", "asvd": "#188038", "whiten": "#9334E6", "kfac": "#B3261E",
           "dense": "#000000"}
@@ -266,7 +267,7 @@ def compare_figure(frame: pd.DataFrame, metric: str, methods: Sequence[str]) -> 
                          annotation_text=f"dense model ({float(dense['params'].iloc[0]) / 1e6:.1f}M)",
                          annotation_position="top left")
     figure.update_xaxes(title_text="model parameters (millions)")
-    figure.update_yaxes(title_text=metric.replace("_", " "))
+    figure.update_yaxes(title_text=metric_label(metric))
     return _side_legend(_layout(figure, f"{metric.replace('_', ' ').capitalize()} against model size", 460))
 
 
@@ -290,7 +291,7 @@ def evaluation_figure(frame: pd.DataFrame, metric: str, methods: Sequence[str]) 
         marker_color=[color(method) for method in frame["method"]],
         text=[f"{value:.3f}" for value in frame[metric]], textposition="outside",
         hovertemplate="%{x}: %{y:.4f}<extra></extra>"))
-    figure.update_yaxes(title_text=metric.replace("_", " "), range=[0, max(1.0, float(frame[metric].max()) * 1.15)])
+    figure.update_yaxes(title_text=metric_label(metric), range=[0, max(1.0, float(frame[metric].max()) * 1.15)])
     figure.update_xaxes(title_text="model")
     return _layout(figure, f"{metric.replace('_', ' ').capitalize()} at the current ranks", 360)
 

@@ -22,7 +22,7 @@ def error_box() -> Iterator[None]:
     """
     try:
         yield
-    except (ValueError, FileNotFoundError, ModuleNotFoundError, ConnectionError) as error:
+    except (ValueError, FileNotFoundError, ImportError, ConnectionError) as error:
         st.error(str(error), icon=":material/error:")
     except Exception as error:  # the last line of defence: the page must explain, not crash
         logger.exception("dashboard error")

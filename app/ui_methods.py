@@ -23,9 +23,9 @@ def methods_text(methods: Sequence[str]) -> str:
     return labels[0] if len(labels) == 1 else f"{', '.join(labels[:-1])} and {labels[-1]}"
 
 
-def chosen_methods() -> tuple[str, ...]:
-    """The methods to compare, chosen in the sidebar (drawn here; the choice is the session's, shared by every
-    page that calls this), in the library's order; with none chosen, a message and stop.
+def methods_box() -> tuple[str, ...]:
+    """The sidebar's choice of methods to compare, drawn (every page draws it, so that it is always there to
+    see and change), in the library's order; possibly none.
 
     Each page draws its own widget (one drawn by the router is lost on reruns under AppTest) and a widget of
     the same key on another page is another widget, so the choice is kept apart and given as its default."""
@@ -35,7 +35,13 @@ def chosen_methods() -> tuple[str, ...]:
                                     help="Every error plot, spectrum, evaluation and sweep shows these methods. "
                                          "Methods weighted by token statistics compute them (once) with the Fisher.")
     st.session_state[METHODS_CHOICE] = chosen
+    return tuple(method for method in METHODS if method in chosen)
+
+
+def chosen_methods() -> tuple[str, ...]:
+    """The methods to compare (:func:`methods_box`); with none chosen, a message and stop."""
+    chosen = methods_box()
     if not chosen:
         st.info("Choose at least one method to compare in the sidebar.", icon=":material/info:")
         st.stop()
-    return tuple(method for method in METHODS if method in chosen)
+    return chosen

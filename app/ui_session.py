@@ -9,15 +9,14 @@ Nothing here imports torch at module level. The default model and task come from
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import streamlit as st
+import ui_imports
 import ui_ranks
 
-from fwsvd.storage.locations import demo_is_built
+from fwsvd.storage.locations import demo_is_built, is_demo_model
 from fwsvd.view.explorer import Source
 
 if TYPE_CHECKING:
@@ -85,19 +84,21 @@ def _load(current: Source) -> Loaded:
 
 def load(current: Source) -> Loaded:
     """``current`` loaded (once per process)."""
+    ui_imports.ensure_heavy_imports()
     return _load(current)
 
 
 def model_is_ready(current: Source) -> bool:
-    """False only for the demo before it is built (building takes minutes, so it is never implicit)."""
-    return current.model != "demo" or demo_is_built()
+    """False only for a demo ("demo", "demo-ner", ...) before it is built (building takes minutes, so it is
+    never implicit)."""
+    return not is_demo_model(current.model) or demo_is_built(model=current.model)
 
 
 def require_ready(current: Source) -> None:
     """Nothing if the model can be loaded now; otherwise a message pointing to the Model & task page, and stop."""
     if not model_is_ready(current):
-        st.info("The demo model is not built yet. Build it on the **Model & task** page (about 6 minutes, once).",
-                icon=":material/info:")
+        st.info(f"The demo model `{current.model}` is not built yet. Build it on the **Model & task** page "
+                "(minutes, once).", icon=":material/info:")
         st.page_link(PAGES["model"], label="Go to Model & task", icon=":material/arrow_forward:")
         st.stop()
 
@@ -107,17 +108,12 @@ def require_model() -> Loaded:
     current = source()
     require_ready(current)
     with st.spinner(f"Loading {current.model} …"):
+        ui_imports.ensure_heavy_imports()
         return _load(current)
 
 
-def build_demo(progress: Callable[[int, int], None] | None) -> Path:
-    from fwsvd.io.demo import ensure_demo_model
-
-    return ensure_demo_model(progress=progress)
-
-
 def metric_of(loaded: Loaded) -> str:
-    """The task's headline metric (accuracy for the demo)."""
+    """The task's headline metric (accuracy for the sentiment demo, perplexity for language modelling)."""
     return loaded.task.metric_names[0]
 
 

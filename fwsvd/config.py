@@ -14,6 +14,7 @@ No torch here (only :mod:`fwsvd.view`): the dashboard builds and checks configur
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import numbers
 import re
@@ -458,14 +459,18 @@ def read_rank_document(text: str | bytes, shapes: Shapes | None = None) -> Compr
     what is wrong: not JSON, not an object, an unknown format or key, unknown layers (with close names),
     ranks that are not whole numbers or out of range.
     """
-    config = config_from_document(_parse(text, "the rank document"))
+    config = config_from_document(_parse(text, "the rank document"), None if shapes is None else list(shapes))
     if shapes is not None:
         config.check(shapes)
     return config
 
 
-def config_from_document(document: Any) -> CompressionConfig:
-    """:func:`read_rank_document` on a parsed JSON value, without the check against a model's layers."""
+def config_from_document(document: Any, targets: Sequence[str] | None = None) -> CompressionConfig:
+    """:func:`read_rank_document` on a parsed JSON value, without the check against a model's layers.
+
+    With the model's target layer names ``targets``, an object of none of the known kinds whose keys neither
+    name a target nor come close to one is said not to be a rank document (an unrelated JSON file), rather
+    than judged as ranks."""
     if not isinstance(document, Mapping):
         raise ValueError(f"the rank document is a JSON {type(document).__name__}, not an object: {_ACCEPTED}")
     document_format = document.get("format")
@@ -481,4 +486,15 @@ def config_from_document(document: Any) -> CompressionConfig:
         raise ValueError(f"unknown rank document format {document_format!r}: {_ACCEPTED}")
     if {f.name for f in dataclasses.fields(CompressionConfig)} & set(document):
         return CompressionConfig.from_dict(document)  # a config written by hand, without the header
+    if targets is not None and not _names_layers(document, targets):
+        keys = ", ".join(repr(str(key)) for key in list(document)[:4]) + (", …" if len(document) > 4 else "")
+        raise ValueError(f"this JSON is not a rank document: none of its keys ({keys}) is a target layer of the "
+                         f"model, such as {targets[0]!r}; {_ACCEPTED}")
     return _pinned(document, None, "the rank document")
+
+
+def _names_layers(document: Mapping, targets: Sequence[str]) -> bool:
+    """Whether a key of ``document`` is one of ``targets`` or close to one (a misspelt layer is still a rank
+    document, answered with the names it may mean)."""
+    return not document or any(str(key) in targets or difflib.get_close_matches(str(key), targets, n=1)
+                               for key in document)

@@ -170,3 +170,90 @@ def wait_for_rerun(page, timeout_ms: float = 120_000) -> None:
 def wait_until_idle(page, timeout_ms: float = 120_000) -> None:
     """Wait for the script state ``notRunning``, for when a run is known to have started (it drew something)."""
     page.wait_for_function(f"{_SCRIPT_STATE} === 'notRunning'", timeout=timeout_ms)
+
+
+# --------------------------------------------------------------------------------------------------
+# AppTest: the rank explorer's widgets, whose keys carry the rank store's revision (``name@revision``)
+
+
+def keyed(widgets, name: str):
+    """The widget drawn under the key ``name`` at whatever revision of the rank store (see app/ui_ranks.py)."""
+    found = [widget for widget in widgets if widget.key and widget.key.rsplit("@", 1)[0] == name]
+    if len(found) != 1:
+        raise LookupError(f"{len(found)} widgets keyed {name!r}@…: {[widget.key for widget in widgets]}")
+    return found[0]
+
+
+def rank_slider(at, layer: str):
+    """The per-layer slider of ``layer`` (drawn only while its block is shown)."""
+    return keyed(at.slider, f"rank::{layer}")
+
+
+def drawn_rank_sliders(at) -> dict[str, int]:
+    """{layer: value} of every per-layer slider drawn."""
+    return {slider.key.rsplit("@", 1)[0][len("rank::"):]: slider.value for slider in at.slider
+            if slider.key and slider.key.startswith("rank::")}
+
+
+def edit_table(at, edits: dict[int, float | None]):
+    """Edit the rank column of the explorer's table (rows by position) and run, as the browser does: the
+    edit state arrives as the editor's widget value, so that its on_change callback runs. (AppTest's own way,
+    assigning the edit state to session_state, changes what the script reads but runs no callback.)"""
+    import json
+
+    from streamlit.proto.WidgetStates_pb2 import WidgetState
+
+    editor = keyed(at.data_editor, "rank_table")
+    states = at._tree.get_widget_states()
+    state = {"edited_rows": {str(row): {"rank": value} for row, value in edits.items()}, "added_rows": [],
+             "deleted_rows": []}
+    states.widgets.append(WidgetState(id=editor.proto.id, string_value=json.dumps(state)))
+    return at._run(states)
+
+
+def app_module(name: str):
+    """A module of the dashboard (app/ui_*.py), imported as the app imports it (app/ on sys.path)."""
+    import importlib
+    import sys
+
+    if str(APP_ENTRY.parent) not in sys.path:
+        sys.path.insert(0, str(APP_ENTRY.parent))
+    return importlib.import_module(name)
+
+
+# --------------------------------------------------------------------------------------------------
+# Chromium: reading and driving the rank explorer
+
+
+def slider_values(page) -> dict[str, str]:
+    """{label: value shown} of every slider on the page (labels as drawn, e.g. "attention.self.key (32×32)")."""
+    return page.evaluate("""() => Object.fromEntries([...document.querySelectorAll("[data-testid='stSlider']")]
+        .map(slider => [slider.querySelector("[data-testid='stWidgetLabel']").innerText.trim(),
+                        slider.querySelector("input[type='range']").getAttribute('aria-valuetext')]))""")
+
+
+def table_column(page, column: int, rows: int) -> list[str]:
+    """The first ``rows`` cells of ``column`` of the page's editable table, as its accessible cells hold them."""
+    return [page.locator(f"#glide-cell-{column}-{row}").text_content() for row in range(rows)]
+
+
+def edit_table_cell(page, row: int, column: int, value: int) -> None:
+    """Type ``value`` into a cell of the page's editable table as a person does: select a cell, move there with
+    the arrow keys, open the cell editor (Enter), replace its text, commit (Enter); then wait for the rerun."""
+    grid = page.locator("[data-testid='stDataFrame']").first
+    page.locator(f"#glide-cell-{column}-{row}").wait_for(state="attached")  # the grid has drawn its rows
+    grid.scroll_into_view_if_needed()
+    box = grid.bounding_box()
+    page.mouse.click(box["x"] + 20, box["y"] + 35 + 17)  # the first row's first cell (below the header)
+    page.wait_for_function("document.activeElement?.closest(\"[data-testid='stDataFrame']\") != null")
+    for _ in range(column):
+        page.keyboard.press("ArrowRight")
+    for _ in range(row):
+        page.keyboard.press("ArrowDown")
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.activeElement?.classList.contains('gdg-input')")
+    page.keyboard.press("ControlOrMeta+a")
+    page.keyboard.type(str(value), delay=30)
+    page.wait_for_function(f"document.activeElement?.value === {str(value)!r}", timeout=10_000)
+    page.keyboard.press("Enter")
+    wait_for_rerun(page)

@@ -41,9 +41,9 @@ def _captions(at: AppTest) -> str:
 def test_own_data_is_the_first_choice_and_the_split_is_shown(app_env):
     at = _page("1_model_and_task.py")
     assert at.radio[0].key == "start_from" and at.radio(key="start_from").options == [
-        "The demo: MiniLM-L6 fine-tuned on Rotten Tomatoes reviews (offline)", "Your own model and data"]
+        "A demo (built here, offline)", "Your own model and data"]
     assert at.radio(key="start_from").value == "own"  # the environment's own model and CSV
-    assert "classifier or token tagger" in at.caption[0].value and "file or the hub" in at.caption[0].value
+    assert "classifier, token tagger (NER) or causal language model" in at.caption[0].value and "file or the hub" in at.caption[0].value
     captions = _captions(at)
     # 160 reviews in one file: 16 test, 16 validation, 128 train, cut with seed 0.
     assert "split at random with seed 0: train 128 (80%), validation 16 (10%), test 16 (10%)" in captions

@@ -14,7 +14,7 @@ import streamlit as st
 import torch
 from streamlit.testing.v1 import AppTest
 
-from app_support import app_environment
+from app_support import app_environment, drawn_rank_sliders, edit_table, keyed, rank_slider
 
 APP = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
 TIMEOUT = 180  # seconds per run: the CPU is shared and the first run imports torch and transformers
@@ -92,7 +92,7 @@ def _trace_names(at: AppTest, key_part: str) -> set[str]:
     return {trace["name"] for trace in _chart(at, key_part)["data"]}
 
 
-RANK_KEY = "rank::bert.encoder.layer.0.attention.self.query"
+QUERY = "bert.encoder.layer.0.attention.self.query"
 
 
 def test_rank_explorer_is_the_default_page_and_reacts_to_ranks(app):
@@ -104,11 +104,11 @@ def test_rank_explorer_is_the_default_page_and_reacts_to_ranks(app):
     assert at.button_group(key="slider_block").options == ["Block 0", "Block 1"]
     assert at.button_group(key="rank_editor").value == "sliders"
     assert not at.data_editor  # the table is drawn only when chosen
-    assert at.slider(key=RANK_KEY).value == 11  # 0.33 of 32
+    assert rank_slider(at, QUERY).value == 11  # 0.33 of 32
     kept = _metric(at, "Weights kept")
     errors = _chart(at, "error_chart")["data"][0]["y"]
 
-    at.slider(key=RANK_KEY).set_value(24).run()  # past break-even (16)
+    rank_slider(at, QUERY).set_value(24).run()  # past break-even (16)
     assert not at.exception
     assert _metric(at, "Weights kept") != kept
     assert _chart(at, "error_chart")["data"][0]["y"] != errors
@@ -118,19 +118,19 @@ def test_rank_explorer_is_the_default_page_and_reacts_to_ranks(app):
     assert table.loc["bert.encoder.layer.0.attention.self.query", "rank"] == 24
     assert not [slider for slider in at.slider if slider.key and slider.key.startswith("rank::")]
 
-    at.slider(key="global_rank_ratio").set_value(0.4).run()
+    keyed(at.slider, "global_rank_ratio").set_value(0.4).run()
     assert at.data_editor[0].value.set_index("layer").loc["bert.encoder.layer.1.intermediate.dense", "rank"] == 13
     at.button_group(key="rank_editor").set_value("sliders").run()
-    assert at.slider(key=RANK_KEY).value == 13
+    assert rank_slider(at, QUERY).value == 13
     at.button_group(key="slider_block").set_value("bert.encoder.layer.1").run()
-    assert at.slider(key="rank::bert.encoder.layer.1.intermediate.dense").value == 13
-    assert RANK_KEY not in {slider.key for slider in at.slider}
+    assert rank_slider(at, "bert.encoder.layer.1.intermediate.dense").value == 13
+    assert QUERY not in drawn_rank_sliders(at)
     assert not any("break-even" in warning.value for warning in at.warning)
     at.button_group(key="slider_block").set_value("bert.encoder.layer.0").run()
 
-    at.radio(key="global_mode").set_value("param_budget").run()
-    at.slider(key="global_param_budget").set_value(0.5).run()
-    assert at.slider(key=RANK_KEY).value == 8  # half of break-even
+    keyed(at.radio, "global_mode").set_value("param_budget").run()
+    keyed(at.slider, "global_param_budget").set_value(0.5).run()
+    assert rank_slider(at, QUERY).value == 8  # half of break-even
 
 
 @pytest.mark.parametrize("method, objective", [("fwsvd", "fisher"), ("svd", "plain")])
@@ -138,7 +138,7 @@ def test_rank_explorer_optimizes_ranks_for_the_budget(app, method, objective):
     from fwsvd.view.allocation import allocate_ranks, floor_rank
 
     at = app
-    at.slider(key="global_rank_ratio").set_value(0.3).run()  # rank 10 of 32 everywhere
+    keyed(at.slider, "global_rank_ratio").set_value(0.3).run()  # rank 10 of 32 everywhere
     at.selectbox(key="optimize_method").set_value(method).run()
     at.button(key="optimize_ranks").click().run()
     assert not at.exception and not at.error
@@ -149,8 +149,7 @@ def test_rank_explorer_optimizes_ranks_for_the_budget(app, method, objective):
                               min_rank=floor_rank(uniform))  # 5: half the uniform rank, unless dense
     assert expected.dense  # the case of interest: some layers stay dense
     ranks = expected.rank_or_full(view.analyses)
-    block0 = {slider.key[len("rank::"):]: slider.value for slider in at.slider
-              if slider.key and slider.key.startswith("rank::")}
+    block0 = drawn_rank_sliders(at)
     assert block0 == {name: rank for name, rank in ranks.items() if name.startswith("bert.encoder.layer.0.")}
     measure = "Fisher-weighted"
     uniform_error = _summed_weighted_error(view, uniform, method)
@@ -189,7 +188,7 @@ def test_rank_explorer_optimizes_ranks_for_the_budget(app, method, objective):
 
     # Moving the global control again replaces the optimized ranks, and the gain is no longer claimed.
     at = _open(at, "3_rank_explorer.py")
-    at.slider(key="global_rank_ratio").set_value(0.5).run()
+    keyed(at.slider, "global_rank_ratio").set_value(0.5).run()
     assert not [metric for metric in at.metric if metric.label == "Layers kept dense"]
 
 
@@ -275,13 +274,11 @@ def test_a_statistics_method_is_analysed_evaluated_and_exported_end_to_end(app):
 def test_rank_explorer_table_edits_set_ranks(app):
     at = app
     at.button_group(key="rank_editor").set_value("table").run()
-    key = at.data_editor[0].key
-    at.session_state[key] = {"edited_rows": {"1": {"rank": 5}}, "added_rows": [], "deleted_rows": []}
-    at.run()
+    edit_table(at, {1: 5})
     assert not at.exception
     assert at.data_editor[0].value.set_index("layer").loc["bert.encoder.layer.0.attention.self.key", "rank"] == 5
     at.button_group(key="rank_editor").set_value("sliders").run()
-    assert at.slider(key="rank::bert.encoder.layer.0.attention.self.key").value == 5
+    assert rank_slider(at, "bert.encoder.layer.0.attention.self.key").value == 5
 
 
 def test_rank_explorer_spectra_follow_block_and_rank(app):
@@ -289,7 +286,7 @@ def test_rank_explorer_spectra_follow_block_and_rank(app):
     spectrum = _chart(at, "spectrum_chart")
     assert "Singular-value spectra" in spectrum["layout"]["title"]["text"]
     assert {trace["name"] for trace in spectrum["data"]} == {"SVD", "FWSVD"}
-    at.slider(key=RANK_KEY).set_value(3).run()
+    rank_slider(at, QUERY).set_value(3).run()
     lines = [shape["x0"] for shape in _chart(at, "spectrum_chart")["layout"]["shapes"]]
     assert 3 in lines
     at.selectbox(key="spectrum_block").set_value("bert.encoder.layer.1").run()
@@ -304,9 +301,9 @@ def test_rank_explorer_evaluates_and_remembers(app):
     assert not at.exception and not at.error
     methods = list(_table(at, "latency_s_per_batch")["method"])
     assert methods == ["dense", "svd", "fwsvd"]
-    at.slider(key=RANK_KEY).set_value(20).run()
+    rank_slider(at, QUERY).set_value(20).run()
     assert any("Not evaluated" in info.value for info in at.info)
-    at.slider(key=RANK_KEY).set_value(11).run()  # back to the evaluated setting: remembered
+    rank_slider(at, QUERY).set_value(11).run()  # back to the evaluated setting: remembered
     assert list(_table(at, "latency_s_per_batch")["method"]) == ["dense", "svd", "fwsvd"]
 
 
@@ -334,7 +331,7 @@ def test_rank_explorer_draws_from_its_snapshot_without_loading_the_model(app_env
     assert not at.exception and not at.error
     assert (_metric(at, "Weights kept"), _chart(at, "error_chart")["data"], _chart(at, "spectrum_chart")["data"]) \
         == drawn
-    at.slider(key=RANK_KEY).set_value(20).run()  # rank changes need no model either
+    rank_slider(at, QUERY).set_value(20).run()  # rank changes need no model either
     assert _metric(at, "Weights kept") != drawn[0]
 
     monkeypatch.undo()  # evaluating does need the model: the button loads it
@@ -493,7 +490,7 @@ def test_compare_page_plots_allocated_against_uniform_and_sweeps_the_chosen_meth
 
 def test_export_page_offers_ranks_model_and_results(app):
     at = app
-    at.slider(key=RANK_KEY).set_value(7).run()
+    rank_slider(at, QUERY).set_value(7).run()
     at = _open(at, "5_export.py")
     buttons = {button.proto.label for button in at.get("download_button")}
     assert "Download ranks (JSON)" in buttons
@@ -505,4 +502,12 @@ def test_export_page_offers_ranks_model_and_results(app):
     assert any("SVD model" in button.proto.label for button in at.get("download_button"))
     # Ranks survive the page switch: back on the explorer the slider is where it was left.
     at = _open(at, "3_rank_explorer.py")
-    assert at.slider(key=RANK_KEY).value == 7
+    assert rank_slider(at, QUERY).value == 7
+
+
+def test_the_methods_box_is_on_every_page_and_keeps_the_choice(app):
+    at = app
+    at.multiselect(key="methods").set_value(["fwsvd"]).run()
+    for page in ("1_model_and_task.py", "2_fisher.py", "4_compare.py", "5_export.py", "3_rank_explorer.py"):
+        at = _open(at, page)
+        assert at.sidebar.multiselect(key="methods").value == ["fwsvd"], page

@@ -789,6 +789,12 @@ def _(ctx):
                 upload=json.dumps({"bert.encoder.layer.7.output.dense": 4}).encode())
 
 
+@case("app-upload-unrelated-json")
+def _(ctx):
+    return _app(ctx, "this JSON is not a rank document", page="5_export.py",
+                upload=json.dumps({"name": "my-app", "version": "1.0.2", "dependencies": {"left-pad": "^1"}}).encode())
+
+
 @case("app-upload-rank-of-wrong-type")
 def _(ctx):
     return _app(ctx, "is not a whole number", page="5_export.py", upload=json.dumps({LAYER: 2.5}).encode())

@@ -69,7 +69,7 @@ def test_cli_output_is_accepted_by_the_export_page(app_env, tmp_path):
     assert any(f"SVD on {len(written['ranks'])} layers" in info.value for info in at.info)
     at.button(key="apply_uploaded_ranks").click().run()
     assert not at.exception
-    assert at.session_state["ranks"] == written["ranks"]
+    assert at.session_state["rank_state"].ranks == written["ranks"]
     assert at.session_state["export_method"] == "svd"
     # The saved model's own fwsvd_compressed.json is a rank document too.
     at.file_uploader(key="upload_ranks").set_value(
@@ -83,7 +83,7 @@ def test_export_download_is_accepted_by_compress(app_env, tmp_path, monkeypatch,
     monkeypatch.setattr(app_test, "MemoryMediaFileStorage", _Recorded)
     at = _export_page()
     document = _download(at, "Download ranks (JSON)")
-    ranks, method = at.session_state["ranks"], at.session_state["export_method"]
+    ranks, method = at.session_state["rank_state"].ranks, at.session_state["export_method"]
     (tmp_path / "fwsvd_config.json").write_bytes(document)
     written = _compress(app_env, tmp_path / "model", flag, str(tmp_path / "fwsvd_config.json"))
     assert written["method"] == method

@@ -3,44 +3,49 @@
 from pathlib import Path
 
 import streamlit as st
+import ui_demos
+import ui_imports
 import ui_session
 from ui_format import count, error_box, progress_bar
+from ui_methods import methods_box
 from ui_session import Loaded
 
-from fwsvd.data.files import data_file_columns
-from fwsvd.data.labels import format_label_map, parse_label_map
-from fwsvd.data.sources import carved_roles, split_sizes
-from fwsvd.data.tasks import TASK_NAMES
-from fwsvd.evaluate.metrics import metric_label
-from fwsvd.storage.locations import demo_is_built
-from fwsvd.surgery.architecture import architecture_frame, model_summary
+from fwsvd.storage.locations import is_demo_model
 from fwsvd.view.explorer import Source
+from fwsvd.view.metrics import direction_note
+from fwsvd.view.metrics import metric_label as direction_label
 
-START = {"demo": "The demo: MiniLM-L6 fine-tuned on Rotten Tomatoes reviews (offline)",
+START = {"demo": "A demo (built here, offline)",
          "own": "Your own model and data"}
 MODEL_KINDS = {"local": "Local directory (save_pretrained)", "hub": "Hugging Face hub id"}
-DATA_KINDS = {"file": "A data file (CSV, TSV, JSON, JSONL, parquet)",
+DATA_KINDS = {"file": "A data file (CSV, TSV, JSON, JSONL, parquet; .txt for a language model)",
               "task": "A hub task (GLUE, CoNLL-2003) or the demo's"}
-#: Tasks offered for your own model: every registered one (the demo's reviews serve a sentiment model too).
-HUB_TASKS = [name for name in TASK_NAMES if name != "demo"] + ["demo"]
 
 st.title("Model & task")
-st.caption("Compress the demo, or your own fine-tuned **classifier or token tagger (NER)** from a model directory "
+st.caption("Compress a demo, or your own fine-tuned **classifier, token tagger (NER) or causal language model** "
+           "from a model directory "
            "or the Hugging Face hub, with its data from a file or the hub. Labels are matched to the model's by "
            "name. Fisher importances come from the training split; evaluation uses the validation split.")
 
 
 def _model_kind(current: Source) -> str:
-    return "hub" if current.model != "demo" and not Path(current.model).expanduser().exists() else "local"
+    return "hub" if not is_demo_model(current.model) and not Path(current.model).expanduser().exists() else "local"
 
 
-def choose_source(current: Source) -> Source:
-    """The widgets; returns the source they describe (not yet applied)."""
-    own = not (current.model == "demo" and current.task == "demo")
+def choose_source(current: Source) -> Source | None:
+    """The widgets; returns the source they describe (not yet applied), or None for a demo (its picker opens it)."""
+    from fwsvd.data.files import data_file_columns
+    from fwsvd.data.language_modeling import is_text_file
+    from fwsvd.data.tasks import TASK_NAMES
+
+    # Tasks offered for your own model: every registered one (the demo's reviews serve a sentiment model too).
+    hub_tasks = [name for name in TASK_NAMES if name != "demo"] + ["demo"]
+    own = not ui_demos.is_demo_source(current)
     start = st.radio("Start from", list(START), index=int(own), format_func=START.get, horizontal=True,
                      key="start_from")
     if start == "demo":
-        return Source()
+        ui_demos.demo_picker(current)
+        return None
     left, right = st.columns(2, gap="large")
     with left:
         kinds = list(MODEL_KINDS)
@@ -48,14 +53,14 @@ def choose_source(current: Source) -> Source:
                         key="model_kind")
         placeholder = "/path/to/a/fine-tuned/model" if kind == "local" else "textattack/bert-base-uncased-SST-2"
         model = st.text_input("Model directory" if kind == "local" else "Hub id",
-                              value="" if current.model == "demo" else current.model,
+                              value="" if is_demo_model(current.model) else current.model,
                               placeholder=placeholder, key="model_path").strip()
     with right:
         data_kinds = list(DATA_KINDS)
         data_kind = st.radio("Data", data_kinds, index=0 if current.task == "local" else 1,
                              format_func=DATA_KINDS.get, key="data_kind")
         if data_kind == "task":
-            task = st.selectbox("Task", HUB_TASKS, index=_index(HUB_TASKS, current.task, 0), key="task_name",
+            task = st.selectbox("Task", hub_tasks, index=_index(hub_tasks, current.task, 0), key="task_name",
                                 help="GLUE tasks and CoNLL-2003 need the Hugging Face hub; the demo's reviews "
                                      "work offline.")
             return Source(model=model, task=task, label_map=label_map_widget(current))
@@ -64,6 +69,8 @@ def choose_source(current: Source) -> Source:
         if not data_file:
             st.info("Enter the path of a local data file to choose its columns.")
             return Source(model=model, task="local")
+        if is_text_file(data_file):  # plain text: language modelling, no columns to choose
+            return Source(model=model, task="local", data_file=data_file)
         columns = data_file_columns(data_file)
         text = st.selectbox("Text column", columns, index=_index(columns, current.text_column, 0), key="text_column",
                             help="For token tagging (NER): the column of word lists.")
@@ -78,6 +85,8 @@ def choose_source(current: Source) -> Source:
 
 def label_map_widget(current: Source) -> tuple[tuple[str, str], ...]:
     """The label map: data labels the model names otherwise, sent to the model's names (or ids)."""
+    from fwsvd.data.labels import format_label_map, parse_label_map
+
     text = st.text_input("Label map (only where the data names labels otherwise than the model)",
                          value=format_label_map(current.label_map), key="label_map",
                          placeholder="rotten=negative,fresh=positive",
@@ -92,12 +101,15 @@ def _index(options: list[str], wanted: str, fallback: int) -> int:
 
 
 def apply(chosen: Source) -> None:
-    """Load the chosen model and task (building the demo first if needed); switch only if that works."""
+    """Load the chosen model and task (building a demo's model first if needed); switch only if that works."""
     if not chosen.model:
         raise ValueError("enter a model directory or hub id")
-    if chosen.model == "demo" and not demo_is_built():
-        bar, progress = progress_bar("Building the demo model: fine-tuning MiniLM-L6 on Rotten Tomatoes")
-        ui_session.build_demo(progress)
+    from fwsvd.io.demos import demo_of_model
+
+    demo = demo_of_model(chosen.model)
+    if demo is not None and not demo.is_built():
+        bar, progress = progress_bar(f"Building the {demo.title} model")
+        demo.ensure(progress=progress)
         bar.empty()
     with st.spinner(f"Loading {chosen.model} for task {chosen.task_label} …"):
         ui_session.load(chosen)
@@ -107,11 +119,19 @@ def apply(chosen: Source) -> None:
 
 def show_data(loaded: Loaded) -> None:
     """What the task reads: how its examples are split, and how its labels became the model's."""
+    from fwsvd.data.language_modeling import is_language_modeling
+    from fwsvd.data.sources import carved_roles, split_sizes
+    from fwsvd.evaluate.metrics import metric_label
+
     task = loaded.task
+    if is_language_modeling(task):
+        st.caption(f"Task **{loaded.source.task_label}**: language modeling, the next token of each block of text; "
+                   f"scored by {direction_label(task.metric_names[0])}, the exponential of the mean token loss.")
+        return
     names = [metric_label(task.kind, name) for name in task.metric_names]
     also = f", with {' and '.join(names[1:3])} beside it" if task.kind == "token_classification" else ""
     st.caption(f"Task **{loaded.source.task_label}**: {task.kind.replace('_', ' ')}, {task.num_labels} labels; "
-               f"scored by {names[0]}{also}.")
+               f"scored by {names[0]}{direction_note(task.metric_names[0])}{also}.")
     carved = carved_roles(task)
     if carved:
         sizes = split_sizes(task)
@@ -129,6 +149,8 @@ def show_data(loaded: Loaded) -> None:
 
 
 def show_summary(loaded: Loaded) -> None:
+    from fwsvd.surgery.architecture import architecture_frame, model_summary
+
     summary = model_summary(loaded.model)
     show_data(loaded)
     st.subheader("Architecture")
@@ -156,14 +178,14 @@ def show_summary(loaded: Loaded) -> None:
         })
 
 
+methods_box()  # not used here, but always in the sidebar
+
 with error_box():
+    ui_imports.ensure_heavy_imports()  # before the first import of fwsvd.data (datasets) and torch
     current = ui_session.source()
     chosen = choose_source(current)
-    label = "Use this model and task"
-    if chosen.model == "demo" and not demo_is_built():
-        label = "Build the demo model (about 6 minutes, once) and use it"
-    if st.button(label, type="primary", key="apply_source",
-                 disabled=chosen == current and ui_session.model_is_ready(current)):
+    if chosen is not None and st.button("Use this model and task", type="primary", key="apply_source",
+                                        disabled=chosen == current and ui_session.model_is_ready(current)):
         with error_box():
             apply(chosen)
             st.rerun()

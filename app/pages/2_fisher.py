@@ -8,10 +8,10 @@ import ui_fisher
 import ui_session
 import ui_views
 from ui_format import error_box, progress_bar
+from ui_methods import methods_box
 from ui_session import Loaded
 
 from fwsvd.config import FisherConfig
-from fwsvd.fisher.summary import compare_fisher, cumulative_share, fisher_frame, importance_matrix
 
 MODES = {"per_example": "Exact (per example)", "batch": "Batch shortcut"}
 EXAMPLE_COUNTS = [64, 128, 256, 512, 1024, 2048, 4096]
@@ -54,6 +54,8 @@ def compute(loaded: Loaded, settings: FisherConfig) -> None:
 
 
 def show_importance(loaded: Loaded, fisher) -> None:
+    from fwsvd.fisher.summary import cumulative_share, fisher_frame, importance_matrix
+
     frame = fisher_frame(fisher.importances, loaded.blocks)
     st.plotly_chart(charts.fisher_layers_figure(frame), key="fisher_layers")
     widths = sorted(frame["in_features"].unique())
@@ -85,6 +87,8 @@ def show_importance(loaded: Loaded, fisher) -> None:
 
 
 def show_exact_vs_batch(loaded: Loaded, settings: FisherConfig, fisher) -> None:
+    from fwsvd.fisher.summary import compare_fisher, fisher_frame
+
     st.subheader("Exact vs batch Fisher")
     other_mode = "batch" if settings.mode == "per_example" else "per_example"
     other_settings = replace(settings, mode=other_mode)
@@ -105,6 +109,8 @@ def show_exact_vs_batch(loaded: Loaded, settings: FisherConfig, fisher) -> None:
     cols[2].metric("Median top-10% overlap", f"{comparison['top10_overlap'].median():.0%}")
     st.plotly_chart(charts.exact_vs_batch_figure(comparison), key="fisher_exact_vs_batch")
 
+
+methods_box()  # not used here, but always in the sidebar
 
 with error_box():
     loaded = ui_session.require_model()

@@ -10,10 +10,10 @@ import ui_views
 from ui_format import count, error_box, progress_bar
 from ui_methods import chosen_methods, method_label, methods_text
 
-from fwsvd.config import DEFAULT_RANK_RATIO
 from fwsvd.view import analysis, rank_config
 from fwsvd.view import rank_plan as allocation
 from fwsvd.view.explorer import ExplorerView
+from fwsvd.view.metrics import metric_label
 
 GLOBAL_MODES = {"rank_ratio": "Rank ratio", "param_budget": "Parameter budget"}
 GLOBAL_HELP = {
@@ -21,7 +21,6 @@ GLOBAL_HELP = {
     "param_budget": "Every layer keeps about this share of its weight parameters.",
 }
 EDITORS = {"sliders": "Sliders, one block at a time", "table": "Table of every layer"}
-TABLE_VERSION = "rank_table_version"
 #: The last optimization: {"digest": its ranks' digest, "result": fwsvd.view.rank_plan.Optimized}.
 OPTIMIZED = "optimized_ranks"
 
@@ -31,42 +30,64 @@ st.caption("Each target layer W is replaced by two thin factors of rank r. SVD k
            "its full rank is kept dense.")
 
 
-def global_ranks(analyses: dict) -> dict[str, int]:
-    """Every layer's rank under the global control as it stands."""
-    mode = st.session_state["global_mode"]  # a CompressionConfig field: rank_ratio or param_budget
-    return allocation.uniform_ranks(analyses, mode, st.session_state[f"global_{mode}"])
+def apply_rule(name: str, analyses: dict, widget: str | None) -> None:
+    """Widget callback: the global rule (``name``) or its value moved; every layer's rank follows at once.
+    ``widget`` is the key of the slider that holds the new value; None when the rule itself was switched."""
+    value = st.session_state[widget] if widget else ui_ranks.rule_value(name)
+    ui_ranks.apply_rule(name, value, analyses)
 
 
-def apply_global(analyses: dict) -> None:
-    """Widget callback: one control sets every layer's rank."""
-    ui_ranks.set_ranks(global_ranks(analyses))
+def switch_rule(widget: str, analyses: dict) -> None:
+    """Widget callback: the global control switched between rank ratio and parameter budget."""
+    apply_rule(st.session_state[widget], analyses, None)
 
 
-def apply_slider(name: str) -> None:
+def reset_ranks(analyses: dict) -> None:
+    """Button callback: every layer back to the global rule's rank."""
+    ui_ranks.set_ranks(ui_ranks.rule_ranks(analyses))
+
+
+def apply_slider(name: str, widget: str) -> None:
     """Widget callback: one layer's slider moved."""
-    ui_ranks.ranks_in_session()[name] = int(st.session_state[ui_ranks.RANK_WIDGET_PREFIX + name])
+    ui_ranks.update({name: st.session_state[widget]})
 
 
-def global_control(view: ExplorerView, methods: tuple[str, ...]) -> None:
+def optimize(analyses: dict, method: str) -> None:
+    """Button callback: the optimizer's ranks for the weights the global rule keeps."""
+    result = allocation.optimize(analyses, ui_ranks.rule_ranks(analyses), method)
+    ui_ranks.set_ranks(result.ranks)
+    st.session_state[OPTIMIZED] = {"digest": rank_config.ranks_digest(result.ranks), "result": result}
+
+
+def global_control(view: ExplorerView, ranks: dict[str, int], methods: tuple[str, ...]) -> None:
+    """The rule that sets every layer (drawn from the stored rule); "custom" and a reset when the ranks are
+    no longer the rule's."""
+    rule, value = ui_ranks.rule()
     left, right = st.columns([1, 3])
-    mode = left.radio("Set every layer by", list(GLOBAL_MODES), format_func=GLOBAL_MODES.get, key="global_mode",
-                      persist_state="session")
-    right.slider(GLOBAL_MODES[mode], min_value=0.02, max_value=1.0, value=DEFAULT_RANK_RATIO, step=0.01,
-                 key=f"global_{mode}", on_change=apply_global, args=(view.analyses,), help=GLOBAL_HELP[mode],
-                 persist_state="session")
+    mode_key = ui_ranks.key("global_mode")
+    left.radio("Set every layer by", ui_ranks.RULES, index=ui_ranks.RULES.index(rule), format_func=GLOBAL_MODES.get,
+               key=mode_key, on_change=switch_rule, args=(mode_key, view.analyses))
+    rule_ranks = ui_ranks.rule_ranks(view.analyses)
+    apart = [name for name, rank in ranks.items() if rank != rule_ranks[name]]
+    label = GLOBAL_MODES[rule] + (" · custom" if apart else "")
+    slider_key = ui_ranks.key(f"global_{rule}")
+    right.slider(label, min_value=0.02, max_value=1.0, value=value, step=0.01, key=slider_key, on_change=apply_rule,
+                 args=(rule, view.analyses, slider_key), help=GLOBAL_HELP[rule])
+    if apart:
+        right.caption(f"Custom ranks: {len(apart)} of {len(ranks)} layer(s) differ from what the "
+                      f"{GLOBAL_MODES[rule].lower()} {value:.2f} gives them.")
+        right.button(f"Reset every layer to the {GLOBAL_MODES[rule].lower()} {value:.2f}", key="reset_ranks",
+                     icon=":material/restart_alt:", on_click=reset_ranks, args=(view.analyses,))
     left, right = st.columns([1, 3], vertical_alignment="bottom")
     weighted = [method for method in methods if method != "svd"]
     method = left.selectbox("Optimize for", methods, index=methods.index(weighted[0]) if weighted else 0,
                             format_func=method_label, key="optimize_method",
                             help="Fisher-weighted error for the weighted methods, plain error for SVD.")
-    if right.button("Optimize ranks for this budget", key="optimize_ranks", icon=":material/auto_fix_high:",
-                    help="Keep the weights this rule keeps, but give each layer the rank (or none: dense) that "
-                         "minimises the summed error over all layers, each factorized layer keeping at least half "
-                         "the rank the rule gives it."):
-        result = allocation.optimize(view.analyses, global_ranks(view.analyses), method)
-        ui_ranks.set_ranks(result.ranks)
-        st.session_state[OPTIMIZED] = {"digest": rank_config.ranks_digest(result.ranks), "result": result}
-        st.rerun()  # everything below is drawn from the new ranks
+    right.button("Optimize ranks for this budget", key="optimize_ranks", icon=":material/auto_fix_high:",
+                 on_click=optimize, args=(view.analyses, method),
+                 help="Keep the weights this rule keeps, but give each layer the rank (or none: dense) that "
+                      "minimises the summed error over all layers, each factorized layer keeping at least half "
+                      "the rank the rule gives it.")
 
 
 def optimized(ranks: dict[str, int], analyses: dict) -> None:
@@ -109,18 +130,23 @@ def headline(summary: dict, methods: tuple[str, ...], dense: int) -> None:
 
 
 def sliders(frame) -> None:
-    """One block's sliders at a time (a block picker above them): 36 or 72 sliders at once are a wall."""
+    """One block's sliders at a time (a block picker above them): 36 or 72 sliders at once are a wall. Each
+    slider is drawn at the stored rank (its key carries the store's revision)."""
     groups = analysis.layers_by_block(frame)
-    block = st.segmented_control("Block", list(groups), default=next(iter(groups)), required=True,
-                                 format_func=lambda name: f"Block {name.rsplit('.', 1)[-1]}", key="slider_block",
-                                 persist_state="session")
+    common = dict(format_func=lambda name: f"Block {name.rsplit('.', 1)[-1]}", key="slider_block",
+                  persist_state="session")
+    if len(groups) <= 12:
+        block = st.segmented_control("Block", list(groups), default=next(iter(groups)), required=True, **common)
+    else:  # 30 blocks (SmolLM2) of buttons wrap into rows that push the sliders down: a dropdown instead
+        block = st.selectbox("Block", list(groups), **common)
     by_name = frame.set_index("layer")
     columns = st.columns(3)
     for position, name in enumerate(groups[block]):
         row = by_name.loc[name]
+        widget = ui_ranks.key(f"rank::{name}")
         columns[position % 3].slider(
             f"{row['name_in_block']} ({row['shape']})", min_value=1, max_value=int(row["full_rank"]),
-            key=ui_ranks.RANK_WIDGET_PREFIX + name, on_change=apply_slider, args=(name,),
+            value=int(row["rank"]), key=widget, on_change=apply_slider, args=(name, widget),
             help=f"{name}: break-even at rank {row['break_even_rank']:.0f}; the full rank "
                  f"{int(row['full_rank'])} keeps the layer dense")
 
@@ -135,14 +161,26 @@ def rank_editor(frame, methods: tuple[str, ...]) -> None:
         sliders(frame)
 
 
+def apply_table(widget: str, layers: list[str], full_ranks: list[int]) -> None:
+    """Widget callback: cells of the table's rank column were edited (rows by position; a cleared cell is
+    ignored, a rank past the layer's full rank is its full rank)."""
+    changes = {}
+    for position, cells in st.session_state[widget]["edited_rows"].items():
+        value = cells.get("rank")
+        if value is not None and value == value:  # value != value: NaN, a cleared cell
+            changes[layers[position]] = max(1, min(full_ranks[position], int(value)))
+    ui_ranks.update(changes)
+
+
 def table(frame, methods: tuple[str, ...]) -> None:
-    """The same ranks as an editable table; an edit sets the ranks and redraws everything."""
-    version = st.session_state.get(TABLE_VERSION, 0)
+    """The same ranks as an editable table, drawn from the stored ranks; an edit writes them back."""
     errors = [f"{method}_weighted_error" for method in methods]
     shown = frame[["layer", "shape", "rank", "full_rank", "dense", "break_even_rank", "kept_params",
                    "removed_params", *errors]]
-    edited = st.data_editor(
-        shown, key=f"rank_table::{version}", hide_index=True, width="stretch",
+    widget = ui_ranks.key("rank_table")
+    st.data_editor(
+        shown, key=widget, hide_index=True, width="stretch", on_change=apply_table,
+        args=(widget, list(frame["layer"]), [int(full) for full in frame["full_rank"]]),
         disabled=[column for column in shown.columns if column != "rank"],
         column_config={
             "rank": st.column_config.NumberColumn("rank ✎", min_value=1, step=1,
@@ -155,15 +193,6 @@ def table(frame, methods: tuple[str, ...]) -> None:
             **{column: st.column_config.NumberColumn(f"{method_label(method)} weighted error", format="%.3f")
                for column, method in zip(errors, methods)},
         })
-    changes = {name: max(1, min(int(full), int(new)))
-               for name, old, new, full in zip(frame["layer"], frame["rank"], edited["rank"], frame["full_rank"])
-               if new == new and int(new) != old}  # new != new: a cleared (NaN) cell, ignored
-    if changes:
-        # The sliders above are already drawn this run; the next run moves them (sync_rank_widgets) and
-        # draws a fresh editor whose pending edits are now part of the ranks it shows.
-        ui_ranks.ranks_in_session().update(changes)
-        st.session_state[TABLE_VERSION] = version + 1
-        st.rerun()
 
 
 @st.fragment
@@ -178,7 +207,8 @@ def spectra(analyses: dict, frame, methods: tuple[str, ...]) -> None:
 
 
 def evaluation(view: ExplorerView, ranks: dict[str, int], methods: tuple[str, ...]) -> None:
-    st.subheader("Accuracy at these ranks")
+    st.subheader(f"{view.metric.replace('_', ' ').capitalize()} at these ranks")
+    st.caption(f"Scored by {metric_label(view.metric)} on the validation split.")
     left, right = st.columns([1, 2])
     limit = left.number_input("Validation examples", min_value=8, max_value=view.validation_size,
                               value=min(512, view.validation_size), step=64, key="eval_limit",
@@ -205,7 +235,7 @@ def evaluation(view: ExplorerView, ranks: dict[str, int], methods: tuple[str, ..
     right.plotly_chart(charts.evaluation_figure(table_frame, view.metric, methods), key="evaluation_chart")
     st.dataframe(table_frame[["method", view.metric, "params", "num_examples", "latency_s_per_batch"]],
                  hide_index=True, width="stretch", key="evaluation_table",
-                 column_config={view.metric: st.column_config.NumberColumn(format="%.4f"),
+                 column_config={view.metric: st.column_config.NumberColumn(metric_label(view.metric), format="%.4f"),
                                 "params": st.column_config.NumberColumn("parameters", format="localized"),
                                 "num_examples": "examples",
                                 "latency_s_per_batch": st.column_config.NumberColumn(
@@ -259,8 +289,7 @@ with error_box():
     methods = chosen_methods()
     view = ui_views.with_methods(view, methods)
     ranks = ui_ranks.ranks(view.source_key, view.analyses)
-    ui_ranks.sync_rank_widgets(ranks)
-    global_control(view, methods)
+    global_control(view, ranks, methods)
     frame = allocation.mark_dense(analysis.layer_frame(view.analyses, ranks, view.blocks))
     headline(analysis.totals(frame), methods, int(frame["dense"].sum()))
     optimized(ranks, view.analyses)

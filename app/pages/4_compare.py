@@ -13,6 +13,7 @@ from ui_methods import chosen_methods, method_label, methods_text
 
 from fwsvd.view import rank_plan as allocation
 from fwsvd.view.explorer import ExplorerView
+from fwsvd.view.metrics import metric_label
 
 RATIO_CHOICES = [0.05, 0.1, 0.15, 0.2, 0.25, 0.33, 0.4, 0.5, 0.6, 0.75, 0.9]
 DEFAULT_RATIOS = [0.1, 0.2, 0.33, 0.5]
@@ -90,6 +91,7 @@ def run(view: ExplorerView, ratios: list[float], methods: tuple[str, ...], rules
 
 def sweep(view: ExplorerView, ratios: list[float], methods: tuple[str, ...]) -> None:
     st.subheader("Task metric against size")
+    st.caption(f"Scored by {metric_label(view.metric)} on the validation split.")
     left, middle, right = st.columns([3, 1, 1], vertical_alignment="bottom")
     rules = left.multiselect("Rank rules", list(RULES), default=list(RULES), format_func=RULES.get,
                              key="sweep_rules", persist_state="session")
@@ -116,7 +118,8 @@ def sweep(view: ExplorerView, ratios: list[float], methods: tuple[str, ...]) -> 
     chart.plotly_chart(charts.compare_figure(frame, metric, shown_key[4]), key="compare_chart")
     table.dataframe(frame[["method", "rule", "rank_ratio", "params", "params_fraction", metric]], hide_index=True,
                     width="stretch", key="compare_table",
-                    column_config={"params": st.column_config.NumberColumn("parameters", format="localized"),
+                    column_config={metric: st.column_config.NumberColumn(metric_label(metric), format="%.4f"),
+                                   "params": st.column_config.NumberColumn("parameters", format="localized"),
                                    "params_fraction": st.column_config.NumberColumn("of dense", format="percent"),
                                    "rank_ratio": st.column_config.NumberColumn("rank ratio", format="%.2f")})
 

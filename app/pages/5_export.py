@@ -14,9 +14,7 @@ from ui_methods import chosen_methods, method_label
 from ui_session import Loaded
 
 from fwsvd.config import CompressionConfig, read_rank_document
-from fwsvd.data.sources import data_of_task
-from fwsvd.evaluate.methods import evaluations_frame
-from fwsvd.io.archive import compressed_archive
+from fwsvd.storage.locations import is_demo_model
 from fwsvd.view import analysis, rank_config
 from fwsvd.view import rank_plan as allocation
 from fwsvd.view.analysis import METHODS
@@ -30,9 +28,12 @@ COMMAND = f"fwsvd compress --config {CONFIG_FILE} --output fwsvd_model"
 def recorded(config: CompressionConfig, loaded: Loaded) -> CompressionConfig:
     """``config`` with the model, data and label map it is made from, so that its document rebuilds the model
     on its own (``fwsvd compress --config FILE --output DIR``)."""
+    from fwsvd.data.sources import data_of_task
+
     model = loaded.source.model
     path = Path(model).expanduser()
-    return dataclasses.replace(config, model=str(path.resolve()) if model != "demo" and path.is_dir() else model,
+    local = not is_demo_model(model) and path.is_dir()  # a demo's alias names it wherever it is built
+    return dataclasses.replace(config, model=str(path.resolve()) if local else model,
                                data=data_of_task(loaded.task), label_map=dict(loaded.source.label_map))
 
 
@@ -83,6 +84,8 @@ def model_archive(loaded: Loaded, fisher, config: CompressionConfig) -> None:
     digest = rank_config.ranks_digest(config.rank_pattern)
 
     def archive() -> bytes:
+        from fwsvd.io.archive import compressed_archive
+
         # Built only when the button is clicked: a compressed copy plus a zip of its folder.
         return compressed_archive(loaded.model, config, tokenizer=loaded.tokenizer, fisher_provenance=fisher.provenance,
                                   store=ui_session.decomposition_store(), extra={"ranks_digest": digest},
@@ -95,6 +98,8 @@ def model_archive(loaded: Loaded, fisher, config: CompressionConfig) -> None:
 
 
 def results(loaded: Loaded, analyses: dict, ranks: dict[str, int]) -> None:
+    from fwsvd.evaluate.methods import evaluations_frame
+
     st.subheader("Results")
     cols = st.columns(3)
     layers = allocation.mark_dense(analysis.layer_frame(analyses, ranks, loaded.blocks))

@@ -113,6 +113,11 @@ def is_language_modeling(task: Any) -> bool:
 # Tasks
 
 
+def is_text_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is plain text (``.txt``): data without columns, so a language modelling task."""
+    return Path(path).suffix.lower() == ".txt"
+
+
 def text_task(
     data_files: str | os.PathLike[str] | Mapping[str, str | os.PathLike[str]],
     *,

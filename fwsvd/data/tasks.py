@@ -32,7 +32,7 @@ import datasets
 import numpy as np
 
 from fwsvd.data import twitter_ner
-from fwsvd.data.language_modeling import LM_TASKS, LanguageModelingTask
+from fwsvd.data.language_modeling import LM_TASKS, LanguageModelingTask, is_text_file, text_task
 from fwsvd.view.explorer import Source
 
 TaskKind = Literal["classification", "regression", "token_classification"]
@@ -259,6 +259,8 @@ def task_of(source: Source) -> Task:
     if source.task == "local":
         if not source.data_file:
             raise ValueError("choose a local data file for the task")
+        if is_text_file(source.data_file):
+            return text_task(source.data_file)
         return local_task(source.data_file, text_column=source.text_column, label_column=source.label_column,
                           text_pair_column=source.pair_column)
     return get_task(source.task)

@@ -165,7 +165,7 @@ def _build(directory: Path, progress: Progress | None) -> None:
         "evaluation": {"role": "test", "blocks": result.num_examples, "max_length": LM_DEMO_MAX_LENGTH,
                        "tokens": sum(tokens for _, tokens in result.block_losses)},
         "test_metrics": result.metrics,
-        "test_intervals": result.intervals,
+        "test_intervals": {name: interval.to_dict() for name, interval in result.intervals.items()},
         "build_seconds": time.perf_counter() - started,
     }
     (directory / DEMO_LM_INFO_FILE).write_text(json.dumps(info, indent=2))
