@@ -25,6 +25,7 @@ from transformers import (
 
 from fwsvd.data.tasks import Task
 from fwsvd.io.demo import ensure_demo_model
+from fwsvd.io.hub import check_hub_model
 from fwsvd.io.persistence import INFO_FILE, load_compressed, read_compressed_info
 from fwsvd.io.quiet import quiet_transformers
 
@@ -88,6 +89,7 @@ def _locate(source: str | os.PathLike[str]) -> str:
         raise ValueError(f"{path} is a file; a model is a directory written by save_pretrained")
     if isinstance(source, os.PathLike) or str(source).startswith((".", "/", "~")) or str(source).count("/") > 1:
         raise FileNotFoundError(f"model directory not found: {path}")
+    check_hub_model(str(source))  # without a network: one line now, not half a minute of retries
     return str(source)
 
 
