@@ -129,6 +129,7 @@ with error_box():
         ui_fisher.require_fisher(loaded, "The comparison needs the Fisher importances: compute them first.")
         st.stop()
     view = ui_views.with_methods(view, methods)
+    st.caption(f"Weighted by the {ui_fisher.describe(ui_fisher.fisher_config())}.")
     ratios = st.multiselect("Rank ratios", RATIO_CHOICES, default=DEFAULT_RATIOS, key="sweep_ratios",
                             persist_state="session",
                             help="Each ratio sets every layer to that share of its rank; the allocated ranks "
