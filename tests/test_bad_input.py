@@ -466,6 +466,39 @@ def _(ctx):
     return _raises(ctx, ValueError, "needs Fisher importances", lambda: fwsvd.compress_(tiny_bert(), 0.5, method="fwsvd"))
 
 
+# Evaluations
+
+
+@case("lib-paired-comparison-of-other-examples")
+def _(ctx):
+    from fwsvd.evaluate.evaluation import difference, evaluate_model
+
+    task = ctx.world.task()
+    model, tokenizer = load_model(ctx.world.model, task)
+    every, fewer = (evaluate_model(model, tokenizer, task, "test", limit=limit) for limit in (None, 4))
+    return _raises(ctx, ValueError, "a paired comparison needs the same examples",
+                   lambda: difference(task, every, fewer))
+
+
+@case("lib-latency-rounds-negative")
+def _(ctx):
+    from fwsvd.evaluate.methods import evaluate_methods
+
+    task = ctx.world.task()
+    model, tokenizer = load_model(ctx.world.model, task)
+    return _raises(ctx, ValueError, "latency_rounds must be >= 0, got -1",
+                   lambda: evaluate_methods(model, tokenizer, task, 0.5, fisher=None, methods=("svd",),
+                                            latency_rounds=-1))
+
+
+@case("lib-interval-level-out-of-range")
+def _(ctx):
+    from fwsvd.evaluate.uncertainty import metric_intervals
+
+    return _raises(ctx, ValueError, "the interval's level must be in (0, 1), got 95",
+                   lambda: metric_intervals(ctx.world.task(), [0, 1], [0, 1], level=95))
+
+
 # Compressed directories
 
 

@@ -125,3 +125,29 @@ def test_progress_reports_each_batch(sentiment):
     evaluate_model(tiny_bert(), tiny_tokenizer(), sentiment, "test", batch_size=20,
                    progress=lambda done, total: calls.append((done, total)))
     assert calls == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_intervals_kept_predictions_and_json(sentiment):
+    model, tokenizer = tiny_bert(), tiny_tokenizer()
+    result = evaluate_model(model, tokenizer, sentiment, "test", batch_size=10)
+    interval = result.intervals["accuracy"]
+    assert interval.method == "wilson" and interval.contains(result.metrics["accuracy"])
+    assert len(result.predictions) == len(result.references) == 48
+    as_dict = json.loads(json.dumps(result.to_dict()))
+    assert as_dict["intervals"]["accuracy"]["low"] == interval.low
+    assert "predictions" not in as_dict and "references" not in as_dict
+    assert "predictions" not in repr(result)
+
+
+def test_difference_pairs_the_same_examples_only(sentiment):
+    from fwsvd.evaluate.evaluation import difference
+
+    tokenizer = tiny_tokenizer()
+    first = evaluate_model(tiny_bert(), tokenizer, sentiment, "test")
+    again = evaluate_model(tiny_bert(), tokenizer, sentiment, "test")  # same seed: the same model
+    found = difference(sentiment, first, again)["accuracy"]
+    assert (found.value, found.interval.low, found.interval.high) == (0.0, 0.0, 0.0)
+    assert found.verdict == "inside the noise"
+    fewer = evaluate_model(tiny_bert(), tokenizer, sentiment, "test", limit=20)
+    with pytest.raises(ValueError, match="same examples"):
+        difference(sentiment, first, fewer)

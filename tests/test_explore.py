@@ -21,7 +21,7 @@ from fwsvd.fisher.task import cached_task_fisher
 from fwsvd.fisher.summary import compare_fisher, concentration, cumulative_share, fisher_frame, importance_matrix
 from fwsvd.io.archive import compressed_archive
 from fwsvd.data.files import data_file_columns
-from fwsvd.evaluate.methods import evaluate_methods, evaluations_frame
+from fwsvd.evaluate.methods import add_differences, evaluate_methods, evaluations_frame
 from fwsvd.storage.locations import DEMO_INFO_FILE, demo_is_built, demo_model_dir
 from fwsvd.surgery.targets import target_shapes
 
@@ -226,11 +226,26 @@ def test_evaluate_methods_and_archive(tiny_task, tmp_path):
     assert set(results) == {"dense", "svd", "fwsvd"}
     assert results["svd"]["params"] < results["dense"]["params"]
     assert results["fwsvd"]["num_examples"] == 10 and "accuracy" in results["fwsvd"]["metrics"]
-    assert calls[-1] == (9, 9)
+    assert calls[-1] == (15, 15)  # 3 × 3 batches, then a warm-up and 5 interleaved latency rounds
     assert all(torch.equal(model.state_dict()[name], value) for name, value in before.items())
+    assert results["dense"]["speedup"] is None and results["svd"]["speedup"].median > 0
+    assert results["svd"]["latency_s_per_batch"] == results["svd"]["latency"].median
+    assert results["dense"]["vs_dense"] is None and results["svd"]["vs_svd"] is None
+    paired = results["fwsvd"]["vs_svd"]["accuracy"]
+    assert paired.value == pytest.approx(results["fwsvd"]["metrics"]["accuracy"] - results["svd"]["metrics"]["accuracy"])
+    assert results["svd"]["intervals"]["accuracy"].contains(results["svd"]["metrics"]["accuracy"])
     table = evaluations_frame([({"setting": "half", "examples": 10}, results)])
     assert list(table["method"]) == ["dense", "svd", "fwsvd"]
-    assert {"setting", "examples", "params", "accuracy"} <= set(table.columns)
+    assert {"setting", "examples", "params", "accuracy", "accuracy_low", "accuracy_vs_svd_verdict",
+            "speedup_low"} <= set(table.columns)
+    assert table["accuracy_vs_svd_verdict"].iloc[2] == paired.verdict
+    # results merged from another call on the same examples are compared again
+    later = evaluate_methods(model, tokenizer, task, 0.5, fisher=fisher, methods=("svd",), limit=10, batch_size=4,
+                             max_length=32, latency_rounds=0)
+    assert later["svd"]["vs_dense"] is None and later["svd"]["latency"] is None
+    merged = add_differences(task, {"dense": results["dense"], **later})
+    assert merged["svd"]["vs_dense"]["accuracy"].value == pytest.approx(
+        results["svd"]["metrics"]["accuracy"] - results["dense"]["metrics"]["accuracy"])
 
     config = CompressionConfig(rank_ratio=0.5)
     archive = compressed_archive(model, config, fisher=fisher, tokenizer=tokenizer)

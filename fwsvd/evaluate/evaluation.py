@@ -1,7 +1,9 @@
-"""Metrics, parameter count and latency of a (possibly compressed) model on a task split.
+"""Metrics (with their intervals), parameter count and latency of a (possibly compressed) model on a task split.
 
 Only the model's ``logits`` are used, so any model works whose forward takes the tokenizer's batch and
-returns logits — including models whose Linear layers were swapped for low-rank modules.
+returns logits — including models whose Linear layers were swapped for low-rank modules. The per-example
+predictions are kept with the result, so two models scored on the same examples can be compared with a paired
+interval (:func:`difference`).
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,6 +21,7 @@ from transformers import PreTrainedTokenizerBase
 
 from fwsvd.data.batches import IGNORE_INDEX, make_batches
 from fwsvd.evaluate.metrics import compute_metrics
+from fwsvd.evaluate.uncertainty import Difference, Interval, metric_intervals, paired_differences
 from fwsvd.surgery.modules import count_parameters
 from fwsvd.storage.sharing import exclusive
 from fwsvd.data.tasks import Role, Task
@@ -31,13 +35,23 @@ class EvalResult:
 
     metrics: dict[str, float]
     params: int
-    #: median wall-clock seconds of one forward pass over a batch
+    #: median wall-clock seconds of one forward pass over a batch, during this evaluation only: to compare
+    #: models, measure them together (:func:`fwsvd.evaluate.latency.measure_latency`), as evaluate_methods does
     latency_s_per_batch: float
     num_examples: int
     batch_size: int
+    #: {metric: 95% interval over the examples} (:func:`fwsvd.evaluate.uncertainty.metric_intervals`)
+    intervals: dict[str, Interval] = field(default_factory=dict)
+    #: what compute_metrics was given, per example (per sentence for NER): kept for paired comparisons,
+    #: left out of to_dict
+    predictions: Any = field(default=None, repr=False, compare=False)
+    references: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        """The figures as JSON-ready values: the per-example arrays are left out, intervals are dicts."""
+        return {"metrics": dict(self.metrics), "params": self.params, "latency_s_per_batch": self.latency_s_per_batch,
+                "num_examples": self.num_examples, "batch_size": self.batch_size,
+                "intervals": {name: interval.to_dict() for name, interval in self.intervals.items()}}
 
 
 def predict(
@@ -104,7 +118,27 @@ def evaluate_model(
         latency_s_per_batch=statistics.median(seconds),
         num_examples=sum(len(batch["labels"]) for batch in batches),
         batch_size=max(len(batch["labels"]) for batch in batches),
+        intervals=metric_intervals(task, predictions, references),
+        predictions=predictions,
+        references=references,
     )
+
+
+def difference(task: Task, result: EvalResult, baseline: EvalResult) -> dict[str, Difference]:
+    """``{metric: Difference}`` of ``result`` minus ``baseline``, with the paired interval; both must have been
+    scored on the same examples of ``task`` (the same batches), else ValueError."""
+    if result.references is None or baseline.references is None:
+        raise ValueError("a paired comparison needs the per-example predictions of both evaluations")
+    if not _same_references(result.references, baseline.references):
+        raise ValueError(f"a paired comparison needs the same examples: these evaluations were scored on "
+                         f"different ones ({result.num_examples} and {baseline.num_examples} examples)")
+    return paired_differences(task, result.predictions, baseline.predictions, result.references)
+
+
+def _same_references(ours: Any, theirs: Any) -> bool:
+    if isinstance(ours, np.ndarray) or isinstance(theirs, np.ndarray):
+        return np.array_equal(np.asarray(ours), np.asarray(theirs))
+    return len(ours) == len(theirs) and all(np.array_equal(a, b) for a, b in zip(ours, theirs))
 
 
 def _collect(task: Task, logits: list[torch.Tensor], labels: list[torch.Tensor]) -> tuple[list, list]:

@@ -17,6 +17,7 @@ from fwsvd.factorize.store import DecompositionStore
 from fwsvd.fisher.task import task_fisher
 from fwsvd.io.models import load_any_model
 from fwsvd.surgery.analyze import cached_analyses
+from fwsvd.surgery.modules import count_parameters
 from fwsvd.surgery.targets import find_blocks
 from fwsvd.view.analysis import LayerAnalysis
 from fwsvd.view.explorer import ExplorerView, Source, fisher_identity, load_view, save_view, snapshot_key
@@ -32,7 +33,7 @@ def explorer_view_of(source: Source, model: Any, task: Task, fisher: Any, *,
     if analyses is None:
         analyses = cached_analyses(model, fisher.importances, store=store)
     return ExplorerView(source.key, dict(analyses), find_blocks(model), fisher_identity(fisher.provenance),
-                        len(task.load_split("validation")), task.metric_names[0])
+                        len(task.load_split("validation")), task.metric_names[0], count_parameters(model))
 
 
 def prepare_explorer(source: Source | None = None, config: FisherConfig | None = None,

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from fwsvd.view.rank_config import break_even_rank
+from fwsvd.view.sizes import SizeAt
 
 Method = Literal["svd", "fwsvd", "asvd", "whiten", "kfac"]
 #: Every closed-form method (see :mod:`fwsvd.factorize.weighted` for what each minimises).
@@ -175,17 +176,25 @@ def layer_frame(analyses: Mapping[str, LayerAnalysis], ranks: Mapping[str, int],
     return pd.DataFrame(rows)
 
 
-def totals(frame: pd.DataFrame) -> dict[str, Any]:
+def totals(frame: pd.DataFrame, model_params: int | None = None) -> dict[str, Any]:
     """Totals of a :func:`layer_frame`: weight parameters before / kept / removed, share kept, mean
-    errors per method, and the layers at or above break-even."""
+    errors per method, and the layers at or above break-even.
+
+    With ``model_params`` (every parameter of the dense model, :attr:`ExplorerView.model_params`) also the
+    whole model's size: ``model_params``, ``compressed_params`` and ``model_share`` (compressed over dense,
+    the headline figure: embeddings, heads and biases stay; :mod:`fwsvd.view.sizes`); None without it."""
     dense = int(frame["dense_params"].sum())
     kept = int(frame["kept_params"].sum())
+    size = SizeAt(int(model_params), dense, kept) if model_params is not None else None
     result: dict[str, Any] = {
         "dense_params": dense,
         "kept_params": kept,
         "removed_params": dense - kept,
         "kept_share": kept / dense if dense else 0.0,
         "above_break_even": list(frame.loc[frame["above_break_even"], "layer"]),
+        "model_params": size.model_params if size else None,
+        "compressed_params": size.compressed_params if size else None,
+        "model_share": size.model_share if size else None,
     }
     for method in METHODS:
         result[f"{method}_mean_error"] = float(frame[f"{method}_error"].mean())

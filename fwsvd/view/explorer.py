@@ -70,6 +70,9 @@ class ExplorerView:
     fisher_key: str
     validation_size: int
     metric: str
+    #: every parameter of the dense model (embeddings and heads included): the whole-model share's base
+    #: (:func:`fwsvd.view.analysis.totals`); None from a snapshot written without it
+    model_params: int | None = None
 
     @property
     def shapes(self) -> dict[str, tuple[int, int]]:
@@ -101,8 +104,10 @@ def load_view(key: Mapping[str, Any]) -> ExplorerView | None:
     if found is None:
         return None
     try:
+        model_params = found.info.get("model_params")
         return ExplorerView(str(key["source"]), found.analyses, found.blocks, str(found.info["fisher_key"]),
-                            int(found.info["validation_size"]), str(found.info["metric"]))
+                            int(found.info["validation_size"]), str(found.info["metric"]),
+                            None if model_params is None else int(model_params))
     except (KeyError, TypeError, ValueError) as error:
         logger.warning("the rank explorer's snapshot lacks %s; it will be recomputed", error)
         return None
@@ -112,4 +117,5 @@ def save_view(key: Mapping[str, Any], view: ExplorerView) -> Path:
     """Save ``view`` as the snapshot under ``key``; returns its path."""
     return snapshot.save_snapshot(key, view.analyses, view.blocks, {"fisher_key": view.fisher_key,
                                                                     "validation_size": view.validation_size,
-                                                                    "metric": view.metric})
+                                                                    "metric": view.metric,
+                                                                    "model_params": view.model_params})

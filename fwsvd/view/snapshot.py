@@ -29,7 +29,7 @@ from fwsvd.storage.locations import default_cache_dir, key_digest
 logger = logging.getLogger(__name__)
 
 #: Bump when what a snapshot holds changes, so old files are recomputed.
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2  # 2: the rank explorer's info carries the whole model's parameter count
 _META = "meta"
 
 
