@@ -282,13 +282,18 @@ def allocation_figure(frame: pd.DataFrame, methods: Sequence[str]) -> go.Figure:
 
 
 def evaluation_figure(frame: pd.DataFrame, metric: str, methods: Sequence[str]) -> go.Figure:
-    """The task metric of the evaluated models at the current ranks (dense, then ``methods``) as bars."""
+    """The task metric of the evaluated models at the current ranks (dense, then ``methods``) as bars, with
+    their 95% intervals (``{metric}_low`` / ``_high`` columns) as error bars."""
     order = [method for method in ("dense", *methods) if method in set(frame["method"])]
     frame = frame.set_index("method").loc[order].reset_index()
+    # The 95% interval of each model's metric as an error bar (where the task has one).
+    bars = (dict(type="data", symmetric=False, array=(frame[f"{metric}_high"] - frame[metric]).tolist(),
+                 arrayminus=(frame[metric] - frame[f"{metric}_low"]).tolist(), color="#5F6368")
+            if f"{metric}_low" in frame else None)
     figure = go.Figure(go.Bar(
-        x=[label(method) for method in frame["method"]], y=frame[metric],
+        x=[label(method) for method in frame["method"]], y=frame[metric], error_y=bars,
         marker_color=[color(method) for method in frame["method"]],
-        text=[f"{value:.3f}" for value in frame[metric]], textposition="outside",
+        text=[f"{value:.3f}" for value in frame[metric]], textposition="inside",
         hovertemplate="%{x}: %{y:.4f}<extra></extra>"))
     figure.update_yaxes(title_text=metric.replace("_", " "), range=[0, max(1.0, float(frame[metric].max()) * 1.15)])
     figure.update_xaxes(title_text="model")

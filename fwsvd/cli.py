@@ -30,6 +30,7 @@ from fwsvd.surgery.compress import compress_
 from fwsvd.surgery.targets import find_targets, target_shapes
 from fwsvd.io.demo import demo_info, ensure_demo_model
 from fwsvd.io.explorer import prepare_explorer
+from fwsvd.io.headline import prepare_headline
 from fwsvd.evaluate.evaluation import count_parameters, evaluate_model
 from fwsvd.view.analysis import DEFAULT_METHODS, METHODS, needs_statistics
 from fwsvd.evaluate.finetune import finetune_
@@ -333,7 +334,14 @@ def _cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     with _progress("Fisher for the rank explorer", "batch") as progress:
         snapshot = prepare_explorer(progress=progress).resolve()
     print(f"rank explorer snapshot: {snapshot}")
-    return {"model_dir": str(directory), "metrics": metrics, "explorer_snapshot": str(snapshot)}
+    # Its headline (size, each default method's metric with intervals, speed-up) is measured now too, and the
+    # token statistics gathered, so adding ASVD, whitened or K-FAC SVD on the dashboard needs no data pass.
+    with _progress("Token statistics", "batch") as statistics_progress, \
+            _progress("Headline evaluation", "step") as progress:
+        headline = prepare_headline(statistics_progress=statistics_progress, progress=progress).resolve()
+    print(f"rank explorer headline: {headline}")
+    return {"model_dir": str(directory), "metrics": metrics, "explorer_snapshot": str(snapshot),
+            "headline": str(headline)}
 
 
 def _cmd_fisher(args: argparse.Namespace) -> dict[str, Any]:

@@ -4,6 +4,7 @@ them changes what it shows. The app runs on a tiny random BERT and a small CSV t
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -105,12 +106,12 @@ def test_rank_explorer_is_the_default_page_and_reacts_to_ranks(app):
     assert at.button_group(key="rank_editor").value == "sliders"
     assert not at.data_editor  # the table is drawn only when chosen
     assert at.slider(key=RANK_KEY).value == 11  # 0.33 of 32
-    kept = _metric(at, "Weights kept")
+    kept = _metric(at, "Target weights kept")
     errors = _chart(at, "error_chart")["data"][0]["y"]
 
     at.slider(key=RANK_KEY).set_value(24).run()  # past break-even (16)
     assert not at.exception
-    assert _metric(at, "Weights kept") != kept
+    assert _metric(at, "Target weights kept") != kept
     assert _chart(at, "error_chart")["data"][0]["y"] != errors
     assert any("break-even" in warning.value for warning in at.warning)
     at.button_group(key="rank_editor").set_value("table").run()
@@ -302,12 +303,21 @@ def test_rank_explorer_evaluates_and_remembers(app):
     at.number_input(key="eval_limit").set_value(16).run()
     at.button(key="evaluate").click().run()
     assert not at.exception and not at.error
-    methods = list(_table(at, "latency_s_per_batch")["method"])
-    assert methods == ["dense", "svd", "fwsvd"]
+    table = _table(at, "vs SVD (95% paired interval)")
+    assert list(table["model"]) == ["dense model", "SVD", "FWSVD"]  # methods by their names
+    intervals = list(table["accuracy (95% interval)"])
+    assert all(re.fullmatch(r"\d\.\d{3} \(\d\.\d{3}–\d\.\d{3}\)", text) for text in intervals), intervals
+    versus = list(table["vs SVD (95% paired interval)"])
+    assert versus[1] == "—" and re.match(r"[+-]\d\.\d{3} \([+-]\d\.\d{3} to [+-]\d\.\d{3}\)", versus[2])
+    assert table["speed-up over dense"][0] == "—" and "×" in table["speed-up over dense"][1]
+    # The headline's cards read the same evaluation: the metric card names its method and metric.
+    assert _metric(at, "FWSVD accuracy") == intervals[2].split()[0]
+    assert _metric(at, "Dense model accuracy") == intervals[0].split()[0]
     at.slider(key=RANK_KEY).set_value(20).run()
     assert any("Not evaluated" in info.value for info in at.info)
+    assert _metric(at, "FWSVD accuracy") == "—"
     at.slider(key=RANK_KEY).set_value(11).run()  # back to the evaluated setting: remembered
-    assert list(_table(at, "latency_s_per_batch")["method"]) == ["dense", "svd", "fwsvd"]
+    assert list(_table(at, "vs SVD (95% paired interval)")["model"]) == ["dense model", "SVD", "FWSVD"]
 
 
 def test_rank_explorer_draws_from_its_snapshot_without_loading_the_model(app_env, monkeypatch):
@@ -319,7 +329,7 @@ def test_rank_explorer_draws_from_its_snapshot_without_loading_the_model(app_env
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
     at.run()  # drawn from the loaded model, which saves the snapshot
     assert len(list(snapshots.glob("*.npz"))) == 1
-    drawn = (_metric(at, "Weights kept"), _chart(at, "error_chart")["data"], _chart(at, "spectrum_chart")["data"])
+    drawn = (_metric(at, "Target weights kept"), _chart(at, "error_chart")["data"], _chart(at, "spectrum_chart")["data"])
 
     import ui_session  # the module the pages share, as the app imported it
 
@@ -332,10 +342,10 @@ def test_rank_explorer_draws_from_its_snapshot_without_loading_the_model(app_env
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
     at.run()
     assert not at.exception and not at.error
-    assert (_metric(at, "Weights kept"), _chart(at, "error_chart")["data"], _chart(at, "spectrum_chart")["data"]) \
+    assert (_metric(at, "Target weights kept"), _chart(at, "error_chart")["data"], _chart(at, "spectrum_chart")["data"]) \
         == drawn
     at.slider(key=RANK_KEY).set_value(20).run()  # rank changes need no model either
-    assert _metric(at, "Weights kept") != drawn[0]
+    assert _metric(at, "Target weights kept") != drawn[0]
 
     monkeypatch.undo()  # evaluating does need the model: the button loads it
     at.number_input(key="eval_limit").set_value(16).run()
