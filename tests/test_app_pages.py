@@ -515,3 +515,76 @@ def test_export_page_offers_ranks_model_and_results(app):
     # Ranks survive the page switch: back on the explorer the slider is where it was left.
     at = _open(at, "3_rank_explorer.py")
     assert at.slider(key=RANK_KEY).value == 7
+
+
+def _share_card(at: AppTest):
+    return next(metric for metric in at.metric if metric.label == "Whole model, share of dense")
+
+
+def test_headline_gives_the_whole_model_share_and_follows_the_budget_at_once(app):
+    from fwsvd.data.tasks import task_of
+    from fwsvd.io.models import load_model
+    from fwsvd.surgery.compress import compressed_copy
+    from fwsvd.surgery.modules import count_parameters
+    from fwsvd.view.explorer import Source
+    from fwsvd.view.rank_plan import compressed_ranks
+
+    at = app
+    view = _view()
+    source = Source.from_environment()
+    model, _ = load_model(source.model, task_of(source))
+    ranks = dict(at.session_state["ranks"])
+    copy, _ = compressed_copy(model, compressed_ranks(ranks, view.analyses), method="svd")
+    dense, compressed = count_parameters(model), count_parameters(copy)  # counted on the models themselves
+    card = _share_card(at)
+    assert card.value == f"{compressed / dense:.0%}"
+    assert f"{compressed:,} of {dense:,} ({compressed / dense:.2%})" in card.proto.help
+    labels = [metric.label for metric in at.metric]
+    assert labels[:5] == ["Whole model, share of dense", "Dense model accuracy", "SVD accuracy", "FWSVD accuracy",
+                          "Speed-up over dense"]
+
+    at.radio(key="global_mode").set_value("param_budget").run()
+    at.slider(key="global_param_budget").set_value(0.3).run()
+    ranks = dict(at.session_state["ranks"])
+    copy, _ = compressed_copy(model, compressed_ranks(ranks, view.analyses), method="svd")
+    assert f"{count_parameters(copy):,} of {dense:,}" in _share_card(at).proto.help  # the same run
+
+
+def test_a_fisher_setting_not_computed_keeps_the_explorer_on_the_fisher_in_use(app):
+    at = _open(app, "2_fisher.py")
+    at.number_input(key="fisher_seed").set_value(7).run()
+    kept = "exact (per example) Fisher over 1024 training examples, seed 0 (the default settings)"
+    assert any("seed 7" in info.value and f"keep using the {kept}" in info.value for info in at.info)
+    _open(at, "3_rank_explorer.py")
+    assert not [button for button in at.button if button.key == "explorer_compute_fisher"]
+    assert [slider for slider in at.slider if slider.key and slider.key.startswith("rank::")]
+    assert any(kept in caption.value for caption in at.caption)
+    _open(at, "4_compare.py")
+    assert any(f"Weighted by the {kept}" in caption.value for caption in at.caption)
+    assert at.get("plotly_chart")
+    at = _open(at, "2_fisher.py")
+    assert at.number_input(key="fisher_seed").value == 7  # the choice is remembered, still not in use
+
+
+def test_a_difference_inside_the_noise_says_so():
+    import pandas as pd
+
+    sys.path.insert(0, str(APP.parent))
+    try:
+        import ui_evaluation
+    finally:
+        sys.path.remove(str(APP.parent))
+    frame = pd.DataFrame({
+        "method": ["dense", "svd", "fwsvd", "asvd"], "params": [100, 60, 60, 60], "num_examples": [64] * 4,
+        "accuracy": [0.9, 0.7, 0.8, 0.71], "accuracy_low": [0.8, 0.6, 0.7, 0.6], "accuracy_high": [0.95] * 4,
+        "accuracy_vs_svd": [0.2, float("nan"), 0.1, 0.01], "accuracy_vs_svd_low": [0.1, float("nan"), 0.05, -0.02],
+        "accuracy_vs_svd_high": [0.3, float("nan"), 0.15, 0.04],
+        "accuracy_vs_svd_verdict": ["higher", None, "higher", "inside the noise"],
+        "speedup": [float("nan"), 1.5, 1.6, 1.4], "speedup_low": [float("nan"), 1.4, 1.5, 1.3],
+        "speedup_high": [float("nan"), 1.6, 1.7, 1.5]})
+    table = ui_evaluation.results_table(frame, "accuracy")
+    assert list(table["model"]) == ["dense model", "SVD", "FWSVD", "ASVD"]
+    assert list(table["vs SVD (95% paired interval)"]) == [
+        "+0.200 (+0.100 to +0.300)", "—", "+0.100 (+0.050 to +0.150)", "+0.010 (-0.020 to +0.040), inside the noise"]
+    assert list(table["accuracy (95% interval)"])[1] == "0.700 (0.600–0.950)"
+    assert list(table["speed-up over dense"]) == ["—", "1.50× (1.40–1.60)", "1.60× (1.50–1.70)", "1.40× (1.30–1.50)"]
