@@ -133,7 +133,8 @@ def evaluate(view: ExplorerView, ranks: dict[str, int], methods: list[str], limi
                   if src == view.source_key and size == limit and "dense" in entry["results"]), None)
     run = tuple(methods) if dense is not None else ("dense", *methods)
     bar, progress = progress_bar(f"Evaluating {methods_text(run)} on {limit} validation examples, then timing "
-                                 "them against the dense model")
+                                 "them against the dense model"
+                                 + ui_session.expected_duration(len(run), limit, view.source_key))
     results = evaluate_methods(loaded.model, loaded.tokenizer, loaded.task, compressed, methods=run, limit=limit,
                                max_length=fisher.provenance["max_length"], fisher=fisher,
                                store=ui_session.decomposition_store(), progress=progress)

@@ -204,18 +204,18 @@ def test_every_figure_follows_the_chosen_methods(app):
     assert not at.exception and not at.error
     assert _trace_names(at, "error_chart") == _trace_names(at, "spectrum_chart") == {"FWSVD"}
     labels = {metric.label for metric in at.metric}
-    assert "Mean Fisher-weighted error, FWSVD" in labels and "Mean Fisher-weighted error, SVD" not in labels
+    assert {"FWSVD weighted error", "FWSVD accuracy"} <= labels and not {"SVD weighted error", "SVD accuracy"} & labels
     assert at.selectbox(key="optimize_method").options == ["FWSVD"]
     at.button_group(key="rank_editor").set_value("table").run()
     assert [c for c in at.data_editor[0].value.columns if c.endswith("weighted_error")] == ["fwsvd_weighted_error"]
 
     at.number_input(key="eval_limit").set_value(16).run()
     at.button(key="evaluate").click().run()
-    assert list(_table(at, "latency_s_per_batch")["method"]) == ["dense", "fwsvd"]
+    assert list(_table(at, "vs SVD (95% paired interval)")["model"]) == ["dense model", "FWSVD"]
     at.multiselect(key="methods").set_value(["svd", "fwsvd"]).run()
     assert at.button(key="evaluate").proto.label == "Evaluate SVD"
     at.button(key="evaluate").click().run()  # only the method not evaluated yet
-    assert list(_table(at, "latency_s_per_batch")["method"]) == ["dense", "svd", "fwsvd"]
+    assert list(_table(at, "vs SVD (95% paired interval)")["model"]) == ["dense model", "SVD", "FWSVD"]
     assert at.button(key="evaluate").disabled
 
     at = _open(at, "5_export.py")
@@ -256,7 +256,7 @@ def test_a_statistics_method_is_analysed_evaluated_and_exported_end_to_end(app):
     at.number_input(key="eval_limit").set_value(16).run()
     at.button(key="evaluate").click().run()
     assert not at.exception and not at.error, [error.value for error in at.error]
-    assert list(_table(at, "latency_s_per_batch")["method"]) == ["dense", "fwsvd", "asvd"]
+    assert list(_table(at, "vs SVD (95% paired interval)")["model"]) == ["dense model", "FWSVD", "ASVD"]
     at.button(key="optimize_ranks").click().run()  # for FWSVD, the first weighted method
     at.selectbox(key="optimize_method").set_value("asvd").run()
     at.button(key="optimize_ranks").click().run()
@@ -351,7 +351,7 @@ def test_rank_explorer_draws_from_its_snapshot_without_loading_the_model(app_env
     at.number_input(key="eval_limit").set_value(16).run()
     at.button(key="evaluate").click().run()
     assert not at.exception and not at.error
-    assert list(_table(at, "latency_s_per_batch")["method"]) == ["dense", "svd", "fwsvd"]
+    assert list(_table(at, "vs SVD (95% paired interval)")["model"]) == ["dense model", "SVD", "FWSVD"]
 
 
 def test_rank_explorer_recovers_from_a_corrupt_snapshot(app_env, caplog):
@@ -468,15 +468,18 @@ def test_compare_page_plots_allocated_against_uniform_and_sweeps_the_chosen_meth
     names = {trace["name"] for trace in figure["data"]}
     assert names == {"SVD, uniform", "SVD, allocated", "FWSVD, uniform", "FWSVD, allocated"}
     view = _view()
+    target = sum(a.out_features * a.in_features for a in view.analyses.values())
     for trace in figure["data"]:
         method = "svd" if trace["name"].startswith("SVD") else "fwsvd"
+        whole = sum(float(a.curves[method].weighted_norm) ** 2 for a in view.analyses.values())
         for ratio, params, error in zip(trace["customdata"], trace["x"], trace["y"]):
             if trace["name"].endswith("uniform"):  # every layer at round(ratio · 32); none of them dense
                 ranks = {name: round(ratio * 32) for name in view.analyses}
-                assert params * 1e6 == pytest.approx(sum(rank * (a.out_features + a.in_features)
-                                                         for (name, rank), a in zip(ranks.items(),
-                                                                                    view.analyses.values())))
-                assert error == pytest.approx(_summed_weighted_error(view, ranks, method), rel=1e-9)
+                kept = sum(rank * (a.out_features + a.in_features)
+                           for (name, rank), a in zip(ranks.items(), view.analyses.values()))
+                assert params * 1e6 == pytest.approx(view.model_params - target + kept)  # the whole model's
+                # relative: sqrt(Σ‖(W − Ŵ)·D‖² / Σ‖W·D‖²), not a sum in the hundred thousands
+                assert error == pytest.approx((_summed_weighted_error(view, ranks, method) / whole) ** 0.5, rel=1e-9)
     allocated = {trace["name"]: trace["y"] for trace in figure["data"]}
     # FWSVD's allocation minimises this very error within the uniform ranks' parameters: never worse.
     assert all(a <= u + 1e-12 for a, u in zip(allocated["FWSVD, allocated"], allocated["FWSVD, uniform"]))
@@ -486,15 +489,22 @@ def test_compare_page_plots_allocated_against_uniform_and_sweeps_the_chosen_meth
     at.number_input(key="sweep_limit").set_value(16).run()
     at.button(key="run_sweep").click().run()
     assert not at.exception and not at.error
-    table = _table(at, "params_fraction")
-    assert list(zip(table["method"], table["rule"])) == [("dense", "dense"), ("fwsvd", "uniform"),
-                                                         ("fwsvd", "allocated"), ("fwsvd", "uniform"),
-                                                         ("fwsvd", "allocated")]
-    runs = table[table["method"] == "fwsvd"].set_index(["rule", "rank_ratio"])["params"]
+    table = _table(at, "vs SVD (95% paired interval)")
+    # Few columns, methods by name, the metric with its interval: readable without scrolling sideways.
+    assert list(table.columns) == ["model", "rule", "rank ratio", "of dense", "accuracy (95% interval)",
+                                   "vs SVD (95% paired interval)", "speed-up over dense"]
+    assert list(zip(table["model"], table["rule"])) == [("dense model", "dense"), ("FWSVD", "uniform"),
+                                                        ("FWSVD", "allocated"), ("FWSVD", "uniform"),
+                                                        ("FWSVD", "allocated")]
+    assert all("(" in text for text in table["accuracy (95% interval)"])
+    runs = table[table["model"] == "FWSVD"].set_index(["rule", "rank ratio"])["of dense"]
     assert runs["allocated", 0.25] <= runs["uniform", 0.25] and runs["allocated", 0.5] <= runs["uniform", 0.5]
     figure = _chart(at, "compare_chart")
     assert {trace["name"] for trace in figure["data"]} == {"FWSVD, uniform", "FWSVD, allocated"}
-    assert figure["layout"]["xaxis"]["title"]["text"] == "model parameters (millions)"
+    errors = _chart(at, "allocation_chart")
+    for axis in ("title", "range"):  # both charts on one x axis: the whole model's parameters
+        assert figure["layout"]["xaxis"][axis] == errors["layout"]["xaxis"][axis]
+    assert figure["layout"]["xaxis"]["title"]["text"] == "whole model's parameters (millions)"
     assert any(shape.get("line", {}).get("dash") == "dash" for shape in figure["layout"]["shapes"])  # dense
     assert {trace["name"] for trace in _chart(at, "allocation_chart")["data"]} == {"FWSVD, uniform",
                                                                                    "FWSVD, allocated"}
