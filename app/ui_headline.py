@@ -24,8 +24,8 @@ from fwsvd.view.headline import Figures, Headline, evaluation_limit, headline_ke
     task_title
 from fwsvd.view.rank_config import ranks_digest
 
-#: Cards per row: at 1280 px five cards keep a label like "Whitened SVD accuracy" whole.
-CARDS_PER_ROW = 5
+#: Cards per row: at 1280 px (sidebar open) four keep a label like "Whitened SVD accuracy" whole; five cut it.
+CARDS_PER_ROW = 4
 #: Metrics where a smaller value is better (a language model's perplexity).
 LOWER_IS_BETTER = frozenset({"perplexity"})
 
@@ -33,6 +33,11 @@ LOWER_IS_BETTER = frozenset({"perplexity"})
 def metric_name(metric: str) -> str:
     """A metric's name for a card label: ``matthews_correlation`` -> "matthews correlation"."""
     return metric.replace("_", " ")
+
+
+def card_rows(cards: list[str]) -> list[list[str]]:
+    """``cards`` in rows of at most :data:`CARDS_PER_ROW`."""
+    return [cards[start:start + CARDS_PER_ROW] for start in range(0, len(cards), CARDS_PER_ROW)]
 
 
 def session_figures(view: ExplorerView, digest: str) -> Headline | None:
@@ -121,10 +126,9 @@ def headline(view: ExplorerView, summary: dict, ranks: dict[str, int], methods: 
     """The sentence and the cards at the top of the rank explorer."""
     st.markdown(sentence(view, methods, len(ranks)))
     figures, origin = current_figures(view, ranks)
-    cards = ["size", "dense", *methods, "speedup"]
-    rows = [cards[start:start + CARDS_PER_ROW] for start in range(0, len(cards), CARDS_PER_ROW)]
-    for row in rows:
-        for column, card in zip(st.columns(CARDS_PER_ROW), row):
+    # What it cost first (size, speed, the dense model's metric), then what each method keeps.
+    for row in [["size", "speedup", "dense"], *card_rows(list(methods))]:
+        for column, card in zip(st.columns(len(row)), row):
             if card == "size":
                 _size_card(column, summary)
             elif card == "speedup":
@@ -138,8 +142,8 @@ def headline(view: ExplorerView, summary: dict, ranks: dict[str, int], methods: 
 
 
 def _size_card(column, summary: dict) -> None:
-    column.metric("Whole model, share of dense", f"{summary['model_share']:.0%}",
-                  f"{count(summary['compressed_params'])} of {count(summary['model_params'])} parameters",
+    column.metric("Whole model size", f"{summary['model_share']:.0%}",
+                  f"of dense: {count(summary['compressed_params'])} of {count(summary['model_params'])} parameters",
                   delta_color="off", delta_arrow="off",
                   help=f"Every parameter of the model, embeddings, heads and biases included: "
                        f"{summary['compressed_params']:,} of {summary['model_params']:,} "
@@ -154,9 +158,8 @@ def for_engineers(summary: dict, methods: Sequence[str], dense: int) -> None:
                "FWSVD keeps what matters to the task, ‖(W − Ŵ)·D‖ with D from the Fisher importance. A layer at "
                "its full rank is kept dense. Errors are relative: ‖(W − Ŵ)·D‖ / ‖W·D‖, averaged over the layers. "
                f"D from the {ui_fisher.describe(ui_fisher.fisher_config())}.")
-    cards = ["kept", "removed", *methods]
-    for start in range(0, len(cards), CARDS_PER_ROW):
-        for column, card in zip(st.columns(CARDS_PER_ROW), cards[start:start + CARDS_PER_ROW]):
+    for row in card_rows(["kept", "removed", *methods]):
+        for column, card in zip(st.columns(CARDS_PER_ROW), row):
             if card == "kept":
                 column.metric("Target weights kept", count(summary["kept_params"]),
                               f"{summary['kept_share']:.0%} of {count(summary['dense_params'])}", delta_color="off",

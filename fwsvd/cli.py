@@ -336,8 +336,8 @@ def _cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     print(f"rank explorer snapshot: {snapshot}")
     # Its headline (size, each default method's metric with intervals, speed-up) is measured now too, and the
     # token statistics gathered, so adding ASVD, whitened or K-FAC SVD on the dashboard needs no data pass.
-    with _progress("Token statistics", "batch") as statistics_progress, \
-            _progress("Headline evaluation", "step") as progress:
+    with _progress("Headline evaluation", "step") as progress, \
+            _progress("Token statistics", "batch") as statistics_progress:
         headline = prepare_headline(statistics_progress=statistics_progress, progress=progress).resolve()
     print(f"rank explorer headline: {headline}")
     return {"model_dir": str(directory), "metrics": metrics, "explorer_snapshot": str(snapshot),

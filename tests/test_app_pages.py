@@ -528,7 +528,7 @@ def test_export_page_offers_ranks_model_and_results(app):
 
 
 def _share_card(at: AppTest):
-    return next(metric for metric in at.metric if metric.label == "Whole model, share of dense")
+    return next(metric for metric in at.metric if metric.label == "Whole model size")
 
 
 def test_headline_gives_the_whole_model_share_and_follows_the_budget_at_once(app):
@@ -550,8 +550,8 @@ def test_headline_gives_the_whole_model_share_and_follows_the_budget_at_once(app
     assert card.value == f"{compressed / dense:.0%}"
     assert f"{compressed:,} of {dense:,} ({compressed / dense:.2%})" in card.proto.help
     labels = [metric.label for metric in at.metric]
-    assert labels[:5] == ["Whole model, share of dense", "Dense model accuracy", "SVD accuracy", "FWSVD accuracy",
-                          "Speed-up over dense"]
+    assert labels[:5] == ["Whole model size", "Speed-up over dense", "Dense model accuracy", "SVD accuracy",
+                          "FWSVD accuracy"]
 
     at.radio(key="global_mode").set_value("param_budget").run()
     at.slider(key="global_param_budget").set_value(0.3).run()

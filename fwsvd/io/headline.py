@@ -48,9 +48,9 @@ def measure_headline(model: Any, tokenizer: Any, task: Any, fisher: Any, analyse
 
 def prepare_headline(source: Source | None = None, config: FisherConfig | None = None, *,
                      statistics_progress: Progress | None = None, progress: Progress | None = None) -> Path:
-    """Measure and store the headline for ``source`` (default: the demo) at the default ranks, and cache the
+    """Measure and store the headline for ``source`` (default: the demo) at the default ranks, then cache the
     Fisher for ``config`` (default settings) with its token statistics; returns the headline's path. Nothing
-    is measured when it is stored already. ``statistics_progress`` follows the statistics pass (batches),
+    is measured or gathered again when it is stored already. ``statistics_progress`` follows the statistics pass (batches),
     ``progress`` the evaluation (batches, then latency rounds). Needs the rank explorer's snapshot
     (:func:`fwsvd.io.explorer.prepare_explorer`) first."""
     source = source if source is not None else Source()
@@ -63,10 +63,11 @@ def prepare_headline(source: Source | None = None, config: FisherConfig | None =
     ranks = default_ranks(view.analyses)
     limit = evaluation_limit(view.validation_size)
     stored = headline_key(key, ranks_digest(ranks), limit)
-    if load_headline(stored) is None:
-        task = task_of(source)
-        model, tokenizer, _ = load_any_model(source.model, task)
-        fisher = task_fisher(model, tokenizer, task, config, statistics=True, progress=statistics_progress)
+    task = task_of(source)
+    model, tokenizer, _ = load_any_model(source.model, task)
+    if load_headline(stored) is None:  # the default methods need the Fisher alone: the headline comes first
+        fisher = task_fisher(model, tokenizer, task, config)
         save_headline(stored, measure_headline(model, tokenizer, task, fisher, view.analyses, ranks, limit=limit,
                                                progress=progress))
+    task_fisher(model, tokenizer, task, config, statistics=True, progress=statistics_progress)
     return headline_path(stored)
