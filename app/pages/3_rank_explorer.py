@@ -74,14 +74,17 @@ def optimized(ranks: dict[str, int], analyses: dict) -> None:
         return
     result: allocation.Optimized = last["result"]
     measure = "Fisher-weighted" if allocation.has_weighted(result.method, analyses) else "plain"
+    uniform, error = (allocation.relative_error(value, analyses, result.method)
+                      for value in (result.uniform_error, result.error))
     cols = st.columns(3)
-    cols[0].metric(f"Summed {measure} error, uniform ranks", f"{result.uniform_error:.4g}")
-    cols[1].metric(f"Summed {measure} error, optimized ranks", f"{result.error:.4g}",
-                   f"{result.change:+.1%} vs uniform", delta_color="inverse")
+    cols[0].metric(f"{measure.capitalize()} error, uniform ranks", f"{uniform:.1%}")
+    cols[1].metric(f"{measure.capitalize()} error, optimized ranks", f"{error:.1%}",
+                   f"{result.change:+.1%} vs uniform (squared)", delta_color="inverse")
     cols[2].metric("Layers kept dense", str(len(result.dense)))
     st.caption(f"Optimized for {method_label(result.method)} (objective: {result.objective} error) within the "
                f"{count(result.budget)} weights the global control keeps; {count(result.kept_params)} kept. "
-               "Each error is summed over the layers, squared; a layer kept dense adds none.")
+               "Each error is relative to the whole: sqrt(Σ‖(W − Ŵ)·D‖² / Σ‖W·D‖²) over the layers; a layer kept "
+               "dense adds none.")
 
 
 def sliders(frame) -> None:
