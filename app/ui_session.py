@@ -75,11 +75,11 @@ def task_for(current: Source) -> Any:
 
 @st.cache_resource(show_spinner=False, max_entries=2)
 def _load(current: Source) -> Loaded:
-    from fwsvd.io.models import load_any_model
+    from fwsvd.io.models import load_for_task
     from fwsvd.surgery.targets import find_blocks
 
-    task = task_for(current)
-    model, tokenizer, _ = load_any_model(current.model, task)
+    # The task as the model numbers its labels (matched by name, through the source's label map).
+    model, tokenizer, task, _ = load_for_task(current.model, task_for(current), label_map=dict(current.label_map))
     return Loaded(current, model, tokenizer, task, find_blocks(model))
 
 

@@ -49,6 +49,8 @@ _EXPORTS = {
     "read_compressed_info": "fwsvd.io.persistence",
     "save_compressed": "fwsvd.io.persistence",
     "load_any_model": "fwsvd.io.models",
+    "load_for_task": "fwsvd.io.models",
+    "match_labels": "fwsvd.data.labels",
     "task_fisher": "fwsvd.fisher.task",
     "SweepResult": "fwsvd.evaluate.sweep",
     "SweepRun": "fwsvd.evaluate.sweep",

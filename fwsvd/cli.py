@@ -37,7 +37,10 @@ from fwsvd.evaluate.finetune import finetune_
 from fwsvd.fisher.estimate import FisherResult
 from fwsvd.io.persistence import save_compressed
 from fwsvd.fisher.summary import importance_agreement
-from fwsvd.io.models import load_any_model
+from fwsvd.io.models import TaskModel, load_any_model, load_for_task
+from fwsvd.data.labels import parse_label_map
+from fwsvd.data.sources import data_of_task, task_of_data
+from fwsvd.evaluate.metrics import metric_label, metric_note
 from fwsvd.fisher.task import task_fisher
 from fwsvd.evaluate.sweep import run_sweep
 from fwsvd.data.tasks import ROLES, TASK_NAMES, Task, get_task, local_task
@@ -112,14 +115,21 @@ _positive_int = _integer_from(1)
 _non_negative_int = _integer_from(0)
 
 
+def _label_map(text: str) -> dict[str, str]:
+    try:
+        return parse_label_map(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _add_json(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="PATH", type=Path, help="also write the result as JSON to PATH")
 
 
-def _add_model(parser: argparse.ArgumentParser, what: str = "model") -> None:
-    parser.add_argument("--model", required=True, metavar="SOURCE",
+def _add_model(parser: argparse.ArgumentParser, what: str = "model", from_config: bool = False) -> None:
+    parser.add_argument("--model", required=not from_config, metavar="SOURCE",
                         help=f"{what}: 'demo', a model directory (save_pretrained or fwsvd compress output) "
-                             "or a hub id (needs the hub)")
+                             "or a hub id (needs the hub)" + ("; default: the --config file's" if from_config else ""))
 
 
 def _add_task(parser: argparse.ArgumentParser) -> None:
@@ -131,6 +141,9 @@ def _add_task(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--text-column", help="text column of --data-files")
     group.add_argument("--label-column", help="label column of --data-files")
     group.add_argument("--text-pair-column", help="second text column of --data-files (sentence pairs)")
+    group.add_argument("--label-map", type=_label_map, metavar="DATA=MODEL,...",
+                       help="labels matched to the model's by name; rename those the model calls otherwise, e.g. "
+                            "rotten=negative,fresh=positive (the right side: the model's label name or id)")
 
 
 def _add_evaluation(parser: argparse.ArgumentParser, batching: bool = True) -> None:
@@ -199,8 +212,8 @@ def _add_fisher(parser: argparse.ArgumentParser, old_spellings: bool = False) ->
 # Shared steps
 
 
-def _task(args: argparse.Namespace, required: bool = True) -> Task | None:
-    """The task from --task or --data-files; demo by default for --model demo."""
+def _task(args: argparse.Namespace, required: bool = True, config: CompressionConfig | None = None) -> Task | None:
+    """The task from --task or --data-files, else the --config file's data; demo by default for --model demo."""
     columns = {"--text-column": args.text_column, "--label-column": args.label_column,
                "--text-pair-column": args.text_pair_column}
     if args.task and args.data_files:
@@ -215,11 +228,44 @@ def _task(args: argparse.Namespace, required: bool = True) -> Task | None:
         raise UserError(f"{', '.join(given)} only apply with --data-files")
     if args.task:
         return get_task(args.task)
-    if args.model == "demo":
+    if config is not None and config.data is not None:
+        return task_of_data(config.data)
+    if _model(args, config) == "demo":
         return get_task("demo")
     if required:
         raise UserError("give --task NAME or --data-files FILE --text-column C --label-column C")
     return None
+
+
+def _model(args: argparse.Namespace, config: CompressionConfig | None = None) -> str:
+    """--model, else the --config file's model."""
+    source = args.model or (config.model if config is not None else None)
+    if not source:
+        raise UserError("give --model SOURCE" + (" (the --config file records no model)"
+                                                 if getattr(args, "config", None) is not None else ""))
+    return str(source)
+
+
+def _load(args: argparse.Namespace, task: Task | None, config: CompressionConfig | None = None) -> TaskModel:
+    """The model for ``task``, whose labels are matched to the model's by name (--label-map, else the --config
+    file's label_map, renames those the model calls otherwise)."""
+    label_map = args.label_map if args.label_map is not None else (config.label_map if config is not None else {})
+    if task is None:
+        if label_map:
+            raise UserError("--label-map maps a task's labels: give the task (--task or --data-files) too")
+        model, tokenizer, info = load_any_model(_model(args, config), None)
+        return TaskModel(model, tokenizer, None, info)
+    return load_for_task(_model(args, config), task, label_map=label_map)
+
+
+def _recorded(config: CompressionConfig, args: argparse.Namespace, task: Task | None) -> CompressionConfig:
+    """``config`` with the model, data and label map it is made from, so that its document rebuilds the model."""
+    source = _model(args, config)
+    path = Path(source).expanduser()
+    model = str(path.resolve()) if source != "demo" and path.is_dir() else source
+    label_map = args.label_map if args.label_map is not None else config.label_map
+    data = data_of_task(task) if task is not None else config.data
+    return dataclasses.replace(config, model=model, data=data, label_map=label_map)
 
 
 def _data_files(items: Sequence[str]) -> str | dict[str, str]:
@@ -306,8 +352,11 @@ def _fisher(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, task: Ta
         return task_fisher(model, tokenizer, task, settings, progress=progress, statistics=statistics)
 
 
-def _metrics_text(metrics: dict[str, float]) -> str:
-    return ", ".join(f"{name} {value:.4f}" for name, value in metrics.items())
+def _metrics_text(metrics: dict[str, float], kind: str = "classification") -> str:
+    """Each metric named for what it is (an NER F1 is seqeval's entity-level F1), and a note on a telling 0."""
+    text = ", ".join(f"{metric_label(kind, name)} {value:.4f}" for name, value in metrics.items())
+    note = metric_note(kind, metrics)
+    return f"{text} ({note})" if note else text
 
 
 def _directory_bytes(directory: Path) -> int:
@@ -345,9 +394,9 @@ def _cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_fisher(args: argparse.Namespace) -> dict[str, Any]:
-    settings = _config(args).fisher
-    task = _task(args)
-    model, tokenizer, _ = load_any_model(args.model, task)
+    config = _config(args)
+    settings = config.fisher
+    model, tokenizer, task, _ = _load(args, _task(args, config=config), config)
     result = _fisher(model, tokenizer, task, settings)
     layers = {name: {"features": values.numel(), "mean": values.mean().item(), "min": values.min().item(),
                      "max": values.max().item()} for name, values in result.importances.items()}
@@ -377,15 +426,14 @@ def _cmd_compress(args: argparse.Namespace) -> dict[str, Any]:
     if args.config is None and args.rank_ratio is None and args.param_budget is None and args.rank is None:
         raise UserError("give the ranks: --config FILE, --rank-ratio R, --param-budget B or --rank N")
     config = _config(args)
-    task = _task(args, required=_needs_fisher(config))
-    model, tokenizer, _ = load_any_model(args.model, task)
-    config = _with_rank(config, args.rank, model)
+    model, tokenizer, task, _ = _load(args, _task(args, required=_needs_fisher(config), config=config), config)
+    config = _with_rank(_recorded(config, args, task), args.rank, model)
     fisher = (_fisher(model, tokenizer, task, config.fisher, statistics=needs_statistics(config.method))
               if _needs_fisher(config) else None)
     report = compress_(model, config, fisher=fisher)
     provenance = fisher.provenance if fisher else None
     save_compressed(model, output, config=report.config, tokenizer=tokenizer, fisher_provenance=provenance,
-                    dense=args.dense, extra={"source_model": str(args.model), "task": task.name if task else None})
+                    dense=args.dense, extra={"source_model": config.model, "task": task.name if task else None})
     size = _directory_bytes(output)
     fraction = report.model_params_after / report.model_params_before
     print(f"{config.method}: {len(report.layers)} layers factorized, parameters {report.model_params_before:,} -> "
@@ -400,12 +448,11 @@ def _cmd_compress(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    task = _task(args)
-    model, tokenizer, _ = load_any_model(args.model, task)
+    model, tokenizer, task, _ = _load(args, _task(args))
     with _progress(f"evaluating ({args.split})", "batch") as progress:
         result = evaluate_model(model, tokenizer, task, args.split, limit=args.limit, batch_size=args.batch_size,
                                 max_length=args.max_length, progress=progress)
-    print(f"{task.name} {args.split} ({result.num_examples} examples): {_metrics_text(result.metrics)}; "
+    print(f"{task.name} {args.split} ({result.num_examples} examples): {_metrics_text(result.metrics, task.kind)}; "
           f"{result.params:,} parameters; {result.latency_s_per_batch * 1000:.0f} ms per batch")
     return {**result.to_dict(), "model": str(args.model), "task": task.name, "split": args.split}
 
@@ -418,15 +465,14 @@ def _cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
     if not runs:
         raise UserError("give at least one method (--methods) and one rank ratio (--rank-ratios)")
     settings = base.fisher
-    task = _task(args)
-    model, tokenizer, _ = load_any_model(args.model, task)
+    model, tokenizer, task, _ = _load(args, _task(args, config=base), base)
     with_statistics = any(needs_statistics(method) for method in args.methods)
     fisher = (_fisher(model, tokenizer, task, settings, statistics=with_statistics)
               if any(map(_needs_fisher, runs)) else None)
 
     def show(run: Any) -> None:
         tqdm.write(f"{run.method:>6} ratio {run.rank_ratio:<5g} params {run.params:>11,}  "
-                   f"{_metrics_text(run.metrics)}", file=sys.stdout)
+                   f"{_metrics_text(run.metrics, task.kind)}", file=sys.stdout)
 
     finetune = {"learning_rate": args.learning_rate, "batch_size": settings.batch_size, "seed": settings.seed,
                 "limit": args.finetune_limit}
@@ -436,7 +482,8 @@ def _cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
                            batch_size=settings.batch_size, max_length=settings.max_length,
                            finetune_epochs=args.finetune_epochs, finetune_kwargs=finetune, progress=progress,
                            on_run=show)
-    print(f"dense ({task.name} {args.split}): params {result.dense.params:,}  {_metrics_text(result.dense.metrics)}")
+    print(f"dense ({task.name} {args.split}): params {result.dense.params:,}  "
+          f"{_metrics_text(result.dense.metrics, task.kind)}")
     return {**result.to_dict(), "model": str(args.model), "task": task.name, "split": args.split,
             "fisher": fisher.provenance if fisher else None, "config": base.to_dict(),
             "finetune": {"epochs": args.finetune_epochs, **finetune} if args.finetune_epochs else None}
@@ -444,8 +491,7 @@ def _cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
 
 def _cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
     output = _check_output(args.output)
-    task = _task(args)
-    model, tokenizer, info = load_any_model(args.model, task)
+    model, tokenizer, task, info = _load(args, _task(args))
     settings = {"epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size,
                 "max_length": args.max_length, "limit": args.limit, "seed": args.seed, "optimizer": args.optimizer}
     training = finetune_(model, tokenizer, task, **settings)
@@ -548,7 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    description="Replace the Linear layers of the transformer blocks by low-rank "
                                                "pairs (SVD, FWSVD, ASVD, whitened or K-FAC SVD) and save the "
                                                "result.")
-    _add_model(compress)
+    _add_model(compress, from_config=True)
     _add_task(compress)
     compress.add_argument("--output", type=Path, required=True, metavar="DIR", help="directory to write")
     compress.add_argument("--dense", action="store_true",

@@ -19,6 +19,7 @@ import numbers
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Union
 
 from fwsvd.view import analysis
@@ -31,6 +32,8 @@ from fwsvd.view.rank_config import Shapes, rule_ranks, unknown_names_error, vali
 Ranks = Union[int, float, Mapping[str, int]]
 
 FISHER_MODES: tuple[str, ...] = ("per_example", "batch")
+#: The roles of a task's data (fwsvd.data.tasks.ROLES; restated here, which stays torch-free).
+DATA_ROLES: tuple[str, ...] = ("train", "validation", "test")
 #: How per-layer ranks may be solved for the rule's total parameters (:func:`fwsvd.view.allocation.allocate_ranks`).
 ALLOCATIONS: tuple[str, ...] = OBJECTIVES
 #: The paper's setting: every layer keeps a third of its rank.
@@ -108,6 +111,78 @@ class FisherConfig:
         return cls(**data)
 
 
+def _text(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+    return value.strip()
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The data a compression's Fisher is read from, so that the document rebuilds the model on its own: a
+    registered ``task`` (fwsvd.data.tasks.TASK_NAMES, e.g. "sst2") or local ``data_files`` {role: path} with
+    their ``text_column`` and ``label_column`` (and ``text_pair_column`` for sentence pairs)."""
+
+    task: str | None = None
+    data_files: Mapping[str, str] | None = None
+    text_column: str | None = None
+    label_column: str | None = None
+    text_pair_column: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.task is None) == (self.data_files is None):
+            raise ValueError("DataConfig names its data once: a task (e.g. 'sst2') or data_files "
+                             f"{{role: path}}, not {'both' if self.task is not None else 'neither'}")
+        columns = {"text_column": self.text_column, "label_column": self.label_column,
+                   "text_pair_column": self.text_pair_column}
+        if self.task is not None:
+            object.__setattr__(self, "task", _text("DataConfig.task", self.task))
+            given = [name for name, value in columns.items() if value is not None]
+            if given:
+                raise ValueError(f"DataConfig.{given[0]} goes with data_files; task {self.task!r} has its own columns")
+            return
+        files = self.data_files
+        if not isinstance(files, Mapping) or "train" not in files or set(files) - set(DATA_ROLES):
+            raise ValueError(f"DataConfig.data_files must be an object {{role: path}} with 'train' and roles among "
+                             f"{', '.join(DATA_ROLES)}, got {files!r}")
+        object.__setattr__(self, "data_files", {role: _text(f"DataConfig.data_files[{role!r}]", path)
+                                                 for role, path in files.items()})
+        for name in ("text_column", "label_column"):
+            object.__setattr__(self, name, _text(f"DataConfig.{name}", columns[name]))
+        if self.text_pair_column is not None:
+            object.__setattr__(self, "text_pair_column", _text("DataConfig.text_pair_column", self.text_pair_column))
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.task is not None:
+            return {"task": self.task}
+        document: dict[str, Any] = {"data_files": dict(self.data_files or {}), "text_column": self.text_column,
+                                    "label_column": self.label_column}
+        if self.text_pair_column is not None:
+            document["text_pair_column"] = self.text_pair_column
+        return document
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DataConfig:
+        _check_keys("DataConfig", data, [f.name for f in dataclasses.fields(cls)])
+        return cls(**data)
+
+    @classmethod
+    def of_files(cls, data_files: str | Path | Mapping[str, str | Path], text_column: str | None,
+                 label_column: str | None, text_pair_column: str | None = None) -> DataConfig:
+        """Local files as a document records them: absolute paths, one file as its train role."""
+        files = data_files if isinstance(data_files, Mapping) else {"train": data_files}
+        return cls(data_files={role: str(Path(path).expanduser().resolve()) for role, path in files.items()},
+                   text_column=text_column, label_column=label_column, text_pair_column=text_pair_column)
+
+
+def _label_map(value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping) or not all(isinstance(key, str) and key for key in value):
+        raise ValueError(f"CompressionConfig.label_map must be an object {{label in the data: the model's label "
+                         f"name or id}}, got {value!r}")
+    return {key: _text(f"CompressionConfig.label_map[{key!r}]", str(target) if isinstance(target, int)
+                       and not isinstance(target, bool) else target) for key, target in value.items()}
+
+
 @dataclass(frozen=True)
 class CompressionConfig:
     """Everything that determines a compression, except the Fisher importances themselves.
@@ -123,6 +198,11 @@ class CompressionConfig:
     the rule's total parameters are instead spread over those layers by
     :func:`fwsvd.view.allocation.allocate_ranks`, which may leave some of them dense; every layer it
     factorizes keeps at least ``allocation_floor`` (default 0.5) of the rank the uniform rule would give it.
+
+    What it was made from, so that ``fwsvd compress --config FILE`` rebuilds it: ``model`` (a model directory,
+    a hub id or "demo"), ``data`` (:class:`DataConfig`) and ``label_map`` ({label in the data: the model's label
+    name or id}, for labels the model names otherwise; see :mod:`fwsvd.data.labels`). None / empty when not
+    recorded; the document then leaves them out.
     """
 
     method: str = "fwsvd"
@@ -133,6 +213,9 @@ class CompressionConfig:
     rank_pattern: Mapping[str, int] = field(default_factory=dict)
     target_modules: tuple[str, ...] | None = None
     fisher: FisherConfig = field(default_factory=FisherConfig)
+    model: str | None = None
+    data: DataConfig | None = None
+    label_map: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalised values are written once, here
@@ -170,6 +253,11 @@ class CompressionConfig:
                                  f"{', '.join(map(repr, unselected[:5]))}")
         if not isinstance(self.fisher, FisherConfig):
             raise ValueError(f"CompressionConfig.fisher must be a FisherConfig, got {type(self.fisher).__name__}")
+        if self.model is not None:
+            set_(self, "model", _text("CompressionConfig.model", self.model))
+        if self.data is not None and not isinstance(self.data, DataConfig):
+            raise ValueError(f"CompressionConfig.data must be a DataConfig, got {type(self.data).__name__}")
+        set_(self, "label_map", _label_map(self.label_map))
 
     # ---------------------------------------------------------------------------------------------
     # Layers and ranks
@@ -245,12 +333,19 @@ class CompressionConfig:
     # Documents
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON document: a format header, then every field."""
-        return {"format": CONFIG_FORMAT, "version": CONFIG_VERSION, "method": self.method,
-                "rank_ratio": self.rank_ratio, "param_budget": self.param_budget, "allocation": self.allocation,
-                "allocation_floor": self.allocation_floor,
-                "target_modules": None if self.target_modules is None else list(self.target_modules),
-                "rank_pattern": dict(self.rank_pattern), "fisher": self.fisher.to_dict()}
+        """The JSON document: a format header, then every field (model, data and label_map when recorded)."""
+        document = {"format": CONFIG_FORMAT, "version": CONFIG_VERSION, "method": self.method,
+                    "rank_ratio": self.rank_ratio, "param_budget": self.param_budget, "allocation": self.allocation,
+                    "allocation_floor": self.allocation_floor,
+                    "target_modules": None if self.target_modules is None else list(self.target_modules),
+                    "rank_pattern": dict(self.rank_pattern), "fisher": self.fisher.to_dict()}
+        if self.model is not None:
+            document["model"] = self.model
+        if self.data is not None:
+            document["data"] = self.data.to_dict()
+        if self.label_map:
+            document["label_map"] = dict(self.label_map)
+        return document
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CompressionConfig:
@@ -267,6 +362,8 @@ class CompressionConfig:
                              f"({CONFIG_VERSION}); upgrade fwsvd")
         if "fisher" in values:
             values["fisher"] = FisherConfig.from_dict(values["fisher"])
+        if values.get("data") is not None:
+            values["data"] = DataConfig.from_dict(values["data"])
         return cls(**values)
 
     def to_json(self) -> str:

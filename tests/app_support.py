@@ -32,12 +32,15 @@ def minilm_tokenizer_path() -> str:
 
 
 def save_tiny_classifier(directory: Path, num_labels: int = 2, seed: int = 0) -> Path:
-    """A random 2-block BERT classifier (hidden 32, FFN 48) with the MiniLM tokenizer, saved to ``directory``."""
+    """A random 2-block BERT classifier (hidden 32, FFN 48) with the MiniLM tokenizer, saved to ``directory``.
+    With two labels they are named as :func:`write_review_csv` writes them (neg = 0, pos = 1), as a fine-tuned
+    model's are: string labels are matched to the model's by name."""
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(minilm_tokenizer_path())
+    names = {"id2label": {0: "neg", 1: "pos"}, "label2id": {"neg": 0, "pos": 1}} if num_labels == 2 else {}
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
                         num_attention_heads=4, intermediate_size=48, max_position_embeddings=64,
-                        num_labels=num_labels)
+                        num_labels=num_labels, **names)
     model = BertForSequenceClassification(config).eval()
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)

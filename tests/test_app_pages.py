@@ -411,7 +411,7 @@ def test_model_page_shows_the_architecture_and_reports_bad_input(app):
     assert _metric(at, "Target layers") == "12 in 2 blocks"
     table = _table(at, "out_features")
     assert len(table) == 12 and set(table["out_features"]) == {32, 48}
-    assert at.selectbox(key="task_name").value == "local file"
+    assert at.radio(key="start_from").value == "own" and at.radio(key="data_kind").value == "file"
     assert at.selectbox(key="label_column").value == "sentiment"
     assert at.button(key="apply_source").disabled  # nothing changed yet
 
@@ -424,6 +424,7 @@ def test_model_page_shows_the_architecture_and_reports_bad_input(app):
     at.button(key="apply_source").click().run()
     assert not at.exception
     assert at.error  # a text column is no label space for a 2-label model
+    assert any("Still using" in info.value for info in at.info)  # and the page says what stays in use
     at.selectbox(key="label_column").set_value("sentiment").run()
     at.radio(key="model_kind").set_value("local").run()
     at.text_input(key="model_path").set_value("/nowhere/model").run()

@@ -387,6 +387,96 @@ def _(ctx):
                 "max_length 4096 is more than the 512 tokens the model reads")
 
 
+# Labels
+
+
+def _renamed_reviews(ctx: Context) -> Path:
+    """The world's reviews with their labels called rotten / fresh, names the model (neg, pos) does not use."""
+    frame = pd.read_csv(ctx.world.data)
+    return _csv(ctx, "rotten_fresh.csv", frame.assign(sentiment=frame["sentiment"].map({"neg": "rotten",
+                                                                                       "pos": "fresh"})))
+
+
+def _model_with_labels(ctx: Context, id2label: dict[str, str] | None) -> Path:
+    """A copy of the world's model whose config names its classes ``id2label`` (None: transformers' defaults)."""
+    directory = ctx.tmp / "relabelled"
+    shutil.copytree(ctx.world.model, directory)
+    config = json.loads((directory / "config.json").read_text())
+    config.pop("id2label", None), config.pop("label2id", None)
+    if id2label is not None:
+        config.update(id2label=id2label, label2id={name: int(i) for i, name in id2label.items()})
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+def _tagged_words(ctx: Context) -> Path:
+    words = ["john", "lives", "here"]
+    rows = [{"tokens": words, "words": words, "tags": ["B-PER", "O", "O"]}] * 8
+    path = ctx.tmp / "ner.jsonl"
+    path.write_text("\n".join(json.dumps(row) for row in rows))
+    return path
+
+
+@case("cli-labels-unknown-to-the-model")
+def _(ctx):
+    return _cli(ctx, _evaluate(ctx, ctx.world.model, _renamed_reviews(ctx)),
+                "the labels of 'sentiment' do not match those of model")
+
+
+@case("cli-labels-on-a-model-without-names")
+def _(ctx):
+    return _cli(ctx, _evaluate(ctx, _model_with_labels(ctx, None)),
+                "only LABEL_0 … LABEL_1 (transformers' defaults)")
+
+
+@case("cli-label-map-not-pairs")
+def _(ctx):
+    return _cli(ctx, [*_evaluate(ctx, ctx.world.model, _renamed_reviews(ctx)), "--label-map", "rotten"],
+                "label map item 'rotten' is not DATA=MODEL")
+
+
+@case("cli-label-map-to-an-unknown-label")
+def _(ctx):
+    return _cli(ctx, [*_evaluate(ctx, ctx.world.model, _renamed_reviews(ctx)), "--label-map",
+                      "rotten=negative,fresh=pos"], "sends 'rotten' to 'negative', which is neither a label")
+
+
+@case("cli-label-map-names-absent-labels")
+def _(ctx):
+    return _cli(ctx, [*_evaluate(ctx, ctx.world.model), "--label-map", "rotten=neg"],
+                "the label map names 'rotten', which the data does not hold")
+
+
+@case("cli-label-column-is-the-text-column")
+def _(ctx):
+    return _cli(ctx, ["evaluate", "--model", ctx.world.model, "--data-files", ctx.world.data, "--text-column",
+                      "review", "--label-column", "review"], "the label column 'review' is also the text column")
+
+
+@case("cli-tag-column-holds-words")
+def _(ctx):
+    return _cli(ctx, ["evaluate", "--model", ctx.world.model, "--data-files", _tagged_words(ctx), "--text-column",
+                      "tokens", "--label-column", "words"], "it looks like words, not tags")
+
+
+@case("cli-compress-config-without-model")
+def _(ctx):
+    return _cli(ctx, ["compress", "--config", _config_file(ctx, {"method": "svd", "rank_ratio": 0.5}),
+                      "--output", ctx.tmp / "out"], "give --model SOURCE (the --config file records no model)")
+
+
+@case("lib-task-numbered-otherwise")
+def _(ctx):
+    model = _model_with_labels(ctx, {"0": "pos", "1": "neg"})
+    return _raises(ctx, ValueError, "numbers the labels of 'sentiment' otherwise than the data",
+                   lambda: fwsvd.load_any_model(model, ctx.world.task()))
+
+
+@case("app-labels-unknown-to-the-model")
+def _(ctx):
+    return _app(ctx, "do not match those of model", FWSVD_APP_TASK=str(_renamed_reviews(ctx)))
+
+
 # Ranks
 
 

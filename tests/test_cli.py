@@ -257,8 +257,9 @@ def test_export_document_works_with_ranks_json_and_config(model_dir, tmp_path, c
     by_alias = _compress(model_dir, tmp_path, "alias", "--ranks-json", str(document))
     by_config = _compress(model_dir, tmp_path, "config", "--config", str(document))
     assert by_alias["ranks"] == by_config["ranks"] == ranks
-    assert by_config["config"] == json.loads(document.read_text())
-    assert read_compressed_info(tmp_path / "config")["config"] == json.loads(document.read_text())
+    recorded = {**json.loads(document.read_text()), "model": str(model_dir.resolve())}  # + the model it was made from
+    assert by_config["config"] == recorded
+    assert read_compressed_info(tmp_path / "config")["config"] == recorded
     # A saved model's fwsvd_compressed.json is a rank document too.
     again = _compress(model_dir, tmp_path, "from_saved", "--config", str(tmp_path / "config" / INFO_FILE))
     assert again["ranks"] == ranks

@@ -15,6 +15,7 @@ from fwsvd.config import (
     CONFIG_FORMAT,
     CONFIG_VERSION,
     CompressionConfig,
+    DataConfig,
     FisherConfig,
     as_config,
     config_from_document,
@@ -362,6 +363,46 @@ def test_documents_round_trip(config):
     assert json.loads(config.to_json()) == config.to_dict()
     for field in dataclasses.fields(CompressionConfig):
         assert getattr(CompressionConfig.from_json(config.to_json()), field.name) == getattr(config, field.name)
+
+
+SOURCED = dataclasses.replace(FULL, model="/models/reviews", label_map={"rotten": "negative", "fresh": "1"},
+                              data=DataConfig(data_files={"train": "/data/reviews.csv"}, text_column="review",
+                                              label_column="sentiment"))
+
+
+@pytest.mark.parametrize("config", [SOURCED, CompressionConfig(model="demo", data=DataConfig(task="demo")),
+                                    CompressionConfig(data=DataConfig(data_files={"train": "a.csv", "test": "b.csv"},
+                                                                      text_column="q", label_column="y",
+                                                                      text_pair_column="p"))])
+def test_model_data_and_label_map_round_trip(config):
+    assert CompressionConfig.from_json(config.to_json()) == config
+    assert read_rank_document(config.to_json()) == config
+
+
+def test_model_data_and_label_map_are_written_only_when_recorded():
+    assert SOURCED.to_dict() == {**FULL.to_dict(), "model": "/models/reviews",
+                                 "data": {"data_files": {"train": "/data/reviews.csv"}, "text_column": "review",
+                                          "label_column": "sentiment"},
+                                 "label_map": {"rotten": "negative", "fresh": "1"}}
+    assert "label_map" not in FULL.to_dict() and "model" not in FULL.to_dict()  # older documents stay as they were
+    assert CompressionConfig(label_map={"fresh": 1}).label_map == {"fresh": "1"}  # an id written as a number
+    assert DataConfig.of_files("reviews.csv", "review", "sentiment").data_files["train"].startswith("/")
+
+
+@pytest.mark.parametrize("factory, fragments", [
+    (lambda: DataConfig(), ["a task (e.g. 'sst2') or data_files", "not neither"]),
+    (lambda: DataConfig(task="sst2", data_files={"train": "a.csv"}), ["not both"]),
+    (lambda: DataConfig(task="sst2", text_column="x"), ["DataConfig.text_column goes with data_files"]),
+    (lambda: DataConfig(data_files={"dev": "a.csv"}, text_column="x", label_column="y"),
+     ["DataConfig.data_files must be an object {role: path} with 'train'"]),
+    (lambda: DataConfig(data_files={"train": "a.csv"}, text_column="x"), ["DataConfig.label_column must be a non-empty"]),
+    (lambda: CompressionConfig(label_map=["rotten=negative"]), ["CompressionConfig.label_map must be an object"]),
+    (lambda: CompressionConfig(label_map={"rotten": ""}), ["CompressionConfig.label_map['rotten'] must be a non-empty"]),
+    (lambda: CompressionConfig(model=""), ["CompressionConfig.model must be a non-empty string"]),
+    (lambda: CompressionConfig.from_dict({"data": {"task": "sst2", "files": []}}), ["DataConfig has unknown key(s) 'files'"]),
+])
+def test_model_data_and_label_map_refuse_bad_values(factory, fragments):
+    refused(factory, *fragments)
 
 
 def test_from_dict_header_is_optional_and_ranks_may_be_whole_floats():

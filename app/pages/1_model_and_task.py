@@ -8,61 +8,83 @@ from ui_format import count, error_box, progress_bar
 from ui_session import Loaded
 
 from fwsvd.data.files import data_file_columns
+from fwsvd.data.labels import format_label_map, parse_label_map
+from fwsvd.data.sources import carved_roles, split_sizes
 from fwsvd.data.tasks import TASK_NAMES
+from fwsvd.evaluate.metrics import metric_label
 from fwsvd.storage.locations import demo_is_built
 from fwsvd.surgery.architecture import architecture_frame, model_summary
 from fwsvd.view.explorer import Source
 
-MODEL_KINDS = {"demo": "Demo model (MiniLM-L6, Rotten Tomatoes)", "local": "Local directory",
-               "hub": "Hugging Face hub id"}
-LOCAL_TASK = "local file"
+START = {"demo": "The demo: MiniLM-L6 fine-tuned on Rotten Tomatoes reviews (offline)",
+         "own": "Your own model and data"}
+MODEL_KINDS = {"local": "Local directory (save_pretrained)", "hub": "Hugging Face hub id"}
+DATA_KINDS = {"file": "A data file (CSV, TSV, JSON, JSONL, parquet)",
+              "task": "A hub task (GLUE, CoNLL-2003) or the demo's"}
+#: Tasks offered for your own model: every registered one (the demo's reviews serve a sentiment model too).
+HUB_TASKS = [name for name in TASK_NAMES if name != "demo"] + ["demo"]
 
 st.title("Model & task")
-st.caption("Pick a fine-tuned classifier and the task it was fine-tuned on. Fisher importances come from the "
-           "task's training split; evaluation uses its validation split.")
+st.caption("Compress the demo, or your own fine-tuned **classifier or token tagger (NER)** from a model directory "
+           "or the Hugging Face hub, with its data from a file or the hub. Labels are matched to the model's by "
+           "name. Fisher importances come from the training split; evaluation uses the validation split.")
 
 
 def _model_kind(current: Source) -> str:
-    if current.model == "demo":
-        return "demo"
-    return "local" if Path(current.model).expanduser().exists() else "hub"
+    return "hub" if current.model != "demo" and not Path(current.model).expanduser().exists() else "local"
 
 
 def choose_source(current: Source) -> Source:
     """The widgets; returns the source they describe (not yet applied)."""
+    own = not (current.model == "demo" and current.task == "demo")
+    start = st.radio("Start from", list(START), index=int(own), format_func=START.get, horizontal=True,
+                     key="start_from")
+    if start == "demo":
+        return Source()
     left, right = st.columns(2, gap="large")
     with left:
         kinds = list(MODEL_KINDS)
         kind = st.radio("Model", kinds, index=kinds.index(_model_kind(current)), format_func=MODEL_KINDS.get,
                         key="model_kind")
-        model = "demo"
-        if kind != "demo":
-            placeholder = "/path/to/a/fine-tuned/model" if kind == "local" else "textattack/bert-base-uncased-SST-2"
-            model = st.text_input("Model directory" if kind == "local" else "Hub id",
-                                  value="" if current.model == "demo" else current.model,
-                                  placeholder=placeholder, key="model_path").strip()
+        placeholder = "/path/to/a/fine-tuned/model" if kind == "local" else "textattack/bert-base-uncased-SST-2"
+        model = st.text_input("Model directory" if kind == "local" else "Hub id",
+                              value="" if current.model == "demo" else current.model,
+                              placeholder=placeholder, key="model_path").strip()
     with right:
-        options = [*TASK_NAMES, LOCAL_TASK]
-        chosen = LOCAL_TASK if current.task == "local" else current.task
-        task = st.selectbox("Task", options, index=options.index(chosen) if chosen in options else 0, key="task_name",
-                            help="GLUE tasks and CoNLL-2003 need the Hugging Face hub; the demo and local files "
-                                 "work offline.")
-        if task != LOCAL_TASK:
-            return Source(model=model, task=task)
-        data_file = st.text_input("Data file (CSV, TSV, JSON, JSONL or parquet)", value=current.data_file or "",
-                                  key="data_file").strip()
+        data_kinds = list(DATA_KINDS)
+        data_kind = st.radio("Data", data_kinds, index=0 if current.task == "local" else 1,
+                             format_func=DATA_KINDS.get, key="data_kind")
+        if data_kind == "task":
+            task = st.selectbox("Task", HUB_TASKS, index=_index(HUB_TASKS, current.task, 0), key="task_name",
+                                help="GLUE tasks and CoNLL-2003 need the Hugging Face hub; the demo's reviews "
+                                     "work offline.")
+            return Source(model=model, task=task, label_map=label_map_widget(current))
+        data_file = st.text_input("Data file", value=current.data_file or "", key="data_file",
+                                  placeholder="/path/to/train.csv").strip()
         if not data_file:
             st.info("Enter the path of a local data file to choose its columns.")
             return Source(model=model, task="local")
         columns = data_file_columns(data_file)
-        text = st.selectbox("Text column", columns, index=_index(columns, current.text_column, 0), key="text_column")
+        text = st.selectbox("Text column", columns, index=_index(columns, current.text_column, 0), key="text_column",
+                            help="For token tagging (NER): the column of word lists.")
         label = st.selectbox("Label column", columns, index=_index(columns, current.label_column, -1),
-                             key="label_column")
+                             key="label_column", help="Class labels (names or ids), or lists of tags for NER.")
         pair_options = ["(none)", *columns]
         pair = st.selectbox("Second text column (sentence pairs)", pair_options,
                             index=_index(pair_options, current.pair_column or "(none)", 0), key="pair_column")
         return Source(model=model, task="local", data_file=data_file, text_column=text, label_column=label,
-                      pair_column=None if pair == "(none)" else pair)
+                      pair_column=None if pair == "(none)" else pair, label_map=label_map_widget(current))
+
+
+def label_map_widget(current: Source) -> tuple[tuple[str, str], ...]:
+    """The label map: data labels the model names otherwise, sent to the model's names (or ids)."""
+    text = st.text_input("Label map (only where the data names labels otherwise than the model)",
+                         value=format_label_map(current.label_map), key="label_map",
+                         placeholder="rotten=negative,fresh=positive",
+                         help="Labels are matched to the model's id2label by name; integer labels are its ids. "
+                              "For names the model does not use, give DATA=MODEL pairs: the model's label name "
+                              "or id on the right.")
+    return tuple(parse_label_map(text).items())
 
 
 def _index(options: list[str], wanted: str, fallback: int) -> int:
@@ -83,11 +105,34 @@ def apply(chosen: Source) -> None:
     st.toast(f"Using {chosen.model} on {chosen.task_label}", icon=":material/check:")
 
 
+def show_data(loaded: Loaded) -> None:
+    """What the task reads: how its examples are split, and how its labels became the model's."""
+    task = loaded.task
+    names = [metric_label(task.kind, name) for name in task.metric_names]
+    also = f", with {' and '.join(names[1:3])} beside it" if task.kind == "token_classification" else ""
+    st.caption(f"Task **{loaded.source.task_label}**: {task.kind.replace('_', ' ')}, {task.num_labels} labels; "
+               f"scored by {names[0]}{also}.")
+    carved = carved_roles(task)
+    if carved:
+        sizes = split_sizes(task)
+        total = sizes["train"] + sum(sizes[role] for role in carved)  # the examples of the file that is split
+        parts = ", ".join(f"{role} {sizes[role]:,} ({sizes[role] / total:.0%})" for role in ("train", *carved))
+        own = [role for role in sizes if role != "train" and role not in carved]
+        st.caption(f"The training data, split at random with seed {task.seed}: {parts}"
+                   + "".join(f"; {role} {sizes[role]:,} from its own file" for role in own)
+                   + ". The Fisher reads only the train part.")
+    if task.data_label_names is not None:
+        renamed = dict(task.label_map)
+        pairs = ", ".join(f"{name} → {renamed.get(name, name)} ({task.label_names.index(renamed.get(name, name))})"
+                          for name in task.data_label_names)
+        st.caption(f"Labels matched to the model's by name (the model's id in brackets): {pairs}.")
+
+
 def show_summary(loaded: Loaded) -> None:
     summary = model_summary(loaded.model)
+    show_data(loaded)
     st.subheader("Architecture")
-    st.caption(f"`{summary['model_class']}` from `{loaded.source.model}` on task **{loaded.source.task_label}** "
-               f"({loaded.task.kind}, {loaded.task.num_labels} labels, metric: {ui_session.metric_of(loaded)})")
+    st.caption(f"`{summary['model_class']}` from `{loaded.source.model}`")
     cols = st.columns(4)
     cols[0].metric("Parameters", count(summary["parameters"]))
     cols[1].metric("Target weights", count(summary["target_parameters"]))
@@ -119,8 +164,11 @@ with error_box():
         label = "Build the demo model (about 6 minutes, once) and use it"
     if st.button(label, type="primary", key="apply_source",
                  disabled=chosen == current and ui_session.model_is_ready(current)):
-        apply(chosen)
-        st.rerun()
+        with error_box():
+            apply(chosen)
+            st.rerun()
+        st.info(f"Still using `{current.model}` on {current.task_label}: the model and data below are unchanged.",
+                icon=":material/info:")
 
 with error_box():
     st.divider()

@@ -22,16 +22,28 @@ st.caption("FWSVD weighs each input feature of a layer by its Fisher importance:
            "faithfully; unimportant ones absorb the error.")
 
 
-def settings_widgets(settings: FisherConfig) -> FisherConfig:
-    left, middle, right = st.columns(3)
+def settings_widgets(settings: FisherConfig, train_size: int, longest: int | None) -> FisherConfig:
+    """The Fisher settings; the example counts offered stop at the training split's size (``train_size``, the
+    last offered as "all"), max length at what the tokenizer reads (``longest``)."""
+    left, middle, right, last = st.columns([3, 3, 2, 2])
     mode = left.radio("Mode", list(MODES), index=list(MODES).index(settings.mode), format_func=MODES.get,
                       key="fisher_mode", horizontal=True,
                       help="Exact: each example's own squared gradient (the paper's definition). Batch: the "
                            "squared gradient of each mini-batch, the shortcut public code takes.")
-    count = middle.select_slider("Training examples", EXAMPLE_COUNTS, value=settings.num_examples
-                                 if settings.num_examples in EXAMPLE_COUNTS else 1024, key="fisher_examples")
+    counts = [count for count in EXAMPLE_COUNTS if count < train_size] + [train_size]
+    wanted = min(settings.num_examples, train_size)
+    count = middle.select_slider("Training examples", counts, value=min(counts, key=lambda c: abs(c - wanted)),
+                                 key="fisher_examples",
+                                 format_func=lambda c: f"all {c:,}" if c == train_size else f"{c:,}",
+                                 help=f"The training split holds {train_size:,} examples.")
+    if count == train_size and settings.num_examples >= train_size:
+        count = settings.num_examples  # "all" already: the same Fisher, so the settings (and their cache) stay
     seed = right.number_input("Seed", min_value=0, value=settings.seed, step=1, key="fisher_seed")
-    return replace(settings, mode=mode, num_examples=int(count), seed=int(seed))
+    max_length = last.number_input("Max length (tokens)", min_value=8, max_value=longest, value=settings.max_length,
+                                   step=8, key="fisher_max_length",
+                                   help="Tokens per example for the Fisher and for every evaluation of this model; "
+                                        "longer examples are cut.")
+    return replace(settings, mode=mode, num_examples=int(count), seed=int(seed), max_length=int(max_length))
 
 
 def compute(loaded: Loaded, settings: FisherConfig, *, use: bool = True) -> None:
@@ -96,7 +108,9 @@ def show_exact_vs_batch(loaded: Loaded, settings: FisherConfig, fisher) -> None:
 
 with error_box():
     loaded = ui_session.require_model()
-    settings = settings_widgets(ui_fisher.fisher_choice())
+    readable = getattr(loaded.tokenizer, "model_max_length", None)  # a huge sentinel when the tokenizer sets none
+    settings = settings_widgets(ui_fisher.fisher_choice(), len(loaded.task.load_split("train")),
+                                readable if isinstance(readable, int) and readable < 1 << 20 else None)
     ui_fisher.choose_fisher(settings)
     fisher = ui_fisher.fisher_for(loaded, settings)
     if fisher is None:

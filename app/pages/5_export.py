@@ -1,6 +1,8 @@
 """Export: the compression config (JSON, and back), the compressed model and the results (CSV)."""
 
+import dataclasses
 import json
+from pathlib import Path
 
 import streamlit as st
 import ui_fisher
@@ -12,6 +14,7 @@ from ui_methods import chosen_methods, method_label
 from ui_session import Loaded
 
 from fwsvd.config import CompressionConfig, read_rank_document
+from fwsvd.data.sources import data_of_task
 from fwsvd.evaluate.methods import evaluations_frame
 from fwsvd.io.archive import compressed_archive
 from fwsvd.view import analysis, rank_config
@@ -19,19 +22,33 @@ from fwsvd.view import rank_plan as allocation
 from fwsvd.view.analysis import METHODS
 
 st.title("Export")
+#: The file name the download offers, and the command that rebuilds the model from it.
+CONFIG_FILE = "fwsvd_config.json"
+COMMAND = f"fwsvd compress --config {CONFIG_FILE} --output fwsvd_model"
+
+
+def recorded(config: CompressionConfig, loaded: Loaded) -> CompressionConfig:
+    """``config`` with the model, data and label map it is made from, so that its document rebuilds the model
+    on its own (``fwsvd compress --config FILE --output DIR``)."""
+    model = loaded.source.model
+    path = Path(model).expanduser()
+    return dataclasses.replace(config, model=str(path.resolve()) if model != "demo" and path.is_dir() else model,
+                               data=data_of_task(loaded.task), label_map=dict(loaded.source.label_map))
 
 
 def compression_config(config: CompressionConfig, analyses: dict) -> None:
     st.subheader("Compression config")
     left, right = st.columns(2, gap="large")
-    left.download_button("Download ranks (JSON)", config.to_json(), file_name="fwsvd_config.json",
+    left.download_button("Download ranks (JSON)", config.to_json(), file_name=CONFIG_FILE,
                          mime="application/json", key="download_ranks", icon=":material/download:")
     dense = len(analyses) - len(config.rank_pattern)
     left.caption(f"{method_label(config.method)} at these ranks on {len(config.rank_pattern)} layers (digest "
                  f"`{rank_config.ranks_digest(config.rank_pattern)}`), with the Fisher settings"
                  + (f"; the {dense} layer(s) kept dense are left out of rank_pattern and target_modules" if dense
-                    else "") + ". `fwsvd compress --config fwsvd_config.json` builds the same model.")
+                    else "") + ", the model, the data and the label map; the command below builds the same model "
+                 "from it.")
     left.expander("The config").code(config.to_json(), language="json")
+    left.code(COMMAND, language="bash")
     upload = right.file_uploader("Load a rank document", type=["json"], key="upload_ranks",
                                  help="This page's download, 'fwsvd compress --json' output, a saved model's "
                                       "fwsvd_compressed.json, an older rank file or {layer: rank}.")
@@ -111,7 +128,7 @@ with error_box():
     method = st.radio("Method", methods, format_func=method_label, horizontal=True, key="export_method",
                       persist_state="session", help="Of both the config and the model below, and recorded in both: "
                                                     "one of the methods chosen in the sidebar, or an uploaded one.")
-    config = ui_ranks.compression_config(method, analyses, ui_fisher.fisher_config())
+    config = recorded(ui_ranks.compression_config(method, analyses, ui_fisher.fisher_config()), loaded)
     with error_box():
         compression_config(config, analyses)
     model_archive(loaded, ui_views.fisher_for_methods(loaded, (method,), "Exports need the Fisher importances."),

@@ -21,6 +21,7 @@ import functools
 import hashlib
 import importlib.util
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,11 @@ class Task:
     validation_fraction: float = 0.1
     test_fraction: float = 0.1
     seed: int = 0
+    #: Set when the task was matched to a model that numbers or names its labels otherwise
+    #: (:func:`fwsvd.data.labels.match_labels`): the data's own label names (in the data's numbering), and
+    #: ((name in the data, the model's name), ...) where the two differ. ``label_names`` are then the model's.
+    data_label_names: tuple[str, ...] | None = None
+    label_map: tuple[tuple[str, str], ...] = ()
 
     @property
     def headline_metric(self) -> str:
@@ -91,9 +97,18 @@ class Task:
 
         Task name + source + split; for local files their content hash and the split seed and fractions;
         for the demo the corpus file's hash and the split seed. Two roles reading the same examples (GLUE's
-        validation and test) get the same id, on purpose.
+        validation and test) get the same id, on purpose. Labels renumbered for a model add the numbering.
         """
         _check_role(role)
+        return self._examples_id(role) + self._numbering_id()
+
+    def _numbering_id(self) -> str:
+        if self.data_label_names is None:
+            return ""
+        numbering = repr((self.label_names, self.label_map)).encode()
+        return f":labels{hashlib.blake2b(numbering, digest_size=6).hexdigest()}"
+
+    def _examples_id(self, role: Role) -> str:
         if self.source == "hub":
             return f"{self.name}:hub:{self.hub_path}/{self.hub_config}:{dict(self.splits)[role]}"
         if self.source == "demo":
@@ -199,6 +214,9 @@ def local_task(
             raise ValueError(f"{fraction_name} must be in [0, 1), got {fraction}")
     if validation_fraction + test_fraction >= 1.0:
         raise ValueError("validation_fraction + test_fraction must leave some training examples")
+    if label_column in (text_column, text_pair_column):
+        raise ValueError(f"the label column {label_column!r} is also the text column: choose the column that holds "
+                         "the labels")
     loaded = {role: _read_local_file(Path(file)) for role, file in files.items()}
     for role, dataset in loaded.items():
         for column in (text_column, label_column, text_pair_column):
@@ -280,6 +298,7 @@ def _infer_labels(train: datasets.Dataset, label_column: str,
         names = _label_names(values)
         if names is None:
             raise ValueError(f"token labels in {label_column!r} must be tag strings (e.g. B-PER) for seqeval")
+        _check_tags(label_column, names)
         return "token_classification", len(names), names
     if kind == "token_classification":
         raise ValueError(f"token_classification needs lists of tags in {label_column!r}, got {feature}")
@@ -303,6 +322,21 @@ def _infer_labels(train: datasets.Dataset, label_column: str,
     if array.min() < 0:
         raise ValueError(f"class labels in {label_column!r} must be ids >= 0, found {array.min():g}")
     return "classification", int(array.max()) + 1, None
+
+
+#: What seqeval reads as an entity tag: O, or a B/I/E/S/L/U prefix and a type (B-PER, I-LOC, S-MISC).
+_TAG = re.compile(r"O|[BIESLU][-_].+")
+
+
+def _check_tags(label_column: str, names: tuple[str, ...]) -> None:
+    """Refuse a tag column that holds words: picking the tokens column as labels would otherwise make a
+    "task" of thousands of classes, refused only later by a puzzling label count."""
+    words = [name for name in names if not _TAG.fullmatch(name)]
+    if words:
+        shown = ", ".join(map(repr, words[:5])) + (" …" if len(words) > 5 else "")
+        raise ValueError(f"label column {label_column!r} holds {len(names)} distinct values, {len(words)} of them not "
+                         f"entity tags (such as {shown}): it looks like words, not tags. Choose the column of tags "
+                         "(O, B-PER, I-PER, …)")
 
 
 def _label_names(values: list) -> tuple[str, ...] | None:
@@ -373,11 +407,14 @@ def _split(dataset: datasets.Dataset, role: str, validation_fraction: float, tes
 
 
 def _normalise_labels(task: Task, dataset: datasets.Dataset) -> datasets.Dataset:
-    """String labels -> ids in ``label_names`` order; regression labels -> float32."""
+    """String labels -> ids in ``label_names`` order (through ``label_map`` when the task was matched to a
+    model that names them otherwise); regression labels -> float32."""
     column = task.label_column
-    values = list(dataset[column])
     if task.kind == "regression":
         return dataset.cast_column(column, datasets.Value("float32"))
+    if task.data_label_names is not None:
+        dataset = _renamed(task, dataset)
+    values = list(dataset[column])
     flat = [tag for row in values for tag in row] if task.kind == "token_classification" else values
     if not flat or not isinstance(flat[0], str):
         return dataset
@@ -386,6 +423,24 @@ def _normalise_labels(task: Task, dataset: datasets.Dataset) -> datasets.Dataset
         raise ValueError(f"labels {unknown} in {column!r} are not among the training labels {list(task.label_names)}")
     label = datasets.ClassLabel(names=list(task.label_names))  # datasets maps each name to its index
     return dataset.cast_column(column, datasets.List(label) if task.kind == "token_classification" else label)
+
+
+def _renamed(task: Task, dataset: datasets.Dataset) -> datasets.Dataset:
+    """The label column as names the model knows: ClassLabel ids decoded to their names, then renamed through
+    ``task.label_map`` (names it does not hold stay as they are, and are checked against ``label_names``)."""
+    column = task.label_column
+    feature = dataset.features[column]
+    inner = getattr(feature, "feature", feature) if task.kind == "token_classification" else feature
+    rename = dict(task.label_map)
+
+    def name(value: object) -> str:
+        text = inner.int2str(value) if isinstance(inner, datasets.ClassLabel) else str(value)
+        return rename.get(text, text)
+
+    values = list(dataset[column])
+    renamed = ([[name(tag) for tag in row] for row in values] if task.kind == "token_classification"
+               else [name(value) for value in values])
+    return dataset.remove_columns(column).add_column(column, renamed)
 
 
 # --------------------------------------------------------------------------------------------------

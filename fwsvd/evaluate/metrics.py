@@ -25,6 +25,27 @@ from fwsvd.data.tasks import Task
 ArrayLike = Sequence | np.ndarray
 
 
+_LABELS = {"accuracy": "accuracy", "f1": "F1 (positive class)", "matthews_correlation": "Matthews correlation",
+           "pearson": "Pearson correlation", "spearman": "Spearman correlation"}
+_NER_LABELS = {"f1": "entity-level F1 (seqeval)", "precision": "entity-level precision (seqeval)",
+               "recall": "entity-level recall (seqeval)", "accuracy": "token accuracy"}
+
+
+def metric_label(kind: str, name: str) -> str:
+    """What metric ``name`` of a task of ``kind`` is, for people: an NER "f1" is the entity-level F1 of seqeval,
+    not a token's; the short names stay the keys that results and scripts use."""
+    labels = _NER_LABELS if kind == "token_classification" else _LABELS
+    return labels.get(name, name)
+
+
+def metric_note(kind: str, metrics: dict[str, float]) -> str | None:
+    """A word on figures that read as a failure of the tool rather than of the model: an entity-level F1 of 0
+    with precision 0 means the model found no entity of the data."""
+    if kind == "token_classification" and metrics.get("f1") == 0.0 and metrics.get("precision") == 0.0:
+        return "no entities found: none of the entities the model marks is in the data (precision 0)"
+    return None
+
+
 def compute_metrics(task: Task, predictions: ArrayLike, references: ArrayLike) -> dict[str, float]:
     """``{metric: value}`` for every name in ``task.metric_names``.
 
@@ -38,7 +59,8 @@ def compute_metrics(task: Task, predictions: ArrayLike, references: ArrayLike) -
         values = _regression_metrics(np.asarray(predictions, dtype=np.float64).reshape(-1),
                                      np.asarray(references, dtype=np.float64).reshape(-1))
     else:
-        values = _classification_metrics(_class_ids(predictions), np.asarray(references).reshape(-1))
+        values = _classification_metrics(_class_ids(predictions), np.asarray(references).reshape(-1),
+                                         _positive_id(task))
     return {name: values[name] for name in task.metric_names}
 
 
@@ -47,15 +69,25 @@ def _class_ids(predictions: ArrayLike) -> np.ndarray:
     return array.argmax(-1) if array.ndim == 2 else array.reshape(-1)
 
 
-def _classification_metrics(predictions: np.ndarray, references: np.ndarray) -> dict[str, float]:
+def _positive_id(task: Task) -> int:
+    """The id of the positive class: the data's label 1 (MRPC's equivalent, QQP's duplicate), which a model
+    whose labels were matched by name may number otherwise (:func:`fwsvd.data.labels.match_labels`)."""
+    if task.data_label_names is None or len(task.data_label_names) != 2:
+        return 1
+    name = task.data_label_names[1]
+    return task.label_names.index(dict(task.label_map).get(name, name))
+
+
+def _classification_metrics(predictions: np.ndarray, references: np.ndarray,
+                            positive: int = 1) -> dict[str, float]:
     _check_lengths(predictions, references)
     values = {
         "accuracy": float(accuracy_score(references, predictions)),
         "matthews_correlation": float(matthews_corrcoef(references, predictions)),
     }
     if max(predictions.max(initial=0), references.max(initial=0)) <= 1:
-        # GLUE's F1 (MRPC, QQP) is that of the positive class, label 1; undefined beyond two classes.
-        values["f1"] = float(f1_score(references, predictions, zero_division=0.0))
+        # GLUE's F1 (MRPC, QQP) is that of the positive class; undefined beyond two classes.
+        values["f1"] = float(f1_score(references, predictions, pos_label=positive, zero_division=0.0))
     return values
 
 

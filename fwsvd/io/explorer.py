@@ -15,7 +15,7 @@ from fwsvd.config import FisherConfig
 from fwsvd.data.tasks import Task, task_of
 from fwsvd.factorize.store import DecompositionStore
 from fwsvd.fisher.task import task_fisher
-from fwsvd.io.models import load_any_model
+from fwsvd.io.models import load_for_task
 from fwsvd.surgery.analyze import cached_analyses
 from fwsvd.surgery.modules import count_parameters
 from fwsvd.surgery.targets import find_blocks
@@ -51,7 +51,7 @@ def prepare_explorer(source: Source | None = None, config: FisherConfig | None =
         raise ValueError(f"the rank explorer's snapshot needs a local model directory; {source.model!r} is not one")
     if load_view(key) is None:
         task = task_of(source)
-        model, tokenizer, _ = load_any_model(source.model, task)
+        model, tokenizer, task, _ = load_for_task(source.model, task, label_map=dict(source.label_map))
         fisher = task_fisher(model, tokenizer, task, config, progress=progress)
         save_view(key, explorer_view_of(source, model, task, fisher))
     return snapshot_path(key)

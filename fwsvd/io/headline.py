@@ -18,7 +18,7 @@ from fwsvd.data.tasks import task_of
 from fwsvd.evaluate.methods import evaluate_methods
 from fwsvd.factorize.store import DecompositionStore
 from fwsvd.fisher.task import task_fisher
-from fwsvd.io.models import load_any_model
+from fwsvd.io.models import load_for_task
 from fwsvd.view.analysis import DEFAULT_METHODS, LayerAnalysis
 from fwsvd.view.explorer import Source, load_view, snapshot_key
 from fwsvd.view.headline import (Headline, evaluation_limit, headline_key, headline_of, headline_path, load_headline,
@@ -63,8 +63,7 @@ def prepare_headline(source: Source | None = None, config: FisherConfig | None =
     ranks = default_ranks(view.analyses)
     limit = evaluation_limit(view.validation_size)
     stored = headline_key(key, ranks_digest(ranks), limit)
-    task = task_of(source)
-    model, tokenizer, _ = load_any_model(source.model, task)
+    model, tokenizer, task, _ = load_for_task(source.model, task_of(source), label_map=dict(source.label_map))
     if load_headline(stored) is None:  # the default methods need the Fisher alone: the headline comes first
         fisher = task_fisher(model, tokenizer, task, config)
         save_headline(stored, measure_headline(model, tokenizer, task, fisher, view.analyses, ranks, limit=limit,

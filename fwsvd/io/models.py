@@ -4,13 +4,18 @@ A source is ``"demo"`` (built once, see :mod:`fwsvd.io.demo`), a local directory
 ``save_pretrained``, or a Hugging Face hub id (needs the hub). The head is checked *before* the weights
 are loaded, from the config: loading a base encoder with ``AutoModelForSequenceClassification`` would
 silently attach a random head, and compressing an untrained classifier measures nothing.
+
+The task's labels are matched to the model's by name (:mod:`fwsvd.data.labels`): :func:`load_for_task`
+returns the task numbered as the model numbers its classes; :func:`load_model` and :func:`load_any_model`
+refuse a task whose labels the model numbers otherwise, rather than score it against the wrong classes.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 from safetensors import SafetensorError
 from transformers import (
@@ -23,6 +28,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from fwsvd.data.labels import match_labels
 from fwsvd.data.tasks import Task
 from fwsvd.io.demo import ensure_demo_model
 from fwsvd.io.hub import check_hub_model
@@ -49,10 +55,19 @@ def load_model(
     given, is checked the same way. Otherwise ValueError says what was found and what is needed.
     ``trust_remote_code`` stays off unless asked for: it runs code shipped with the model.
     """
+    model, tokenizer, _ = _load_model(source, task, None, trust_remote_code, num_labels, strict=True)
+    return model, tokenizer
+
+
+def _load_model(source: str | os.PathLike[str], task: Task | None, label_map: Mapping[str, str] | None,
+                trust_remote_code: bool, num_labels: int | None = None,
+                strict: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Task | None]:
+    """(model, tokenizer, task matched to the model); ``strict``: refuse a task the model numbers otherwise."""
     location = _locate(source)
     with quiet_transformers():
         config = _load_config(location, source, trust_remote_code)
-        head = check_head(config, task, num_labels, source)
+        matched = _matched(task, config, label_map, source, strict)
+        head = check_head(config, task if strict else matched, num_labels, source)
         try:
             model, loading = _HEADS[head].from_pretrained(location, trust_remote_code=trust_remote_code,
                                                           output_loading_info=True)
@@ -62,7 +77,28 @@ def load_model(
         _check_complete(loading, source)
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
     _ensure_padding(model, tokenizer)
-    return model.eval(), tokenizer
+    return model.eval(), tokenizer, matched
+
+
+def _matched(task: Task | None, config: PretrainedConfig, label_map: Mapping[str, str] | None,
+             source: str | os.PathLike[str], strict: bool) -> Task | None:
+    """``task`` with its labels numbered as ``config`` numbers them (None for no task)."""
+    if task is None:
+        return None
+    needed = "ForTokenClassification" if task.kind == "token_classification" else "ForSequenceClassification"
+    if _head_of(config) != needed:
+        return task  # no task head, or another kind: check_head says so
+    matched = match_labels(task, config.id2label, config.num_labels, label_map, model=f"model {str(source)!r}")
+    if strict and matched.data_label_names is not None:
+        raise ValueError(f"model {str(source)!r} numbers the labels of {task.label_column!r} otherwise than the data "
+                         f"({', '.join(task.label_names or ())} in the data; {', '.join(matched.label_names)} in "
+                         "the model): load it with fwsvd.load_for_task(source, task), which matches them by name")
+    return matched
+
+
+def _head_of(config: PretrainedConfig) -> str | None:
+    """The task-head suffix of the model's architecture (a key of _HEADS), or None."""
+    return next((suffix for arch in config.architectures or [] for suffix in _HEADS if arch.endswith(suffix)), None)
 
 
 def _check_complete(loading: dict[str, Any], source: str | os.PathLike[str]) -> None:
@@ -108,7 +144,7 @@ def check_head(config: PretrainedConfig, task: Task | None, num_labels: int | No
                 source: str | os.PathLike[str]) -> str:
     """The head suffix to load with, after checking it fits the task and label count."""
     architectures = config.architectures or []
-    found = next((suffix for arch in architectures for suffix in _HEADS if arch.endswith(suffix)), None)
+    found = _head_of(config)
     needed = ("ForTokenClassification" if task is not None and task.kind == "token_classification"
               else "ForSequenceClassification" if task is not None else None)
     label_count = task.num_labels if task is not None else num_labels
@@ -152,20 +188,55 @@ def load_any_model(
     """(model in eval mode, tokenizer, compression info or None) from "demo", a model directory, a hub id,
     or a directory written by ``save_compressed`` (which must hold its tokenizer).
 
-    With a ``task``, the model's head must fit it (ValueError otherwise).
+    With a ``task``, the model's head must fit it and number its labels as the data does (ValueError
+    otherwise; :func:`load_for_task` matches them by name instead).
     """
+    loaded = _load_any(source, task, None, trust_remote_code, strict=True)
+    return loaded.model, loaded.tokenizer, loaded.info
+
+
+class TaskModel(NamedTuple):
+    """A model loaded for a task, with the task numbered as the model numbers its classes."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    #: None only when loaded without a task
+    task: Task | None
+    #: a compressed directory's fwsvd_compressed.json, else None
+    info: dict[str, Any] | None
+
+
+def load_for_task(
+    source: str | os.PathLike[str],
+    task: Task,
+    *,
+    label_map: Mapping[str, str] | None = None,
+    trust_remote_code: bool = False,
+) -> TaskModel:
+    """:func:`load_any_model` for ``task``, whose labels are matched to the model's by name
+    (:func:`fwsvd.data.labels.match_labels`; ``label_map`` {label in the data: the model's label name or id}
+    for names the model does not share): the returned ``task`` reads its labels as the model's ids, so its
+    metrics and Fisher are taken against the classes the model means. ValueError, listing both label sets,
+    when they do not match."""
+    return _load_any(source, task, label_map, trust_remote_code, strict=False)
+
+
+def _load_any(source: str | os.PathLike[str], task: Task | None, label_map: Mapping[str, str] | None,
+              trust_remote_code: bool, strict: bool) -> TaskModel:
     if not is_compressed_dir(source):
-        model, tokenizer = load_model(source, task, trust_remote_code=trust_remote_code)
-        return model, tokenizer, None
+        model, tokenizer, matched = _load_model(source, task, label_map, trust_remote_code, strict=strict)
+        return TaskModel(model, tokenizer, matched, None)
     directory = Path(source).expanduser()
     info = read_compressed_info(directory)
     model = load_compressed(directory)
+    matched = task
     if task is not None:
         # The class load_compressed actually built is what must fit the task.
         model.config.architectures = [type(model).__name__]
-        check_head(model.config, task, None, directory)
+        matched = _matched(task, model.config, label_map, directory, strict)
+        check_head(model.config, task if strict else matched, None, directory)
     # Without its files, transformers 5 quietly builds an empty tokenizer of the model's type.
     if not (directory / TOKENIZER_FILE).is_file():
         raise ValueError(f"{directory} has no tokenizer ({TOKENIZER_FILE}); save it with "
                          "save_compressed(..., tokenizer=tokenizer)")
-    return model, AutoTokenizer.from_pretrained(directory), info
+    return TaskModel(model, AutoTokenizer.from_pretrained(directory), matched, info)

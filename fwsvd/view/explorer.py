@@ -33,6 +33,8 @@ class Source:
     text_column: str = "text"
     label_column: str = "label"
     pair_column: str | None = None
+    #: ((label in the data, the model's label name or id), ...) for labels the model names otherwise
+    label_map: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_environment(cls) -> Source:
@@ -52,7 +54,8 @@ class Source:
     @property
     def key(self) -> str:
         data = f"{self.data_file}:{self.text_column}:{self.label_column}:{self.pair_column}" if self.data_file else ""
-        return f"{self.model}|{self.task}|{data}"
+        labels = "|" + ",".join(f"{data}={model}" for data, model in self.label_map) if self.label_map else ""
+        return f"{self.model}|{self.task}|{data}{labels}"
 
     @property
     def task_label(self) -> str:
