@@ -434,6 +434,29 @@ def test_model_page_shows_the_architecture_and_reports_bad_input(app):
     assert _metric(at, "Target layers") == "12 in 2 blocks"  # the working model stays in use
 
 
+def test_model_page_hub_box_is_not_a_path_and_the_task_follows_the_model(app, tmp_path):
+    import shutil
+
+    at = _open(app, "1_model_and_task.py")
+    assert at.text_input(key="model_path").value == os.environ["FWSVD_APP_MODEL"]
+    at.radio(key="model_kind").set_value("hub").run()
+    assert at.text_input(key="hub_id").value == ""  # not the local path of the model in use
+    # A model that records its task (config.json's finetuning_task): the task follows it.
+    model = tmp_path / "sst2-model"
+    shutil.copytree(os.environ["FWSVD_APP_MODEL"], model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "finetuning_task": "sst-2"}))
+    at.radio(key="model_kind").set_value("local").run()
+    at.text_input(key="model_path").set_value(str(model)).run()
+    assert not at.exception
+    assert at.radio(key="data_kind").value == "task" and at.selectbox(key="task_name").value == "sst2"
+    # Both pages count the target weights one way (m·n): the Model page's figure is the explorer's.
+    target = _metric(at, "Target weights")
+    _open(at, "3_rank_explorer.py")
+    kept = next(metric for metric in at.metric if metric.label == "Target weights kept")
+    assert kept.delta.endswith(f"of {target}")
+
+
 def test_fisher_page_shows_importance_and_compares_modes(app):
     at = _open(app, "2_fisher.py")
     assert "Exact" in at.success[0].value and "cache" in at.success[0].value
