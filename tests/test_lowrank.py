@@ -106,3 +106,46 @@ def test_set_factors_changes_the_rank_in_place_and_refuses_misfits():
     assert layer(torch.randn(2, 9)).shape == (2, 5)
     with pytest.raises(ValueError, match="do not fit"):
         layer.set_factors_(torch.randn(3, 9), torch.randn(5, 2))
+
+
+def test_unaligned_rank_runs_on_zero_padded_copies_without_autograd():
+    from fwsvd.surgery.lowrank import ALIGNMENT
+
+    torch.manual_seed(0)
+    layer = LowRankLinear.from_linear(nn.Linear(24, 20), 5)
+    x = torch.randn(3, 7, 24)
+    expected = x @ layer.first.weight.T @ layer.second.weight.T + layer.second.bias
+    with torch.inference_mode():
+        assert torch.allclose(layer(x), expected, atol=1e-6)
+    first, second = layer._aligned[1]
+    assert first.shape == (ALIGNMENT, 24) and second.shape == (20, ALIGNMENT)
+    assert not first[5:].any() and not second[:, 5:].any()
+    assert sum(p.numel() for p in layer.parameters()) == 5 * 44 + 20  # the parameters are those of rank 5
+    assert set(layer.state_dict()) == {"first.weight", "second.weight", "second.bias"}
+    # changed in place (an optimizer step): the copies are remade
+    with torch.no_grad():
+        layer.first.weight.mul_(2)
+        assert torch.allclose(layer(x), x @ layer.first.weight.T @ layer.second.weight.T + layer.second.bias,
+                              atol=1e-5)
+    # new factors, another rank: remade at that rank
+    layer.set_factors_(torch.randn(9, 24), torch.randn(20, 9))
+    with torch.no_grad():
+        assert torch.allclose(layer(x), x @ layer.first.weight.T @ layer.second.weight.T + layer.second.bias,
+                              atol=1e-4)
+    assert layer._aligned[1][0].shape == (16, 24)
+    # moved to another dtype: remade from the moved parameters
+    layer.double()
+    with torch.no_grad():
+        assert layer(x.double()).dtype == torch.float64 and layer._aligned[1][0].dtype == torch.float64
+
+
+def test_training_uses_the_parameters_and_aligned_ranks_need_no_copies():
+    torch.manual_seed(0)
+    layer = LowRankLinear.from_linear(nn.Linear(24, 20), 5)
+    layer(torch.randn(4, 24)).sum().backward()
+    assert layer.first.weight.grad is not None and layer.second.weight.grad is not None
+    assert "_aligned" not in layer.__dict__
+    aligned = LowRankLinear.from_linear(nn.Linear(24, 20), 8)
+    with torch.no_grad():
+        aligned(torch.randn(4, 24))
+    assert "_aligned" not in aligned.__dict__

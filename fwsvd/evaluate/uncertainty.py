@@ -192,7 +192,9 @@ def _resampled(task: Task, predictions: ArrayLike, references: ArrayLike,
         rows = [_regression_metrics(predicted[row], reference[row]) for row in indices]
         return {name: np.array([row[name] for row in rows]) for name in ("pearson", "spearman")}
     counts, from_sums = _KINDS[task.kind](task, predictions, references)
-    return from_sums(_weights(indices, len(counts)) @ counts)
+    # In blocks of resamples: a (resamples × examples) weight matrix at once is large for big test sets.
+    blocks = np.array_split(indices, max(1, len(indices) // 100))
+    return from_sums(np.concatenate([_weights(block, len(counts)) @ counts for block in blocks]))
 
 
 def _class_ids(predictions: ArrayLike) -> np.ndarray:
