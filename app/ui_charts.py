@@ -238,58 +238,69 @@ def exact_vs_batch_figure(frame: pd.DataFrame) -> go.Figure:
 
 
 def _rule_traces(figure: go.Figure, frame: pd.DataFrame, methods: Sequence[str], x: str, y: str,
-                 scale: float, what: str) -> None:
+                 scale: float, what: str, interval: bool = False) -> None:
     """One line per (method, rank rule) of ``frame`` (columns method, rule, rank_ratio and ``x``, ``y``): the
-    method's colour, solid for the uniform rule and dashed for the allocated one."""
+    method's colour, solid for the uniform rule and dashed for the allocated one; with ``interval``, the
+    ``{y}_low`` / ``{y}_high`` columns as error bars."""
     for method in methods:
         for rule, dash in RULE_DASH.items():
             part = frame[(frame["method"] == method) & (frame["rule"] == rule)].sort_values(x)
             if part.empty:
                 continue
             name = f"{label(method)}, {rule}"
+            bars = (dict(type="data", symmetric=False, array=(part[f"{y}_high"] - part[y]).tolist(),
+                         arrayminus=(part[y] - part[f"{y}_low"]).tolist(), thickness=1) if interval else None)
             figure.add_trace(go.Scatter(
-                x=(part[x] / scale).tolist(), y=part[y].tolist(), mode="lines+markers", name=name,
+                x=(part[x] / scale).tolist(), y=part[y].tolist(), mode="lines+markers", name=name, error_y=bars,
                 legendgroup=method, line=dict(color=color(method), width=3, dash=dash), marker=dict(size=9),
                 customdata=part["rank_ratio"].tolist(),
                 hovertemplate="rank ratio %{customdata:.2f}<br>%{x:.3g} " + what + "<br>" + y.replace("_", " ")
                               + " %{y:.4g}<extra>" + name + "</extra>"))
 
 
-def compare_figure(frame: pd.DataFrame, metric: str, methods: Sequence[str]) -> go.Figure:
-    """The paper's figure: the task metric against the model's parameters for each of ``methods`` over the
-    swept rank ratios, per rank rule (uniform solid, allocated dashed), with the dense model as a black
-    dashed line."""
+def compare_figure(frame: pd.DataFrame, metric: str, methods: Sequence[str],
+                   x_range: Sequence[float] | None = None) -> go.Figure:
+    """The paper's figure: the task metric (with its 95% intervals as error bars where the frame has them)
+    against the whole model's parameters for each of ``methods`` over the swept rank ratios, per rank rule
+    (uniform solid, allocated dashed), with the dense model as a black dashed line. ``x_range`` (millions)
+    lines it up with :func:`allocation_figure`."""
     figure = go.Figure()
     dense = frame[frame["method"] == "dense"]
-    _rule_traces(figure, frame, methods, "params", metric, 1e6, "M parameters")
+    _rule_traces(figure, frame, methods, "params", metric, 1e6, "M parameters", interval=f"{metric}_low" in frame)
     if not dense.empty:
         figure.add_hline(y=float(dense[metric].iloc[0]), line=dict(color=COLORS["dense"], dash="dash", width=2),
                          annotation_text=f"dense model ({float(dense['params'].iloc[0]) / 1e6:.1f}M)",
                          annotation_position="top left")
-    figure.update_xaxes(title_text="model parameters (millions)")
+    figure.update_xaxes(title_text="whole model's parameters (millions)", range=x_range)
     figure.update_yaxes(title_text=metric_label(metric))
     return _side_legend(_layout(figure, f"{metric.replace('_', ' ').capitalize()} against model size", 460))
 
 
-def allocation_figure(frame: pd.DataFrame, methods: Sequence[str]) -> go.Figure:
-    """Summed Fisher-weighted error against weight parameters kept, for each of ``methods``: every layer at one
-    rank ratio (solid) against the ranks allocated for the same parameters (dashed)
-    (:func:`fwsvd.view.rank_plan.allocation_curves`)."""
+def allocation_figure(frame: pd.DataFrame, methods: Sequence[str], x_range: Sequence[float] | None = None) -> go.Figure:
+    """Relative error (``relative_error``: sqrt(Σ‖(W − Ŵ)·D‖² / Σ‖W·D‖²) over the target layers) against the
+    whole model's parameters (``model_params``), for each of ``methods``: every layer at one rank ratio (solid)
+    against the ranks allocated for the same parameters (dashed) (:func:`fwsvd.view.rank_plan.allocation_curves`).
+    ``x_range`` (millions) lines it up with :func:`compare_figure`."""
     figure = go.Figure()
-    _rule_traces(figure, frame, methods, "params", "error", 1e6, "M weights kept")
-    figure.update_xaxes(title_text="weight parameters kept in the target layers (millions)")
-    figure.update_yaxes(title_text="Σ over layers of ‖(W − Ŵ)·D‖²", rangemode="tozero")
+    _rule_traces(figure, frame, methods, "model_params", "relative_error", 1e6, "M parameters")
+    figure.update_xaxes(title_text="whole model's parameters (millions)", range=x_range)
+    figure.update_yaxes(title_text="relative error, ‖(W − Ŵ)·D‖ / ‖W·D‖", rangemode="tozero", tickformat=".0%")
     return _side_legend(_layout(figure, "Error against size: uniform ranks (solid) vs allocated ranks (dashed)", 460))
 
 
 def evaluation_figure(frame: pd.DataFrame, metric: str, methods: Sequence[str]) -> go.Figure:
-    """The task metric of the evaluated models at the current ranks (dense, then ``methods``) as bars."""
+    """The task metric of the evaluated models at the current ranks (dense, then ``methods``) as bars, with
+    their 95% intervals (``{metric}_low`` / ``_high`` columns) as error bars."""
     order = [method for method in ("dense", *methods) if method in set(frame["method"])]
     frame = frame.set_index("method").loc[order].reset_index()
+    # The 95% interval of each model's metric as an error bar (where the task has one).
+    bars = (dict(type="data", symmetric=False, array=(frame[f"{metric}_high"] - frame[metric]).tolist(),
+                 arrayminus=(frame[metric] - frame[f"{metric}_low"]).tolist(), color="#5F6368")
+            if f"{metric}_low" in frame else None)
     figure = go.Figure(go.Bar(
-        x=[label(method) for method in frame["method"]], y=frame[metric],
+        x=[label(method) for method in frame["method"]], y=frame[metric], error_y=bars,
         marker_color=[color(method) for method in frame["method"]],
-        text=[f"{value:.3f}" for value in frame[metric]], textposition="outside",
+        text=[f"{value:.3f}" for value in frame[metric]], textposition="inside",
         hovertemplate="%{x}: %{y:.4f}<extra></extra>"))
     figure.update_yaxes(title_text=metric_label(metric), range=[0, max(1.0, float(frame[metric].max()) * 1.15)])
     figure.update_xaxes(title_text="model")

@@ -14,16 +14,35 @@ from fwsvd.config import FisherConfig
 from fwsvd.view.explorer import Source, fisher_identity
 
 FISHER_CONFIG = "fisher_config"
+FISHER_CHOICE = "fisher_choice"
 FISHER_RESULTS = "fisher_results"
+MODES = {"per_example": "Exact (per example)", "batch": "Batch shortcut"}
 
 
 def fisher_config() -> FisherConfig:
-    """The explorer's Fisher settings (chosen on the Fisher page)."""
+    """The settings of the Fisher in use by the rank explorer and Compare: the defaults until another Fisher is
+    computed (or found cached) on the Fisher page. Choosing settings there without computing keeps this one."""
     return st.session_state.setdefault(FISHER_CONFIG, FisherConfig())
 
 
 def set_fisher_config(config: FisherConfig) -> None:
+    """Use the Fisher of ``config`` from now on (it is computed or cached)."""
     st.session_state[FISHER_CONFIG] = config
+
+
+def fisher_choice() -> FisherConfig:
+    """The settings shown on the Fisher page: the last chosen there, else those in use."""
+    return st.session_state.get(FISHER_CHOICE) or fisher_config()
+
+
+def choose_fisher(config: FisherConfig) -> None:
+    st.session_state[FISHER_CHOICE] = config
+
+
+def describe(config: FisherConfig) -> str:
+    """E.g. "exact (per example) Fisher over 1024 training examples, seed 0" (plus "default settings")."""
+    text = f"{MODES[config.mode].lower()} Fisher over {config.num_examples} training examples, seed {config.seed}"
+    return text + (" (the default settings)" if config.key() == FisherConfig().key() else "")
 
 
 def _results_key(current: Source, config: FisherConfig, statistics: bool) -> tuple[str, str, bool]:

@@ -25,11 +25,13 @@ from fwsvd.view.explorer import ExplorerView, load_view, save_view, snapshot_key
 logger = logging.getLogger(__name__)
 
 
-def compute_fisher(loaded: Loaded, config: FisherConfig, progress: Callable[[int, int], None]) -> Any:
-    """Estimate the Fisher for ``config``; when it is the explorer's (not a comparison's), analyse it now, so
-    that the rank explorer opens from its snapshot."""
+def compute_fisher(loaded: Loaded, config: FisherConfig, progress: Callable[[int, int], None], *,
+                   use: bool = True) -> Any:
+    """Estimate the Fisher for ``config``; when ``use`` (not only a comparison's), it becomes the Fisher in use
+    and is analysed now, so that the rank explorer opens from its snapshot."""
     result = ui_fisher.estimate_fisher(loaded, config, progress)
-    if config.key() == ui_fisher.fisher_config().key():
+    if use:
+        ui_fisher.set_fisher_config(config)
         view_from_model(loaded, result, config)
     return result
 

@@ -30,6 +30,7 @@ from fwsvd.surgery.compress import compress_
 from fwsvd.surgery.targets import find_targets, target_shapes
 from fwsvd.io.demos import DEFAULT_DEMO, DEMOS, demo_of_model, get_demo
 from fwsvd.io.explorer import prepare_explorer
+from fwsvd.io.headline import prepare_headline
 from fwsvd.evaluate.evaluation import count_parameters, evaluate_model
 from fwsvd.view.analysis import DEFAULT_METHODS, METHODS, needs_statistics
 from fwsvd.evaluate.finetune import finetune_
@@ -403,8 +404,13 @@ def _cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
         snapshot = prepare_explorer(Source(model=demo.model, task=demo.task), demo.fisher, progress=progress,
                                     statistics=True).resolve()
     print(f"rank explorer snapshot: {snapshot}")
+    # Its headline (size, each default method's metric with intervals, speed-up) is measured now too.
+    with _progress("Headline evaluation", "step") as progress:
+        headline = prepare_headline(Source(model=demo.model, task=demo.task), demo.fisher,
+                                    progress=progress).resolve()
+    print(f"rank explorer headline: {headline}")
     return {"name": demo.name, "model": demo.model, "task": demo.task, "model_dir": str(directory),
-            "metrics": metrics, "explorer_snapshot": str(snapshot)}
+            "metrics": metrics, "explorer_snapshot": str(snapshot), "headline": str(headline)}
 
 
 def _cmd_fisher(args: argparse.Namespace) -> dict[str, Any]:

@@ -104,13 +104,13 @@ def test_walk_through_every_page(browser_page):
     # Rank explorer is the landing page, with a slider per layer (one block at a time) and live plots.
     assert page.locator("h1").first.inner_text() == "Rank explorer"
     assert page.locator("[data-testid='stSlider']").count() == 7  # the global control + block 0's 6 layers
-    kept = _metric(page, "Weights kept")
+    kept = _metric(page, "Target weights kept")
     errors = _plot_y(page, "Reconstruction error")
     assert errors and len(errors) == 12
 
     _press(page, _slider(page, "Rank ratio"), "End")  # global: every layer at full rank, so kept dense
     assert _slider(page, QUERY).get_attribute("aria-valuetext") == "32"
-    assert _metric(page, "Weights kept") != kept
+    assert _metric(page, "Target weights kept") != kept
     assert max(_plot_y(page, "Reconstruction error")) < 1e-3
     assert page.get_by_text("12 layer(s) kept dense").count() == 1
     assert page.locator("[data-testid='stAlert']").filter(has_text="break-even").count() == 0  # dense: no factors
@@ -216,3 +216,33 @@ def test_bad_input_shows_a_message_not_a_traceback(browser_page):
     wait_for_rerun(page)
     assert page.locator("[data-testid='stAlert']").filter(has_text="not found").count() >= 1
     _no_traceback(page)
+
+
+FIVE = ("SVD", "FWSVD", "ASVD", "Whitened SVD", "K-FAC SVD")
+
+
+def test_five_methods_metric_labels_are_whole_at_1280_px(browser_page):
+    page, _ = browser_page
+    page.set_viewport_size({"width": 1280, "height": 900})
+    _go(page, "Rank explorer")
+    sidebar = page.locator("[data-testid='stSidebar']")
+    for label in FIVE:
+        if sidebar.get_by_role("button", name=f"Remove {label}", exact=True).count():
+            continue
+        choice = sidebar.locator("[data-testid='stMultiSelect'] input")
+        choice.fill(label)  # the list shows only the matching method
+        choice.press("Enter")
+        page.keyboard.press("Escape")
+        wait_for_rerun(page)
+    page.wait_for_selector("[data-testid='stMetricLabel'] >> text=K-FAC SVD accuracy")
+    _no_traceback(page)
+    labels = page.evaluate(
+        """() => [...document.querySelectorAll("[data-testid='stMetricLabel']")].map(label => ({
+            text: label.innerText.trim(),
+            cut: [label, ...label.querySelectorAll('*')].some(e => e.scrollWidth > e.clientWidth + 1),
+        }))""")
+    shown = {label["text"]: label["cut"] for label in labels}
+    for method in FIVE:
+        for name in (f"{method} accuracy", f"{method} weighted error"):
+            assert name in shown and not shown[name], (name, labels)  # drawn whole, not cut to "…"
+    assert not any(shown.values()), labels

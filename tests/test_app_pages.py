@@ -4,6 +4,7 @@ them changes what it shows. The app runs on a tiny random BERT and a small CSV t
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -105,12 +106,12 @@ def test_rank_explorer_is_the_default_page_and_reacts_to_ranks(app):
     assert at.button_group(key="rank_editor").value == "sliders"
     assert not at.data_editor  # the table is drawn only when chosen
     assert rank_slider(at, QUERY).value == 11  # 0.33 of 32
-    kept = _metric(at, "Weights kept")
+    kept = _metric(at, "Target weights kept")
     errors = _chart(at, "error_chart")["data"][0]["y"]
 
     rank_slider(at, QUERY).set_value(24).run()  # past break-even (16)
     assert not at.exception
-    assert _metric(at, "Weights kept") != kept
+    assert _metric(at, "Target weights kept") != kept
     assert _chart(at, "error_chart")["data"][0]["y"] != errors
     assert any("break-even" in warning.value for warning in at.warning)
     at.button_group(key="rank_editor").set_value("table").run()
@@ -154,8 +155,10 @@ def test_rank_explorer_optimizes_ranks_for_the_budget(app, method, objective):
     measure = "Fisher-weighted"
     uniform_error = _summed_weighted_error(view, uniform, method)
     optimized_error = _summed_weighted_error(view, ranks, method)
-    assert _metric(at, f"Summed {measure} error, uniform ranks") == f"{uniform_error:.4g}"
-    assert _metric(at, f"Summed {measure} error, optimized ranks") == f"{optimized_error:.4g}"
+    whole = sum(float(a.curves[method].weighted_norm) ** 2 for a in view.analyses.values())
+    # relative to the whole, sqrt(Σ‖(W − Ŵ)·D‖² / Σ‖W·D‖²): a share a reader can follow
+    assert _metric(at, f"{measure} error, uniform ranks") == f"{(uniform_error / whole) ** 0.5:.1%}"
+    assert _metric(at, f"{measure} error, optimized ranks") == f"{(optimized_error / whole) ** 0.5:.1%}"
     assert _metric(at, "Layers kept dense") == str(len(expected.dense))
     if method == "fwsvd":
         assert optimized_error <= uniform_error
@@ -202,18 +205,18 @@ def test_every_figure_follows_the_chosen_methods(app):
     assert not at.exception and not at.error
     assert _trace_names(at, "error_chart") == _trace_names(at, "spectrum_chart") == {"FWSVD"}
     labels = {metric.label for metric in at.metric}
-    assert "Mean Fisher-weighted error, FWSVD" in labels and "Mean Fisher-weighted error, SVD" not in labels
+    assert {"FWSVD weighted error", "FWSVD accuracy"} <= labels and not {"SVD weighted error", "SVD accuracy"} & labels
     assert at.selectbox(key="optimize_method").options == ["FWSVD"]
     at.button_group(key="rank_editor").set_value("table").run()
     assert [c for c in at.data_editor[0].value.columns if c.endswith("weighted_error")] == ["fwsvd_weighted_error"]
 
     at.number_input(key="eval_limit").set_value(16).run()
     at.button(key="evaluate").click().run()
-    assert list(_table(at, "latency_s_per_batch")["method"]) == ["dense", "fwsvd"]
+    assert list(_table(at, "vs SVD (95% paired interval)")["model"]) == ["dense model", "FWSVD"]
     at.multiselect(key="methods").set_value(["svd", "fwsvd"]).run()
     assert at.button(key="evaluate").proto.label == "Evaluate SVD"
     at.button(key="evaluate").click().run()  # only the method not evaluated yet
-    assert list(_table(at, "latency_s_per_batch")["method"]) == ["dense", "svd", "fwsvd"]
+    assert list(_table(at, "vs SVD (95% paired interval)")["model"]) == ["dense model", "SVD", "FWSVD"]
     assert at.button(key="evaluate").disabled
 
     at = _open(at, "5_export.py")
@@ -254,7 +257,7 @@ def test_a_statistics_method_is_analysed_evaluated_and_exported_end_to_end(app):
     at.number_input(key="eval_limit").set_value(16).run()
     at.button(key="evaluate").click().run()
     assert not at.exception and not at.error, [error.value for error in at.error]
-    assert list(_table(at, "latency_s_per_batch")["method"]) == ["dense", "fwsvd", "asvd"]
+    assert list(_table(at, "vs SVD (95% paired interval)")["model"]) == ["dense model", "FWSVD", "ASVD"]
     at.button(key="optimize_ranks").click().run()  # for FWSVD, the first weighted method
     at.selectbox(key="optimize_method").set_value("asvd").run()
     at.button(key="optimize_ranks").click().run()
@@ -299,12 +302,21 @@ def test_rank_explorer_evaluates_and_remembers(app):
     at.number_input(key="eval_limit").set_value(16).run()
     at.button(key="evaluate").click().run()
     assert not at.exception and not at.error
-    methods = list(_table(at, "latency_s_per_batch")["method"])
-    assert methods == ["dense", "svd", "fwsvd"]
+    table = _table(at, "vs SVD (95% paired interval)")
+    assert list(table["model"]) == ["dense model", "SVD", "FWSVD"]  # methods by their names
+    intervals = list(table["accuracy (95% interval)"])
+    assert all(re.fullmatch(r"\d\.\d{3} \(\d\.\d{3}–\d\.\d{3}\)", text) for text in intervals), intervals
+    versus = list(table["vs SVD (95% paired interval)"])
+    assert versus[1] == "—" and re.match(r"[+-]\d\.\d{3} \([+-]\d\.\d{3} to [+-]\d\.\d{3}\)", versus[2])
+    assert table["speed-up over dense"][0] == "—" and "×" in table["speed-up over dense"][1]
+    # The headline's cards read the same evaluation: the metric card names its method and metric.
+    assert _metric(at, "FWSVD accuracy") == intervals[2].split()[0]
+    assert _metric(at, "Dense model accuracy") == intervals[0].split()[0]
     rank_slider(at, QUERY).set_value(20).run()
     assert any("Not evaluated" in info.value for info in at.info)
+    assert _metric(at, "FWSVD accuracy") == "—"
     rank_slider(at, QUERY).set_value(11).run()  # back to the evaluated setting: remembered
-    assert list(_table(at, "latency_s_per_batch")["method"]) == ["dense", "svd", "fwsvd"]
+    assert list(_table(at, "vs SVD (95% paired interval)")["model"]) == ["dense model", "SVD", "FWSVD"]
 
 
 def test_rank_explorer_draws_from_its_snapshot_without_loading_the_model(app_env, monkeypatch):
@@ -316,7 +328,7 @@ def test_rank_explorer_draws_from_its_snapshot_without_loading_the_model(app_env
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
     at.run()  # drawn from the loaded model, which saves the snapshot
     assert len(list(snapshots.glob("*.npz"))) == 1
-    drawn = (_metric(at, "Weights kept"), _chart(at, "error_chart")["data"], _chart(at, "spectrum_chart")["data"])
+    drawn = (_metric(at, "Target weights kept"), _chart(at, "error_chart")["data"], _chart(at, "spectrum_chart")["data"])
 
     import ui_session  # the module the pages share, as the app imported it
 
@@ -329,16 +341,16 @@ def test_rank_explorer_draws_from_its_snapshot_without_loading_the_model(app_env
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT)
     at.run()
     assert not at.exception and not at.error
-    assert (_metric(at, "Weights kept"), _chart(at, "error_chart")["data"], _chart(at, "spectrum_chart")["data"]) \
+    assert (_metric(at, "Target weights kept"), _chart(at, "error_chart")["data"], _chart(at, "spectrum_chart")["data"]) \
         == drawn
     rank_slider(at, QUERY).set_value(20).run()  # rank changes need no model either
-    assert _metric(at, "Weights kept") != drawn[0]
+    assert _metric(at, "Target weights kept") != drawn[0]
 
     monkeypatch.undo()  # evaluating does need the model: the button loads it
     at.number_input(key="eval_limit").set_value(16).run()
     at.button(key="evaluate").click().run()
     assert not at.exception and not at.error
-    assert list(_table(at, "latency_s_per_batch")["method"]) == ["dense", "svd", "fwsvd"]
+    assert list(_table(at, "vs SVD (95% paired interval)")["model"]) == ["dense model", "SVD", "FWSVD"]
 
 
 def test_rank_explorer_recovers_from_a_corrupt_snapshot(app_env, caplog):
@@ -419,6 +431,29 @@ def test_model_page_shows_the_architecture_and_reports_bad_input(app):
     assert _metric(at, "Target layers") == "12 in 2 blocks"  # the working model stays in use
 
 
+def test_model_page_hub_box_is_not_a_path_and_the_task_follows_the_model(app, tmp_path):
+    import shutil
+
+    at = _open(app, "1_model_and_task.py")
+    assert at.text_input(key="model_path").value == os.environ["FWSVD_APP_MODEL"]
+    at.radio(key="model_kind").set_value("hub").run()
+    assert at.text_input(key="hub_id").value == ""  # not the local path of the model in use
+    # A model that records its task (config.json's finetuning_task): the task follows it.
+    model = tmp_path / "sst2-model"
+    shutil.copytree(os.environ["FWSVD_APP_MODEL"], model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "finetuning_task": "sst-2"}))
+    at.radio(key="model_kind").set_value("local").run()
+    at.text_input(key="model_path").set_value(str(model)).run()
+    assert not at.exception
+    assert at.radio(key="data_kind").value == "task" and at.selectbox(key="task_name").value == "sst2"
+    # Both pages count the target weights one way (m·n): the Model page's figure is the explorer's.
+    target = _metric(at, "Target weights")
+    _open(at, "3_rank_explorer.py")
+    kept = next(metric for metric in at.metric if metric.label == "Target weights kept")
+    assert kept.delta.endswith(f"of {target}")
+
+
 def test_fisher_page_shows_importance_and_compares_modes(app):
     at = _open(app, "2_fisher.py")
     assert "Exact" in at.success[0].value and "cache" in at.success[0].value
@@ -456,15 +491,18 @@ def test_compare_page_plots_allocated_against_uniform_and_sweeps_the_chosen_meth
     names = {trace["name"] for trace in figure["data"]}
     assert names == {"SVD, uniform", "SVD, allocated", "FWSVD, uniform", "FWSVD, allocated"}
     view = _view()
+    target = sum(a.out_features * a.in_features for a in view.analyses.values())
     for trace in figure["data"]:
         method = "svd" if trace["name"].startswith("SVD") else "fwsvd"
+        whole = sum(float(a.curves[method].weighted_norm) ** 2 for a in view.analyses.values())
         for ratio, params, error in zip(trace["customdata"], trace["x"], trace["y"]):
             if trace["name"].endswith("uniform"):  # every layer at round(ratio · 32); none of them dense
                 ranks = {name: round(ratio * 32) for name in view.analyses}
-                assert params * 1e6 == pytest.approx(sum(rank * (a.out_features + a.in_features)
-                                                         for (name, rank), a in zip(ranks.items(),
-                                                                                    view.analyses.values())))
-                assert error == pytest.approx(_summed_weighted_error(view, ranks, method), rel=1e-9)
+                kept = sum(rank * (a.out_features + a.in_features)
+                           for (name, rank), a in zip(ranks.items(), view.analyses.values()))
+                assert params * 1e6 == pytest.approx(view.model_params - target + kept)  # the whole model's
+                # relative: sqrt(Σ‖(W − Ŵ)·D‖² / Σ‖W·D‖²), not a sum in the hundred thousands
+                assert error == pytest.approx((_summed_weighted_error(view, ranks, method) / whole) ** 0.5, rel=1e-9)
     allocated = {trace["name"]: trace["y"] for trace in figure["data"]}
     # FWSVD's allocation minimises this very error within the uniform ranks' parameters: never worse.
     assert all(a <= u + 1e-12 for a, u in zip(allocated["FWSVD, allocated"], allocated["FWSVD, uniform"]))
@@ -474,15 +512,22 @@ def test_compare_page_plots_allocated_against_uniform_and_sweeps_the_chosen_meth
     at.number_input(key="sweep_limit").set_value(16).run()
     at.button(key="run_sweep").click().run()
     assert not at.exception and not at.error
-    table = _table(at, "params_fraction")
-    assert list(zip(table["method"], table["rule"])) == [("dense", "dense"), ("fwsvd", "uniform"),
-                                                         ("fwsvd", "allocated"), ("fwsvd", "uniform"),
-                                                         ("fwsvd", "allocated")]
-    runs = table[table["method"] == "fwsvd"].set_index(["rule", "rank_ratio"])["params"]
+    table = _table(at, "vs SVD (95% paired interval)")
+    # Few columns, methods by name, the metric with its interval: readable without scrolling sideways.
+    assert list(table.columns) == ["model", "rule", "rank ratio", "of dense", "accuracy (95% interval)",
+                                   "vs SVD (95% paired interval)", "speed-up over dense"]
+    assert list(zip(table["model"], table["rule"])) == [("dense model", "dense"), ("FWSVD", "uniform"),
+                                                        ("FWSVD", "allocated"), ("FWSVD", "uniform"),
+                                                        ("FWSVD", "allocated")]
+    assert all("(" in text for text in table["accuracy (95% interval)"])
+    runs = table[table["model"] == "FWSVD"].set_index(["rule", "rank ratio"])["of dense"]
     assert runs["allocated", 0.25] <= runs["uniform", 0.25] and runs["allocated", 0.5] <= runs["uniform", 0.5]
     figure = _chart(at, "compare_chart")
     assert {trace["name"] for trace in figure["data"]} == {"FWSVD, uniform", "FWSVD, allocated"}
-    assert figure["layout"]["xaxis"]["title"]["text"] == "model parameters (millions)"
+    errors = _chart(at, "allocation_chart")
+    for axis in ("title", "range"):  # both charts on one x axis: the whole model's parameters
+        assert figure["layout"]["xaxis"][axis] == errors["layout"]["xaxis"][axis]
+    assert figure["layout"]["xaxis"]["title"]["text"] == "whole model's parameters (millions)"
     assert any(shape.get("line", {}).get("dash") == "dash" for shape in figure["layout"]["shapes"])  # dense
     assert {trace["name"] for trace in _chart(at, "allocation_chart")["data"]} == {"FWSVD, uniform",
                                                                                    "FWSVD, allocated"}
@@ -511,3 +556,76 @@ def test_the_methods_box_is_on_every_page_and_keeps_the_choice(app):
     for page in ("1_model_and_task.py", "2_fisher.py", "4_compare.py", "5_export.py", "3_rank_explorer.py"):
         at = _open(at, page)
         assert at.sidebar.multiselect(key="methods").value == ["fwsvd"], page
+
+
+def _share_card(at: AppTest):
+    return next(metric for metric in at.metric if metric.label == "Whole model size")
+
+
+def test_headline_gives_the_whole_model_share_and_follows_the_budget_at_once(app):
+    from fwsvd.data.tasks import task_of
+    from fwsvd.io.models import load_model
+    from fwsvd.surgery.compress import compressed_copy
+    from fwsvd.surgery.modules import count_parameters
+    from fwsvd.view.explorer import Source
+    from fwsvd.view.rank_plan import compressed_ranks
+
+    at = app
+    view = _view()
+    source = Source.from_environment()
+    model, _ = load_model(source.model, task_of(source))
+    ranks = dict(at.session_state["ranks"])
+    copy, _ = compressed_copy(model, compressed_ranks(ranks, view.analyses), method="svd")
+    dense, compressed = count_parameters(model), count_parameters(copy)  # counted on the models themselves
+    card = _share_card(at)
+    assert card.value == f"{compressed / dense:.0%}"
+    assert f"{compressed:,} of {dense:,} ({compressed / dense:.2%})" in card.proto.help
+    labels = [metric.label for metric in at.metric]
+    assert labels[:5] == ["Whole model size", "Speed-up over dense", "Dense model accuracy", "SVD accuracy",
+                          "FWSVD accuracy"]
+
+    at.radio(key="global_mode").set_value("param_budget").run()
+    at.slider(key="global_param_budget").set_value(0.3).run()
+    ranks = dict(at.session_state["ranks"])
+    copy, _ = compressed_copy(model, compressed_ranks(ranks, view.analyses), method="svd")
+    assert f"{count_parameters(copy):,} of {dense:,}" in _share_card(at).proto.help  # the same run
+
+
+def test_a_fisher_setting_not_computed_keeps_the_explorer_on_the_fisher_in_use(app):
+    at = _open(app, "2_fisher.py")
+    at.number_input(key="fisher_seed").set_value(7).run()
+    kept = "exact (per example) Fisher over 1024 training examples, seed 0 (the default settings)"
+    assert any("seed 7" in info.value and f"keep using the {kept}" in info.value for info in at.info)
+    _open(at, "3_rank_explorer.py")
+    assert not [button for button in at.button if button.key == "explorer_compute_fisher"]
+    assert [slider for slider in at.slider if slider.key and slider.key.startswith("rank::")]
+    assert any(kept in caption.value for caption in at.caption)
+    _open(at, "4_compare.py")
+    assert any(f"Weighted by the {kept}" in caption.value for caption in at.caption)
+    assert at.get("plotly_chart")
+    at = _open(at, "2_fisher.py")
+    assert at.number_input(key="fisher_seed").value == 7  # the choice is remembered, still not in use
+
+
+def test_a_difference_inside_the_noise_says_so():
+    import pandas as pd
+
+    sys.path.insert(0, str(APP.parent))
+    try:
+        import ui_evaluation
+    finally:
+        sys.path.remove(str(APP.parent))
+    frame = pd.DataFrame({
+        "method": ["dense", "svd", "fwsvd", "asvd"], "params": [100, 60, 60, 60], "num_examples": [64] * 4,
+        "accuracy": [0.9, 0.7, 0.8, 0.71], "accuracy_low": [0.8, 0.6, 0.7, 0.6], "accuracy_high": [0.95] * 4,
+        "accuracy_vs_svd": [0.2, float("nan"), 0.1, 0.01], "accuracy_vs_svd_low": [0.1, float("nan"), 0.05, -0.02],
+        "accuracy_vs_svd_high": [0.3, float("nan"), 0.15, 0.04],
+        "accuracy_vs_svd_verdict": ["higher", None, "higher", "inside the noise"],
+        "speedup": [float("nan"), 1.5, 1.6, 1.4], "speedup_low": [float("nan"), 1.4, 1.5, 1.3],
+        "speedup_high": [float("nan"), 1.6, 1.7, 1.5]})
+    table = ui_evaluation.results_table(frame, "accuracy")
+    assert list(table["model"]) == ["dense model", "SVD", "FWSVD", "ASVD"]
+    assert list(table["vs SVD (95% paired interval)"]) == [
+        "+0.200 (+0.100 to +0.300)", "—", "+0.100 (+0.050 to +0.150)", "+0.010 (-0.020 to +0.040), inside the noise"]
+    assert list(table["accuracy (95% interval)"])[1] == "0.700 (0.600–0.950)"
+    assert list(table["speed-up over dense"]) == ["—", "1.50× (1.40–1.60)", "1.60× (1.50–1.70)", "1.40× (1.30–1.50)"]

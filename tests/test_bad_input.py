@@ -318,6 +318,42 @@ def _(ctx):
     return _cli(ctx, _evaluate(ctx, directory), "cannot read the weights of model")
 
 
+def _no_network(ctx: Context, *, offline: bool) -> None:
+    """The machine without a network: ``offline`` as HF_HUB_OFFLINE=1 sets it (read when huggingface_hub is
+    imported); a connection attempt fails as a missing DNS does; a hub download is a test failure."""
+    import huggingface_hub.constants
+    import socket
+
+    def unreachable(*args, **kwargs):
+        if offline:
+            raise AssertionError("offline mode must not try the network")
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    def download(location, *args, **kwargs):
+        if not kwargs.get("local_files_only"):
+            raise AssertionError("a hub id must be checked before transformers' retrying download")
+        raise OSError("not in the local hub cache")
+
+    ctx.monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", offline)
+    ctx.monkeypatch.setattr(socket, "create_connection", unreachable)
+    ctx.monkeypatch.setattr("fwsvd.io.hub.AutoConfig.from_pretrained", download)
+
+
+@case("cli-hub-id-offline")
+def _(ctx):
+    _no_network(ctx, offline=True)
+    return _cli(ctx, _evaluate(ctx, "someorg/no-such-model"),
+                "'someorg/no-such-model': it is not a local directory, it is not in the local hub cache, and the "
+                "hub is switched off (HF_HUB_OFFLINE)")
+
+
+@case("app-hub-id-unreachable")
+def _(ctx):
+    _no_network(ctx, offline=False)
+    return _app(ctx, "the Hugging Face hub (huggingface.co) cannot be reached (Name or service not known); use a "
+                     "local model directory or 'demo'", FWSVD_APP_MODEL="someorg/no-such-model")
+
+
 @case("cli-unknown-task")
 def _(ctx):
     return _cli(ctx, ["evaluate", "--model", ctx.world.model, "--task", "sst-2"], "unknown task 'sst-2'")

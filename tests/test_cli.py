@@ -117,10 +117,13 @@ def test_demo_json_gives_an_absolute_model_dir(monkeypatch, tmp_path):
         info=lambda directory: {"test_metrics": {"accuracy": 0.8}}))
     monkeypatch.setattr(cli, "prepare_explorer",
                         lambda source, fisher, progress, statistics: tmp_path / "cache/snapshots/view.npz")
+    monkeypatch.setattr(cli, "prepare_headline",
+                        lambda source, fisher, progress: tmp_path / "cache/snapshots/headline.json")
     assert _run(["demo"], tmp_path) == {"name": "sentiment", "model": "demo", "task": "demo",
                                         "model_dir": str(tmp_path / "cache/demo/v2"),
                                         "metrics": {"accuracy": 0.8},
-                                        "explorer_snapshot": str(tmp_path / "cache/snapshots/view.npz")}
+                                        "explorer_snapshot": str(tmp_path / "cache/snapshots/view.npz"),
+                                        "headline": str(tmp_path / "cache/snapshots/headline.json")}
 
 
 def test_app_runs_streamlit_on_the_repository_app(monkeypatch, tmp_path):

@@ -108,9 +108,38 @@ def test_demo_command_caches_the_fisher_and_the_explorer_snapshot(tiny_demo, tmp
     assert view is not None and view.source_key == Source().key and len(view.analyses) == 12
     model, _ = load_model("demo", get_task("demo"))
     assert cached_task_fisher(model, get_task("demo"), FisherConfig()) is not None
-    before = Path(written["explorer_snapshot"]).stat().st_mtime_ns
-    assert main(["demo"]) == 0  # a second call reuses both
-    assert Path(written["explorer_snapshot"]).stat().st_mtime_ns == before
+    # The headline, measured at the default ranks, and the token statistics for ASVD / whitened / K-FAC SVD.
+    assert cached_task_fisher(model, get_task("demo"), FisherConfig(), statistics=True) is not None
+    headline = _stored_headline(view, key)
+    assert Path(written["headline"]).is_file() and list(headline.figures) == ["dense", "svd", "fwsvd"]
+    assert headline.num_examples == min(512, view.validation_size) and headline.metric == "accuracy"
+    for method, figures in headline.figures.items():
+        assert figures.low <= figures.value <= figures.high and figures.num_examples == headline.num_examples
+        assert (figures.speedup is None) == (method == "dense")
+    assert headline.figures["fwsvd"].vs_svd["verdict"] in ("inside the noise", "higher", "lower")
+    before = [Path(written[name]).stat().st_mtime_ns for name in ("explorer_snapshot", "headline")]
+    assert main(["demo"]) == 0  # a second call reuses them
+    assert [Path(written[name]).stat().st_mtime_ns for name in ("explorer_snapshot", "headline")] == before
+
+    # The first open shows the headline at once: no evaluation, no model load.
+    st.cache_resource.clear()
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"),
+                           default_timeout=180).run()
+    assert not at.exception and not at.error
+    cards = {metric.label: metric for metric in at.metric}
+    assert cards["FWSVD accuracy"].value == f"{headline.figures['fwsvd'].value:.3f}"
+    assert cards["SVD accuracy"].value == f"{headline.figures['svd'].value:.3f}"
+    assert cards["Dense model accuracy"].value == f"{headline.figures['dense'].value:.3f}"
+    assert cards["Speed-up over dense"].value.endswith("×")
+    assert any("Rotten Tomatoes review sentiment" in text.value for text in at.markdown)
+
+
+def _stored_headline(view, key):
+    from fwsvd.io.headline import default_ranks
+    from fwsvd.view.headline import headline_key, load_headline
+    from fwsvd.view.rank_config import ranks_digest
+
+    return load_headline(headline_key(key, ranks_digest(default_ranks(view.analyses)), min(512, view.validation_size)))
 
     st.cache_resource.clear()
     at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"),

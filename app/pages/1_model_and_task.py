@@ -5,6 +5,7 @@ from pathlib import Path
 import streamlit as st
 import ui_demos
 import ui_imports
+import ui_model_task
 import ui_session
 from ui_format import count, error_box, progress_bar
 from ui_methods import methods_box
@@ -52,9 +53,13 @@ def choose_source(current: Source) -> Source | None:
         kind = st.radio("Model", kinds, index=kinds.index(_model_kind(current)), format_func=MODEL_KINDS.get,
                         key="model_kind")
         placeholder = "/path/to/a/fine-tuned/model" if kind == "local" else "textattack/bert-base-uncased-SST-2"
+        # One box per kind: a local path never shows up as a hub id, nor the other way round.
+        key = "model_path" if kind == "local" else "hub_id"
         model = st.text_input("Model directory" if kind == "local" else "Hub id",
-                              value="" if is_demo_model(current.model) else current.model,
-                              placeholder=placeholder, key="model_path").strip()
+                              value=current.model if not is_demo_model(current.model) and _model_kind(current) == kind
+                              else "",
+                              placeholder=placeholder, key=key, on_change=ui_model_task.follow_model,
+                              args=(key,)).strip()
     with right:
         data_kinds = list(DATA_KINDS)
         data_kind = st.radio("Data", data_kinds, index=0 if current.task == "local" else 1,

@@ -13,7 +13,7 @@ from ui_session import Loaded
 
 from fwsvd.config import FisherConfig
 
-MODES = {"per_example": "Exact (per example)", "batch": "Batch shortcut"}
+MODES = ui_fisher.MODES
 EXAMPLE_COUNTS = [64, 128, 256, 512, 1024, 2048, 4096]
 
 st.title("Fisher importance")
@@ -46,10 +46,10 @@ def settings_widgets(settings: FisherConfig, train_size: int, longest: int | Non
     return replace(settings, mode=mode, num_examples=int(count), seed=int(seed), max_length=int(max_length))
 
 
-def compute(loaded: Loaded, settings: FisherConfig) -> None:
+def compute(loaded: Loaded, settings: FisherConfig, *, use: bool = True) -> None:
     bar, progress = progress_bar(f"Estimating the {MODES[settings.mode].lower()} Fisher over "
                                  f"{settings.num_examples} training examples")
-    ui_views.compute_fisher(loaded, settings, progress)
+    ui_views.compute_fisher(loaded, settings, progress, use=use)
     bar.empty()
 
 
@@ -96,7 +96,7 @@ def show_exact_vs_batch(loaded: Loaded, settings: FisherConfig, fisher) -> None:
     if other is None:
         st.caption(f"Compare with the {MODES[other_mode].lower()} Fisher over the same examples.")
         if st.button(f"Compute the {MODES[other_mode].lower()} Fisher to compare", key="compute_other_fisher"):
-            compute(loaded, other_settings)
+            compute(loaded, other_settings, use=False)
             st.rerun()
         return
     exact, batch = (fisher, other) if settings.mode == "per_example" else (other, fisher)
@@ -115,18 +115,20 @@ methods_box()  # not used here, but always in the sidebar
 with error_box():
     loaded = ui_session.require_model()
     readable = getattr(loaded.tokenizer, "model_max_length", None)  # a huge sentinel when the tokenizer sets none
-    settings = settings_widgets(ui_fisher.fisher_config(), len(loaded.task.load_split("train")),
+    settings = settings_widgets(ui_fisher.fisher_choice(), len(loaded.task.load_split("train")),
                                 readable if isinstance(readable, int) and readable < 1 << 20 else None)
-    if settings != ui_fisher.fisher_config():
-        ui_fisher.set_fisher_config(settings)
+    ui_fisher.choose_fisher(settings)
     fisher = ui_fisher.fisher_for(loaded, settings)
     if fisher is None:
         st.info(f"No {MODES[settings.mode].lower()} Fisher over {settings.num_examples} examples (seed "
-                f"{settings.seed}) is cached for this model and task yet.", icon=":material/info:")
+                f"{settings.seed}) is cached for this model and task yet. Until one is computed, the rank explorer "
+                f"and Compare keep using the {ui_fisher.describe(ui_fisher.fisher_config())}.",
+                icon=":material/info:")
         if st.button("Compute Fisher", type="primary", key="compute_fisher"):
             compute(loaded, settings)
             st.rerun()
         st.stop()
+    ui_fisher.set_fisher_config(settings)  # cached: the explorer and Compare use it from now on
     source = "loaded from the cache" if fisher.from_cache else f"computed in {fisher.seconds:.1f} s"
     st.success(f"{MODES[settings.mode]} Fisher over {fisher.provenance['num_examples']} training examples, "
                f"{source}.", icon=":material/check_circle:")

@@ -3,17 +3,18 @@ or let the optimizer spread the global control's parameters where they lose leas
 
 import streamlit as st
 import ui_charts as charts
-import ui_fisher
+import ui_evaluation
+import ui_headline
 import ui_ranks
 import ui_session
 import ui_views
 from ui_format import count, error_box, progress_bar
-from ui_methods import chosen_methods, method_label, methods_text
+from ui_methods import chosen_methods, method_label
 
+from fwsvd.config import FisherConfig
 from fwsvd.view import analysis, rank_config
 from fwsvd.view import rank_plan as allocation
 from fwsvd.view.explorer import ExplorerView
-from fwsvd.view.metrics import metric_label
 
 GLOBAL_MODES = {"rank_ratio": "Rank ratio", "param_budget": "Parameter budget"}
 GLOBAL_HELP = {
@@ -25,9 +26,6 @@ EDITORS = {"sliders": "Sliders, one block at a time", "table": "Table of every l
 OPTIMIZED = "optimized_ranks"
 
 st.title("Rank explorer")
-st.caption("Each target layer W is replaced by two thin factors of rank r. SVD keeps what matters to ‖W − Ŵ‖; "
-           "FWSVD keeps what matters to the task, ‖(W − Ŵ)·D‖ with D from the Fisher importance. A layer at "
-           "its full rank is kept dense.")
 
 
 def apply_rule(name: str, analyses: dict, widget: str | None) -> None:
@@ -97,36 +95,17 @@ def optimized(ranks: dict[str, int], analyses: dict) -> None:
         return
     result: allocation.Optimized = last["result"]
     measure = "Fisher-weighted" if allocation.has_weighted(result.method, analyses) else "plain"
+    uniform, error = (allocation.relative_error(value, analyses, result.method)
+                      for value in (result.uniform_error, result.error))
     cols = st.columns(3)
-    cols[0].metric(f"Summed {measure} error, uniform ranks", f"{result.uniform_error:.4g}")
-    cols[1].metric(f"Summed {measure} error, optimized ranks", f"{result.error:.4g}",
-                   f"{result.change:+.1%} vs uniform", delta_color="inverse")
+    cols[0].metric(f"{measure.capitalize()} error, uniform ranks", f"{uniform:.1%}")
+    cols[1].metric(f"{measure.capitalize()} error, optimized ranks", f"{error:.1%}",
+                   f"{result.change:+.1%} vs uniform (squared)", delta_color="inverse")
     cols[2].metric("Layers kept dense", str(len(result.dense)))
     st.caption(f"Optimized for {method_label(result.method)} (objective: {result.objective} error) within the "
                f"{count(result.budget)} weights the global control keeps; {count(result.kept_params)} kept. "
-               "Each error is summed over the layers, squared; a layer kept dense adds none.")
-
-
-def headline(summary: dict, methods: tuple[str, ...], dense: int) -> None:
-    cols = st.columns(2 + len(methods))
-    cols[0].metric("Weights kept", count(summary["kept_params"]),
-                   f"{summary['kept_share']:.0%} of {count(summary['dense_params'])}", delta_color="off",
-                   delta_arrow="off")
-    cols[1].metric("Weights removed", count(summary["removed_params"]),
-                   f"{dense} layer(s) kept dense" if dense else None, delta_color="off", delta_arrow="off")
-    for column, method in zip(cols[2:], methods):
-        value = summary[f"{method}_mean_weighted_error"]
-        delta = None
-        if method != "svd" and "svd" in methods:
-            delta = f"{value - summary['svd_mean_weighted_error']:+.3f} vs SVD"
-        column.metric(f"Mean Fisher-weighted error, {method_label(method)}", f"{value:.3f}", delta,
-                      delta_color="inverse")
-    if summary["above_break_even"]:
-        names = ", ".join(f"`{name}`" for name in summary["above_break_even"][:6])
-        more = len(summary["above_break_even"]) - 6
-        st.warning(f"{len(summary['above_break_even'])} layer(s) at or past break-even — their two factors hold "
-                   f"at least as many weights as the layer itself: {names}" + (f" and {more} more" if more > 0
-                                                                              else ""), icon=":material/warning:")
+               "Each error is relative to the whole: sqrt(Σ‖(W − Ŵ)·D‖² / Σ‖W·D‖²) over the layers; a layer kept "
+               "dense adds none.")
 
 
 def sliders(frame) -> None:
@@ -206,76 +185,13 @@ def spectra(analyses: dict, frame, methods: tuple[str, ...]) -> None:
     st.plotly_chart(charts.spectrum_figure(spectra_frames, rows, methods), key="spectrum_chart")
 
 
-def evaluation(view: ExplorerView, ranks: dict[str, int], methods: tuple[str, ...]) -> None:
-    st.subheader(f"{view.metric.replace('_', ' ').capitalize()} at these ranks")
-    st.caption(f"Scored by {metric_label(view.metric)} on the validation split.")
-    left, right = st.columns([1, 2])
-    limit = left.number_input("Validation examples", min_value=8, max_value=view.validation_size,
-                              value=min(512, view.validation_size), step=64, key="eval_limit",
-                              persist_state="session")
-    digest = rank_config.ranks_digest(ranks)
-    key = (view.source_key, view.fisher_key, digest, int(limit))
-    remembered = ui_session.evaluations()
-    done = remembered.get(key, {}).get("results", {})
-    missing = [method for method in methods if method not in done]
-    if left.button(f"Evaluate {methods_text(missing or methods)}", type="primary", key="evaluate",
-                   icon=":material/play_arrow:", disabled=not missing,
-                   help="Methods already evaluated at these ranks are remembered."):
-        evaluate(view, ranks, missing, int(limit), key)
-        st.rerun()  # drawn again with the results, and the button that has nothing left to evaluate
-    shown = {method: result for method, result in done.items() if method == "dense" or method in methods}
-    if len(shown) <= 1:  # nothing, or only the dense model (evaluated with methods no longer chosen)
-        right.info("Not evaluated at these ranks yet. Results are remembered per rank setting, method and subset "
-                   "size.", icon=":material/info:")
-        return
-    from fwsvd.evaluate.methods import evaluations_frame
-
-    order = [method for method in ("dense", *methods) if method in shown]
-    table_frame = evaluations_frame([({"ranks": digest}, {method: shown[method] for method in order})])
-    right.plotly_chart(charts.evaluation_figure(table_frame, view.metric, methods), key="evaluation_chart")
-    st.dataframe(table_frame[["method", view.metric, "params", "num_examples", "latency_s_per_batch"]],
-                 hide_index=True, width="stretch", key="evaluation_table",
-                 column_config={view.metric: st.column_config.NumberColumn(metric_label(view.metric), format="%.4f"),
-                                "params": st.column_config.NumberColumn("parameters", format="localized"),
-                                "num_examples": "examples",
-                                "latency_s_per_batch": st.column_config.NumberColumn(
-                                    "latency (s / batch of 32)", format="%.3f")})
-
-
-def evaluate(view: ExplorerView, ranks: dict[str, int], methods: list[str], limit: int, key: tuple) -> None:
-    """Evaluate a compressed copy per method in ``methods`` (and the dense model once per subset size); add
-    the results to those remembered at these ranks. Layers kept dense stay as they are.
-
-    The page may have been drawn from a snapshot, so the model and its Fisher are loaded here if needed."""
-    from fwsvd.evaluate.methods import evaluate_methods
-
-    compressed = allocation.compressed_ranks(ranks, view.analyses)
-    if not compressed:
-        raise ValueError("every layer is kept dense at these ranks: there is no compressed model to evaluate")
-    loaded = ui_session.require_model()
-    fisher = ui_views.fisher_for_methods(loaded, methods, "Evaluating the weighted methods needs the Fisher "
-                                                          "importances, and they are no longer in the cache: "
-                                                          "compute them on the Fisher page.")
-    remembered = ui_session.evaluations()
-    dense = next((entry["results"]["dense"] for (src, _, _, size), entry in remembered.items()
-                  if src == view.source_key and size == limit and "dense" in entry["results"]), None)
-    run = tuple(methods) if dense is not None else ("dense", *methods)
-    bar, progress = progress_bar(f"Evaluating {methods_text(run)} on {limit} validation examples")
-    results = evaluate_methods(loaded.model, loaded.tokenizer, loaded.task, compressed, methods=run, limit=limit,
-                               max_length=fisher.provenance["max_length"], fisher=fisher,
-                               store=ui_session.decomposition_store(), progress=progress)
-    bar.empty()
-    entry = remembered.setdefault(key, {"ranks": dict(ranks), "results": {}})
-    entry["results"].update({"dense": dense} if dense is not None else {}, **results)
-
-
 def fisher_prompt() -> None:
     """No Fisher cached for these settings: offer to compute it here with the defaults, or go choose."""
     st.warning("FWSVD needs the Fisher importances of this model on its task, and none are cached yet.",
                icon=":material/warning:")
     if st.button("Compute Fisher now (default settings)", type="primary", key="explorer_compute_fisher"):
         bar, progress = progress_bar("Estimating the Fisher importances")
-        ui_views.compute_fisher(ui_session.require_model(), ui_fisher.fisher_config(), progress)
+        ui_views.compute_fisher(ui_session.require_model(), FisherConfig(), progress)
         st.rerun()
     st.page_link(ui_session.PAGES["fisher"], label="Or choose the settings on the Fisher page",
                  icon=":material/arrow_forward:")
@@ -289,12 +205,14 @@ with error_box():
     methods = chosen_methods()
     view = ui_views.with_methods(view, methods)
     ranks = ui_ranks.ranks(view.source_key, view.analyses)
-    global_control(view, ranks, methods)
     frame = allocation.mark_dense(analysis.layer_frame(view.analyses, ranks, view.blocks))
-    headline(analysis.totals(frame), methods, int(frame["dense"].sum()))
+    summary = analysis.totals(frame, view.model_params)
+    ui_headline.headline(view, summary, ranks, methods)
+    global_control(view, ranks, methods)
+    ui_headline.for_engineers(summary, methods, int(frame["dense"].sum()))
     optimized(ranks, view.analyses)
     rank_editor(frame, methods)
     st.plotly_chart(charts.error_figure(frame, methods), key="error_chart")
     st.plotly_chart(charts.params_figure(frame), key="params_chart")
     spectra(view.analyses, frame, methods)
-    evaluation(view, ranks, methods)
+    ui_evaluation.evaluation(view, ranks, methods)

@@ -5,10 +5,11 @@ metric over a sweep of compressed copies (on request)."""
 import pandas as pd
 import streamlit as st
 import ui_charts as charts
+import ui_evaluation
 import ui_fisher
 import ui_session
 import ui_views
-from ui_format import error_box, progress_bar
+from ui_format import error_box
 from ui_methods import chosen_methods, method_label, methods_text
 
 from fwsvd.view import rank_plan as allocation
@@ -32,16 +33,36 @@ def curves(_view: ExplorerView, ratios: tuple[float, ...], methods: tuple[str, .
     return allocation.allocation_curves(_view.analyses, ratios, methods)
 
 
+def x_range(view: ExplorerView, ratios: list[float]) -> list[float]:
+    """One x range (millions of the whole model's parameters) for both charts: from the smallest model swept
+    to the dense one."""
+    smallest = allocation.uniform_ranks(view.analyses, "rank_ratio", min(ratios))
+    low = view.model_params - sum(layer.out_features * layer.in_features for layer in view.analyses.values()) \
+        + allocation.kept_params(smallest, view.analyses)
+    margin = 0.04 * (view.model_params - low)
+    return [(low - margin) / 1e6, (view.model_params + margin) / 1e6]
+
+
 def error_curves(view: ExplorerView, ratios: list[float], methods: tuple[str, ...]) -> None:
     st.subheader("Error against size")
     frame = curves(view, tuple(sorted(ratios)), methods, (view.source_key, view.fisher_key))
-    chart, table = st.columns([3, 2])
-    chart.plotly_chart(charts.allocation_figure(frame, methods), key="allocation_chart")
-    shown = frame.assign(method=frame["method"].map(method_label))
-    table.dataframe(shown, hide_index=True, width="stretch", key="allocation_table",
-                    column_config={"params": st.column_config.NumberColumn("weights kept", format="localized"),
-                                   "rank_ratio": st.column_config.NumberColumn("rank ratio", format="%.2f"),
-                                   "error": st.column_config.NumberColumn("summed error", format="%.4g")})
+    target = sum(layer.out_features * layer.in_features for layer in view.analyses.values())
+    frame = frame.assign(
+        model_params=view.model_params - target + frame["params"],
+        relative_error=[allocation.relative_error(error, view.analyses, method)
+                        for error, method in zip(frame["error"], frame["method"])])
+    st.plotly_chart(charts.allocation_figure(frame, methods, x_range(view, ratios)), key="allocation_chart")
+    shown = pd.DataFrame({"method": frame["method"].map(method_label), "rule": frame["rule"],
+                          "rank ratio": frame["rank_ratio"], "of dense": frame["model_params"] / view.model_params,
+                          "relative error": frame["relative_error"]})
+    with st.expander("Table"):
+        st.dataframe(shown, hide_index=True, width="stretch", key="allocation_table",
+                     column_config={"rank ratio": st.column_config.NumberColumn(format="%.2f"),
+                                    "of dense": st.column_config.NumberColumn(
+                                        format="percent", help="the whole model's parameters, as a share of dense"),
+                                    "relative error": st.column_config.NumberColumn(
+                                        format="percent", help="sqrt(Σ‖(W − Ŵ)·D‖² / Σ‖W·D‖²) over the target "
+                                                               "layers: 0 loses nothing, 100% drops them all")})
 
 
 def plan_runs(view: ExplorerView, ratios: list[float], methods: tuple[str, ...],
@@ -64,29 +85,54 @@ def plan_runs(view: ExplorerView, ratios: list[float], methods: tuple[str, ...],
 def run(view: ExplorerView, ratios: list[float], methods: tuple[str, ...], rules: list[str], limit: int,
         key: tuple) -> None:
     """Evaluate the dense model and a compressed copy per (method, rule, ratio); remember the table. Layers
-    an allocation keeps dense stay as they are, as on the rank explorer."""
-    from fwsvd.evaluate.methods import evaluate_methods
+    an allocation keeps dense stay as they are, as on the rank explorer. Every copy is scored on the same
+    examples, so each is compared with SVD under the same rule and ratio (paired), and timed against dense."""
+    from fwsvd.evaluate.methods import add_differences, evaluate_methods
 
     loaded = ui_session.require_model()
     fisher = ui_views.fisher_for_methods(loaded, methods, "The sweep needs the Fisher importances: compute them first.")
     plan = plan_runs(view, ratios, methods, rules)
-    bar, progress = progress_bar(f"Evaluating {sum(len(run[3]) for run in plan)} models on {limit} examples")
-    rows = []
-    for position, (rule, ratio, ranks, run_methods) in enumerate(plan):
+    models = sum(len(run[3]) for run in plan)
+    text = f"Evaluating {models} models on {limit} examples{ui_session.expected_duration(models, limit, view.source_key)}"
+    bar = st.progress(0.0, text=text)
+    groups: dict[tuple[str, float], dict] = {}
+    dense, done = None, 0
+    for rule, ratio, ranks, run_methods in plan:
         compressed = allocation.compressed_ranks(ranks, view.analyses)
         if compressed:  # else every layer stays dense: the dense model's row says it
+
+            def step(finished: int, total: int, before: int = done, count: int = len(run_methods)) -> None:
+                bar.progress(min(1.0, (before + count * finished / max(total, 1)) / models),
+                             text=f"{text} — model {min(models, before + 1 + count * finished // max(total, 1))} "
+                                  f"of {models}")
+
             results = evaluate_methods(loaded.model, loaded.tokenizer, loaded.task, compressed, methods=run_methods,
                                        limit=limit, max_length=fisher.provenance["max_length"],
-                                       store=ui_session.decomposition_store(), fisher=fisher)
-            rows += [{"method": method, "rule": "dense" if method == "dense" else rule,
-                      "rank_ratio": 1.0 if method == "dense" else ratio, "params": result["params"],
-                      "latency_s_per_batch": result["latency_s_per_batch"], **result["metrics"]}
-                     for method, result in results.items()]
-        progress(position + 1, len(plan))
+                                       store=ui_session.decomposition_store(), fisher=fisher, progress=step)
+            dense = results.pop("dense", dense)
+            groups.setdefault((rule, ratio), {}).update(results)
+        done += len(run_methods)
     bar.empty()
-    frame = pd.DataFrame(rows)
-    frame.insert(4, "params_fraction", frame["params"] / float(frame.loc[frame["method"] == "dense", "params"].iloc[0]))
-    ui_session.sweeps()[key] = frame
+    if dense is None:
+        raise ValueError("the smallest rank ratio keeps every layer dense: choose a smaller one")
+    rows = [{"method": "dense", "rule": "dense", "rank_ratio": 1.0, **dense}]
+    for (rule, ratio), group in groups.items():
+        compared = add_differences(loaded.task, {"dense": dense, **group})
+        rows += [{"method": method, "rule": rule, "rank_ratio": ratio, **entry}
+                 for method, entry in compared.items() if method != "dense"]
+    ui_session.sweeps()[key] = sweep_frame(rows)
+
+
+def sweep_frame(rows: list[dict]) -> pd.DataFrame:
+    """One row per model: method, rule, rank ratio, then the columns of
+    :func:`fwsvd.evaluate.methods.evaluations_frame` (metric, interval, differences, speed-up) and the whole
+    model's share of dense."""
+    from fwsvd.evaluate.methods import evaluations_frame
+
+    frame = evaluations_frame([({"rule": row["rule"], "rank_ratio": row["rank_ratio"]}, {row["method"]: row})
+                               for row in rows])
+    dense = float(frame.loc[frame["method"] == "dense", "params"].iloc[0])
+    return frame.assign(params_fraction=frame["params"] / dense)
 
 
 def sweep(view: ExplorerView, ratios: list[float], methods: tuple[str, ...]) -> None:
@@ -114,14 +160,23 @@ def sweep(view: ExplorerView, ratios: list[float], methods: tuple[str, ...]) -> 
                    f"{methods_text(shown_key[4])}, {' and '.join(shown_key[5])} ranks.")
     frame = mine[shown_key]
     metric = view.metric
-    chart, table = st.columns([3, 2])
-    chart.plotly_chart(charts.compare_figure(frame, metric, shown_key[4]), key="compare_chart")
-    table.dataframe(frame[["method", "rule", "rank_ratio", "params", "params_fraction", metric]], hide_index=True,
-                    width="stretch", key="compare_table",
-                    column_config={metric: st.column_config.NumberColumn(metric_label(metric), format="%.4f"),
-                                   "params": st.column_config.NumberColumn("parameters", format="localized"),
-                                   "params_fraction": st.column_config.NumberColumn("of dense", format="percent"),
-                                   "rank_ratio": st.column_config.NumberColumn("rank ratio", format="%.2f")})
+    st.plotly_chart(charts.compare_figure(frame, metric, shown_key[4], x_range(view, list(shown_key[2]))),
+                    key="compare_chart")
+    st.dataframe(sweep_table(frame, metric), hide_index=True, width="stretch", key="compare_table",
+                 column_config={"of dense": st.column_config.NumberColumn(
+                                    format="percent", help="the whole model's parameters, as a share of dense"),
+                                "rank ratio": st.column_config.NumberColumn(format="%.2f")})
+
+
+def sweep_table(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The sweep as people read it, narrow enough to need no horizontal scrolling: the model by name, its rule
+    and ratio, its share of the dense model, the metric with its 95% interval and the paired difference from
+    SVD under the same rule and ratio, and the speed-up over dense."""
+    table = ui_evaluation.results_table(frame, metric)
+    return pd.DataFrame({"model": table["model"], "rule": frame["rule"], "rank ratio": frame["rank_ratio"],
+                         "of dense": frame["params_fraction"],
+                         **{column: table[column] for column in table.columns
+                            if column not in ("model", "parameters", "examples")}})
 
 
 with error_box():
@@ -132,6 +187,7 @@ with error_box():
         ui_fisher.require_fisher(loaded, "The comparison needs the Fisher importances: compute them first.")
         st.stop()
     view = ui_views.with_methods(view, methods)
+    st.caption(f"Weighted by the {ui_fisher.describe(ui_fisher.fisher_config())}.")
     ratios = st.multiselect("Rank ratios", RATIO_CHOICES, default=DEFAULT_RATIOS, key="sweep_ratios",
                             persist_state="session",
                             help="Each ratio sets every layer to that share of its rank; the allocated ranks "

@@ -34,6 +34,7 @@ from fwsvd.data.labels import match_labels
 from fwsvd.data.tasks import Task
 from fwsvd.data.language_modeling import is_language_modeling
 from fwsvd.io.demos import demo_of_model
+from fwsvd.io.hub import check_hub_model
 from fwsvd.io.persistence import INFO_FILE, load_compressed, read_compressed_info
 from fwsvd.io.quiet import quiet_transformers
 
@@ -133,6 +134,7 @@ def _locate(source: str | os.PathLike[str]) -> str:
         raise ValueError(f"{path} is a file; a model is a directory written by save_pretrained")
     if isinstance(source, os.PathLike) or str(source).startswith((".", "/", "~")) or str(source).count("/") > 1:
         raise FileNotFoundError(f"model directory not found: {path}")
+    check_hub_model(str(source))  # without a network: one line now, not half a minute of retries
     return str(source)
 
 

@@ -141,3 +141,13 @@ def mark_dense(frame: pd.DataFrame) -> pd.DataFrame:
     frame.loc[dense, "removed_params"] = 0
     frame.loc[dense, "above_break_even"] = False
     return frame
+
+
+def relative_error(error: float, analyses: Mapping[str, LayerAnalysis], method: str) -> float:
+    """A summed squared error of ``method`` (:func:`total_error`) as a share of the whole: ``sqrt(Σ_l e_l² /
+    Σ_l ‖W_l·D_l‖²)`` over every layer (‖W_l‖ where :func:`total_error` takes plain errors), a number a reader
+    can follow (0: nothing lost, 1: every layer dropped) where the sum itself runs into the hundred thousands."""
+    weighted = has_weighted(method, analyses)
+    whole = sum((layer.curves[method].weighted_norm if weighted else layer.curves[method].weight_norm) ** 2
+                for layer in analyses.values())
+    return float(np.sqrt(error / whole)) if whole > 0 else 0.0
