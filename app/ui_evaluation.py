@@ -30,7 +30,7 @@ OPTIMIZED = "optimized_ranks"
 
 
 def evaluation(view: ExplorerView, ranks: dict[str, int], methods: tuple[str, ...]) -> None:
-    st.subheader(f"{metric_name(view.metric).capitalize()} at these ranks")
+    st.subheader(f"{metric_name(view.metric).capitalize()}{direction_note(view.metric)} at these ranks")
     compared_note(ranks, methods)
     left, right = st.columns([1, 2])
     limit = left.number_input("Validation examples", min_value=8, max_value=view.validation_size,

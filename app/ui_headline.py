@@ -20,7 +20,7 @@ from ui_format import count
 from ui_methods import method_label, methods_text
 
 from fwsvd.view.explorer import ExplorerView, snapshot_key
-from fwsvd.view.metrics import lower_is_better
+from fwsvd.view.metrics import direction_note, lower_is_better
 from fwsvd.view.headline import Figures, Headline, evaluation_limit, headline_key, headline_of, load_headline, \
     task_title
 from fwsvd.view.rank_config import ranks_digest
@@ -134,7 +134,7 @@ def headline(view: ExplorerView, summary: dict, ranks: dict[str, int], methods: 
                 _speedup_card(column, methods, figures)
             else:
                 _method_card(column, card, view.metric, figures.get(card))
-    st.caption(f"{metric_name(view.metric).capitalize()} {origin}; each with its 95% interval (hover a card), "
+    st.caption(f"{metric_name(view.metric).capitalize()}{direction_note(view.metric)} {origin}; each with its 95% interval (hover a card), "
                "each method's difference from SVD on the same examples." if origin else
                "Not evaluated at these ranks yet — press **Evaluate** below (about a minute on the CPU); the "
                "size is live.")

@@ -574,7 +574,7 @@ def test_headline_gives_the_whole_model_share_and_follows_the_budget_at_once(app
     view = _view()
     source = Source.from_environment()
     model, _ = load_model(source.model, task_of(source))
-    ranks = dict(at.session_state["ranks"])
+    ranks = dict(at.session_state["rank_state"].ranks)
     copy, _ = compressed_copy(model, compressed_ranks(ranks, view.analyses), method="svd")
     dense, compressed = count_parameters(model), count_parameters(copy)  # counted on the models themselves
     card = _share_card(at)
@@ -584,9 +584,9 @@ def test_headline_gives_the_whole_model_share_and_follows_the_budget_at_once(app
     assert labels[:5] == ["Whole model size", "Speed-up over dense", "Dense model accuracy", "SVD accuracy",
                           "FWSVD accuracy"]
 
-    at.radio(key="global_mode").set_value("param_budget").run()
-    at.slider(key="global_param_budget").set_value(0.3).run()
-    ranks = dict(at.session_state["ranks"])
+    keyed(at.radio, "global_mode").set_value("param_budget").run()
+    keyed(at.slider, "global_param_budget").set_value(0.3).run()
+    ranks = dict(at.session_state["rank_state"].ranks)
     copy, _ = compressed_copy(model, compressed_ranks(ranks, view.analyses), method="svd")
     assert f"{count_parameters(copy):,} of {dense:,}" in _share_card(at).proto.help  # the same run
 

@@ -105,7 +105,7 @@ def check(at: AppTest, expected: Expected, step: str) -> None:
     custom = expected.ranks != expected.rule_ranks()
     assert control.label.endswith("· custom") is custom, step
     assert bool([button for button in at.button if button.key == "reset_ranks"]) is custom, step
-    kept = next(metric.value for metric in at.metric if metric.label == "Weights kept")
+    kept = next(metric.value for metric in at.metric if metric.label == "Target weights kept")
     assert kept == ui_format.count(kept_params(expected.ranks, expected.analyses)), step
 
 
@@ -126,11 +126,11 @@ def test_per_layer_edits_make_the_global_control_custom_with_a_reset(app):
 def test_switching_to_the_parameter_budget_sets_the_ranks_at_once(app):
     at = app
     expected = Expected(_analyses())
-    kept = next(metric.value for metric in at.metric if metric.label == "Weights kept")
+    kept = next(metric.value for metric in at.metric if metric.label == "Target weights kept")
     keyed(at.radio, "global_mode").set_value("param_budget").run()
     expected.apply_rule("param_budget")
     check(at, expected, "param budget")
-    assert next(metric.value for metric in at.metric if metric.label == "Weights kept") != kept
+    assert next(metric.value for metric in at.metric if metric.label == "Target weights kept") != kept
     keyed(at.slider, "global_param_budget").set_value(0.5).run()
     expected.apply_rule("param_budget", 0.5)
     check(at, expected, "param budget 0.5")

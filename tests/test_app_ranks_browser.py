@@ -121,7 +121,7 @@ def check(page, expected: Expected, step: str) -> None:
     assert float(shown[control]) == pytest.approx(expected.values[expected.rule]), (step, shown)
     assert page.get_by_role("button", name="Reset every layer").count() == int(custom), step
     kept = app_module("ui_format").count(kept_params(expected.ranks, expected.analyses))
-    assert _metric(page, "Weights kept") == kept, step
+    assert _metric(page, "Target weights kept") == kept, step
 
 
 def test_a_table_edit_then_the_sliders_show_the_stored_ranks_and_a_nudge_moves_one_layer(explorer):
