@@ -180,6 +180,9 @@ def _add_rank_rules(parser: argparse.ArgumentParser) -> None:
     rules.add_argument("--param-budget", type=_number, metavar="B",
                        help="share of each layer's weight parameters to keep, in (0, 1]")
     rules.add_argument("--rank", type=_positive_int, metavar="N", help="the same rank for every layer")
+    group.add_argument("--factorize-past-break-even", action="store_true",
+                       help="factorize layers whose rank is at or past break-even (r·(m+n) ≥ m·n) too; by "
+                            "default they stay dense, since their factors would save nothing")
     _add_allocation(group)
 
 
@@ -334,6 +337,8 @@ def _config(args: argparse.Namespace) -> CompressionConfig:
         changes.update(allocation_floor=args.allocation_floor)
     if getattr(args, "rank", None) is not None:
         changes.update(rank_pattern={})
+    if getattr(args, "factorize_past_break_even", False):
+        changes.update(keep_dense_past_break_even=False)
     return dataclasses.replace(config, **changes)
 
 
@@ -447,18 +452,21 @@ def _cmd_compress(args: argparse.Namespace) -> dict[str, Any]:
     report = compress_(model, config, fisher=fisher)
     provenance = fisher.provenance if fisher else None
     save_compressed(model, output, config=report.config, tokenizer=tokenizer, fisher_provenance=provenance,
-                    dense=args.dense, extra={"source_model": config.model, "task": task.name if task else None})
+                    dense=args.dense, kept_dense=report.kept_dense, extra={"source_model": config.model, "task": task.name if task else None})
     size = _directory_bytes(output)
     fraction = report.model_params_after / report.model_params_before
     print(f"{config.method}: {len(report.layers)} layers factorized, parameters {report.model_params_before:,} -> "
           f"{report.model_params_after:,} ({fraction:.1%}); written to {output} "
           f"({'dense export, ' if args.dense else ''}{size / 1e6:.1f} MB)")
+    if report.kept_dense:
+        print(f"note: {len(report.kept_dense)} layer(s) kept dense: their rank is at or past break-even, where "
+              "factors would save nothing (--factorize-past-break-even factorizes them anyway)")
     if report.above_break_even:
         print(f"note: {len(report.above_break_even)} layer(s) have a rank at or above break-even and save "
               "no parameters")
     return {"output": str(output), "method": config.method, "dense": args.dense,
             "params_before": report.model_params_before, "params_after": report.model_params_after,
-            "size_bytes": size, "ranks": report.ranks, "fisher": provenance, "config": report.config.to_dict()}
+            "size_bytes": size, "ranks": report.ranks, "kept_dense": report.kept_dense, "fisher": provenance, "config": report.config.to_dict()}
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
