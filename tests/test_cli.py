@@ -236,6 +236,20 @@ def _compress(model_dir: Path, tmp_path: Path, name: str, *flags: str) -> dict:
                  *flags], tmp_path)
 
 
+def test_compress_keeps_layers_at_break_even_dense_unless_asked(model_dir, tmp_path, cache_dir):
+    # Rank 16: the 32x32 attention layers' break-even (16·64 = 32·32), below the 48x32 FFN layers' 19.2.
+    kept = _compress(model_dir, tmp_path, "kept", "--rank", "16")
+    assert kept["kept_dense"] and set(kept["kept_dense"].values()) == {16}
+    assert kept["ranks"] and all("attention" not in name for name in kept["ranks"])
+    assert "keep_dense_past_break_even" not in kept["config"]
+    info = read_compressed_info(tmp_path / "kept")
+    assert info["kept_dense"] == kept["kept_dense"] and set(info["layers"]) == set(kept["ranks"])
+    asked = _compress(model_dir, tmp_path, "asked", "--rank", "16", "--factorize-past-break-even")
+    assert asked["kept_dense"] == {} and set(asked["ranks"]) == set(kept["ranks"]) | set(kept["kept_dense"])
+    assert asked["config"]["keep_dense_past_break_even"] is False
+    assert asked["params_after"] == kept["params_after"]  # exactly at break-even: as many factor weights
+
+
 def test_compress_json_output_is_a_rank_document(model_dir, tmp_path, cache_dir):
     first = _compress(model_dir, tmp_path, "first", "--rank-ratio", "0.25")
     output = tmp_path / "first.json"
