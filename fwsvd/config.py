@@ -26,6 +26,7 @@ from fwsvd.view import analysis
 from fwsvd.view.allocation import DEFAULT_FLOOR, OBJECTIVES, allocate_ranks, floor_rank
 from fwsvd.view.analysis import LayerAnalysis
 from fwsvd.view.rank_config import Shapes, past_break_even, rule_ranks, unknown_names_error, validate_rank
+from fwsvd.view.trained_length import recorded_max_length
 
 #: The shorthand ``compress_`` also takes: an int (the same rank everywhere), a float in (0, 1] (a share of
 #: each layer's full rank) or {qualified layer name: rank} (layers not named stay dense).
@@ -91,6 +92,16 @@ class FisherConfig:
             raise ValueError(f"FisherConfig.mode must be one of {', '.join(FISHER_MODES)}, got {self.mode!r}")
         for name, minimum in (("num_examples", 1), ("seed", 0), ("max_length", 1), ("batch_size", 1)):
             object.__setattr__(self, name, _integer(f"FisherConfig.{name}", getattr(self, name), minimum))
+
+    @classmethod
+    def for_model(cls, model_source: str | Path | None, **fields: Any) -> FisherConfig:
+        """The configuration for the model directory ``model_source``: ``max_length`` defaults to the length it
+        was fine-tuned with where that is recorded (:func:`fwsvd.view.trained_length.recorded_max_length`);
+        ``fields`` set any field."""
+        recorded = recorded_max_length(model_source)
+        if recorded is not None and fields.get("max_length") is None:
+            fields["max_length"] = recorded
+        return cls(**{name: value for name, value in fields.items() if value is not None})
 
     def key(self) -> dict[str, Any]:
         """The Fisher's part of every cache key (the library's Fisher files, the dashboard's session and its
