@@ -74,8 +74,8 @@ def test_full_rank_reproduces_the_model_for_every_method(inputs, store, method):
     model = copy.deepcopy(inputs.model)
     batch = random_batch(batch_size=4, length=12, seed=9)
     expected = _logits(model, batch)
-    report = compress_(model, CompressionConfig(method=method, rank_ratio=1.0), fisher=inputs.fisher,
-                       statistics=inputs.statistics, store=store)
+    full = CompressionConfig(method=method, rank_ratio=1.0, keep_dense_past_break_even=False)  # asked for
+    report = compress_(model, full, fisher=inputs.fisher, statistics=inputs.statistics, store=store)
     layers = [module for module in model.modules() if isinstance(module, LowRankLinear)]
     assert len(layers) == len(report.layers) == 12 and report.method == method
     assert all(layer.method == method for layer in report.layers)
