@@ -284,8 +284,9 @@ def test_evaluate_methods_and_sweep_with_statistics_methods(task, cache_dir):
                                limit=8, batch_size=4, max_length=32, store=store)
     assert set(results) == {"dense", *STATISTICS_METHODS}
     assert all(results[method]["params"] < results["dense"]["params"] for method in STATISTICS_METHODS)
+    factorize_all = CompressionConfig(keep_dense_past_break_even=False)  # full rank is factorized on request
     result = run_sweep(model, tokenizer, task, methods=STATISTICS_METHODS, rank_ratios=(1.0, 0.25), fisher=fisher,
-                       limit=8, max_length=32, store=store)
+                       config=factorize_all, limit=8, max_length=32, store=store)
     assert [(run.method, run.rank_ratio) for run in result.runs] == [
         (method, ratio) for method in STATISTICS_METHODS for ratio in (1.0, 0.25)]
     for run in result.runs:  # full rank reproduces the dense model's predictions
