@@ -470,7 +470,8 @@ def _cmd_compress(args: argparse.Namespace) -> dict[str, Any]:
     report = compress_(model, config, fisher=fisher)
     provenance = fisher.provenance if fisher else None
     save_compressed(model, output, config=report.config, tokenizer=tokenizer, fisher_provenance=provenance,
-                    dense=args.dense, kept_dense=report.kept_dense, extra={"source_model": config.model, "task": task.name if task else None})
+                    dense=args.dense, kept_dense=report.kept_dense,
+                    extra={"source_model": config.model, "task": task.name if task else None})
     size = _directory_bytes(output)
     fraction = report.model_params_after / report.model_params_before
     print(f"{config.method}: {len(report.layers)} layers factorized, parameters {report.model_params_before:,} -> "
@@ -484,7 +485,8 @@ def _cmd_compress(args: argparse.Namespace) -> dict[str, Any]:
               "no parameters")
     return {"output": str(output), "method": config.method, "dense": args.dense,
             "params_before": report.model_params_before, "params_after": report.model_params_after,
-            "size_bytes": size, "ranks": report.ranks, "kept_dense": report.kept_dense, "fisher": provenance, "config": report.config.to_dict()}
+            "size_bytes": size, "ranks": report.ranks, "kept_dense": report.kept_dense, "fisher": provenance,
+            "config": report.config.to_dict()}
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:

@@ -94,9 +94,9 @@ def save_compressed(
     ``config`` (``report.config``) is recorded with its ranks pinned to the model's low-rank layers, so it
     reproduces the compression (None: recorded as unknown); ``fisher_provenance``
     (``FisherResult.provenance``) says which Fisher it used; ``extra`` is any further JSON-serialisable
-    information (e.g. fine-tuning settings). ``kept_dense`` (``report.kept_dense``) records the layers left
-    dense because their rank was at or past break-even, {layer: the rank asked}. ``dense=True`` writes a plain transformers folder with the factors
-    multiplied back.
+    information (e.g. fine-tuning settings). ``kept_dense`` (``report.kept_dense``) records the layers left dense
+    because their rank was at or past break-even, {layer: the rank asked}. ``dense=True`` writes a plain
+    transformers folder with the factors multiplied back.
     """
     if not isinstance(model, PreTrainedModel):
         raise ValueError(f"save_compressed takes a transformers PreTrainedModel, got {type(model).__name__}")
