@@ -47,6 +47,7 @@ from fwsvd.data.language_modeling import text_task
 from fwsvd.data.tasks import ROLES, TASK_NAMES, Task, get_task, local_task
 from fwsvd.view.explorer import Source
 from fwsvd.view.metrics import direction_note
+from fwsvd.view.trained_length import recorded_max_length
 
 PROG = "fwsvd"
 #: Library errors that mean "the input is wrong", shown as one line; anything else is a bug and keeps its traceback.
@@ -162,7 +163,9 @@ def _add_evaluation(parser: argparse.ArgumentParser, batching: bool = True) -> N
 
 def _add_batching(group: argparse._ActionsContainer) -> None:
     group.add_argument("--batch-size", type=_positive_int, default=32, help="default: 32")
-    group.add_argument("--max-length", type=_positive_int, default=128, help="tokens per example; default: 128")
+    group.add_argument("--max-length", type=_positive_int,
+                       help="tokens per example; default: the length the model was fine-tuned with where "
+                            "recorded, else 128")
 
 
 def _add_config(parser: argparse.ArgumentParser, what: str) -> None:
@@ -181,6 +184,9 @@ def _add_rank_rules(parser: argparse.ArgumentParser) -> None:
     rules.add_argument("--param-budget", type=_number, metavar="B",
                        help="share of each layer's weight parameters to keep, in (0, 1]")
     rules.add_argument("--rank", type=_positive_int, metavar="N", help="the same rank for every layer")
+    group.add_argument("--factorize-past-break-even", action="store_true",
+                       help="factorize layers whose rank is at or past break-even (r·(m+n) ≥ m·n) too; by "
+                            "default they stay dense, since their factors would save nothing")
     _add_allocation(group)
 
 
@@ -204,7 +210,8 @@ def _add_fisher(parser: argparse.ArgumentParser, old_spellings: bool = False) ->
                        help=f"train examples; default: {defaults.num_examples}")
     group.add_argument("--seed", type=_non_negative_int, help=f"seed of the example draw; default: {defaults.seed}")
     group.add_argument("--max-length", type=_positive_int, metavar="N",
-                       help=f"tokens per example; default: {defaults.max_length}")
+                       help="tokens per example; default: the length the model was fine-tuned with where recorded, "
+                            f"else {defaults.max_length}")
     group.add_argument("--batch-size", type=_positive_int, metavar="N", help=f"default: {defaults.batch_size}")
     if old_spellings:
         group.add_argument("--mode", dest="fisher_mode", choices=FISHER_MODES, action=_Deprecated,
@@ -245,6 +252,18 @@ def _task(args: argparse.Namespace, required: bool = True, config: CompressionCo
     if required:
         raise UserError("give --task NAME or --data-files FILE --text-column C --label-column C")
     return None
+
+
+def _recorded_length(args: argparse.Namespace) -> int | None:
+    """The max length --model was fine-tuned with, where recorded (a demo: its registered Fisher's)."""
+    source = getattr(args, "model", None)
+    demo = demo_of_model(source) if source else None
+    return demo.fisher.max_length if demo is not None else recorded_max_length(source)
+
+
+def _max_length(args: argparse.Namespace) -> int:
+    """--max-length, else the length the model was fine-tuned with where recorded, else 128."""
+    return args.max_length or _recorded_length(args) or FisherConfig().max_length
 
 
 def _model(args: argparse.Namespace, config: CompressionConfig | None = None) -> str:
@@ -321,6 +340,8 @@ def _config(args: argparse.Namespace) -> CompressionConfig:
             raise UserError(f"--config {path}: {error}") from error
     fisher = {"mode": args.fisher_mode, "num_examples": args.fisher_examples, "seed": args.seed,
               "max_length": args.max_length, "batch_size": args.batch_size}
+    if args.max_length is None and args.config is None:  # a --config file records its own length
+        fisher["max_length"] = _recorded_length(args)
     given = {key: value for key, value in fisher.items() if value is not None}
     changes: dict[str, Any] = {"fisher": dataclasses.replace(config.fisher, **given)}
     if getattr(args, "method", None) is not None:
@@ -335,6 +356,8 @@ def _config(args: argparse.Namespace) -> CompressionConfig:
         changes.update(allocation_floor=args.allocation_floor)
     if getattr(args, "rank", None) is not None:
         changes.update(rank_pattern={})
+    if getattr(args, "factorize_past_break_even", False):
+        changes.update(keep_dense_past_break_even=False)
     return dataclasses.replace(config, **changes)
 
 
@@ -453,25 +476,30 @@ def _cmd_compress(args: argparse.Namespace) -> dict[str, Any]:
     report = compress_(model, config, fisher=fisher)
     provenance = fisher.provenance if fisher else None
     save_compressed(model, output, config=report.config, tokenizer=tokenizer, fisher_provenance=provenance,
-                    dense=args.dense, extra={"source_model": config.model, "task": task.name if task else None})
+                    dense=args.dense, kept_dense=report.kept_dense,
+                    extra={"source_model": config.model, "task": task.name if task else None})
     size = _directory_bytes(output)
     fraction = report.model_params_after / report.model_params_before
     print(f"{config.method}: {len(report.layers)} layers factorized, parameters {report.model_params_before:,} -> "
           f"{report.model_params_after:,} ({fraction:.1%}); written to {output} "
           f"({'dense export, ' if args.dense else ''}{size / 1e6:.1f} MB)")
+    if report.kept_dense:
+        print(f"note: {len(report.kept_dense)} layer(s) kept dense: their rank is at or past break-even, where "
+              "factors would save nothing (--factorize-past-break-even factorizes them anyway)")
     if report.above_break_even:
         print(f"note: {len(report.above_break_even)} layer(s) have a rank at or above break-even and save "
               "no parameters")
     return {"output": str(output), "method": config.method, "dense": args.dense,
             "params_before": report.model_params_before, "params_after": report.model_params_after,
-            "size_bytes": size, "ranks": report.ranks, "fisher": provenance, "config": report.config.to_dict()}
+            "size_bytes": size, "ranks": report.ranks, "kept_dense": report.kept_dense, "fisher": provenance,
+            "config": report.config.to_dict()}
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     model, tokenizer, task, _ = _load(args, _task(args))
     with _progress(f"evaluating ({args.split})", "batch") as progress:
         result = evaluate_model(model, tokenizer, task, args.split, limit=args.limit, batch_size=args.batch_size,
-                                max_length=args.max_length, progress=progress)
+                                max_length=_max_length(args), progress=progress)
     print(f"{task.name} {args.split} ({result.num_examples} examples): "
           f"{_metrics_text(result.metrics, task.kind, result.intervals)}; "
           f"{result.params:,} parameters; {result.latency_s_per_batch * 1000:.0f} ms per batch")
@@ -514,7 +542,7 @@ def _cmd_finetune(args: argparse.Namespace) -> dict[str, Any]:
     output = _check_output(args.output)
     model, tokenizer, task, info = _load(args, _task(args))
     settings = {"epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size,
-                "max_length": args.max_length, "limit": args.limit, "seed": args.seed, "optimizer": args.optimizer}
+                "max_length": _max_length(args), "limit": args.limit, "seed": args.seed, "optimizer": args.optimizer}
     training = finetune_(model, tokenizer, task, **settings)
     if info is not None:
         config = CompressionConfig.from_dict(info["config"]) if info["config"] is not None else None

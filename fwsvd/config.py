@@ -26,7 +26,8 @@ from typing import Any, Union
 from fwsvd.view import analysis
 from fwsvd.view.allocation import DEFAULT_FLOOR, OBJECTIVES, allocate_ranks, floor_rank
 from fwsvd.view.analysis import LayerAnalysis
-from fwsvd.view.rank_config import Shapes, rule_ranks, unknown_names_error, validate_rank
+from fwsvd.view.rank_config import Shapes, past_break_even, rule_ranks, unknown_names_error, validate_rank
+from fwsvd.view.trained_length import recorded_max_length
 
 #: The shorthand ``compress_`` also takes: an int (the same rank everywhere), a float in (0, 1] (a share of
 #: each layer's full rank) or {qualified layer name: rank} (layers not named stay dense).
@@ -92,6 +93,16 @@ class FisherConfig:
             raise ValueError(f"FisherConfig.mode must be one of {', '.join(FISHER_MODES)}, got {self.mode!r}")
         for name, minimum in (("num_examples", 1), ("seed", 0), ("max_length", 1), ("batch_size", 1)):
             object.__setattr__(self, name, _integer(f"FisherConfig.{name}", getattr(self, name), minimum))
+
+    @classmethod
+    def for_model(cls, model_source: str | Path | None, **fields: Any) -> FisherConfig:
+        """The configuration for the model directory ``model_source``: ``max_length`` defaults to the length it
+        was fine-tuned with where that is recorded (:func:`fwsvd.view.trained_length.recorded_max_length`);
+        ``fields`` set any field."""
+        recorded = recorded_max_length(model_source)
+        if recorded is not None and fields.get("max_length") is None:
+            fields["max_length"] = recorded
+        return cls(**{name: value for name, value in fields.items() if value is not None})
 
     def key(self) -> dict[str, Any]:
         """The Fisher's part of every cache key (the library's Fisher files, the dashboard's session and its
@@ -205,6 +216,9 @@ class CompressionConfig:
     the rule's total parameters are instead spread over those layers by
     :func:`fwsvd.view.allocation.allocate_ranks`, which may leave some of them dense; every layer it
     factorizes keeps at least ``allocation_floor`` (default 0.5) of the rank the uniform rule would give it.
+    A layer whose rank is at or past break-even (r·(m+n) ≥ m·n, :func:`fwsvd.view.rank_config.break_even_rank`)
+    would hold at least as many weights factorized as dense, so it stays dense unless
+    ``keep_dense_past_break_even`` is False (the document records only False).
 
     What it was made from, so that ``fwsvd compress --config FILE`` rebuilds it: ``model`` (a model directory,
     a hub id or "demo"), ``data`` (:class:`DataConfig`) and ``label_map`` ({label in the data: the model's label
@@ -223,6 +237,7 @@ class CompressionConfig:
     model: str | None = None
     data: DataConfig | None = None
     label_map: Mapping[str, str] = field(default_factory=dict)
+    keep_dense_past_break_even: bool = True
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalised values are written once, here
@@ -265,6 +280,9 @@ class CompressionConfig:
         if self.data is not None and not isinstance(self.data, DataConfig):
             raise ValueError(f"CompressionConfig.data must be a DataConfig, got {type(self.data).__name__}")
         set_(self, "label_map", _label_map(self.label_map))
+        if not isinstance(self.keep_dense_past_break_even, bool):
+            raise ValueError(f"CompressionConfig.keep_dense_past_break_even must be true or false, got "
+                             f"{self.keep_dense_past_break_even!r}")
 
     # ---------------------------------------------------------------------------------------------
     # Layers and ranks
@@ -294,11 +312,25 @@ class CompressionConfig:
     def resolve_ranks(self, shapes: Shapes,
                       analyses: Mapping[str, LayerAnalysis] | None = None) -> dict[str, int]:
         """{layer name: rank} of the layers to compress among ``shapes`` (a model's target layers,
-        ``{name: (out_features, in_features)}``), in their order; layers left out stay dense.
+        ``{name: (out_features, in_features)}``), in their order; layers left out stay dense, those at or past
+        break-even among them unless ``keep_dense_past_break_even`` is False (:meth:`plan_ranks` names them).
 
         The one place rank rules are applied. An ``allocation`` needs every selected layer's error curves
         (``analyses``, :func:`fwsvd.analyze_layers`) unless ``rank_pattern`` pins them all.
         """
+        return self.plan_ranks(shapes, analyses)[0]
+
+    def plan_ranks(self, shapes: Shapes, analyses: Mapping[str, LayerAnalysis] | None = None
+                   ) -> tuple[dict[str, int], dict[str, int]]:
+        """(the ranks to factorize, as :meth:`resolve_ranks`; {layer: rank} of the selected layers kept dense
+        because their rank is at or past break-even, empty when ``keep_dense_past_break_even`` is False)."""
+        ranks = self._rule_ranks(shapes, analyses)
+        dense = past_break_even(ranks, shapes) if self.keep_dense_past_break_even else []
+        return ({name: rank for name, rank in ranks.items() if name not in dense},
+                {name: ranks[name] for name in dense})
+
+    def _rule_ranks(self, shapes: Shapes, analyses: Mapping[str, LayerAnalysis] | None) -> dict[str, int]:
+        """Every selected layer's rank by the rules, break-even aside."""
         self.check(shapes)
         selected = [name for name in shapes if self.selects(name)]
         free = {name: shapes[name] for name in selected if name not in self.rank_pattern}
@@ -352,6 +384,8 @@ class CompressionConfig:
             document["data"] = self.data.to_dict()
         if self.label_map:
             document["label_map"] = dict(self.label_map)
+        if not self.keep_dense_past_break_even:  # the default is left out: older documents read the same
+            document["keep_dense_past_break_even"] = False
         return document
 
     @classmethod

@@ -540,6 +540,12 @@ def _(ctx):
                    lambda: fwsvd.compress_(tiny_bert(), 0.0, method="svd"))
 
 
+@case("lib-ranks-all-past-break-even")
+def _(ctx):
+    return _raises(ctx, ValueError, "every selected layer's rank is at or past break-even",
+                   lambda: fwsvd.compress_(tiny_bert(), 1.0, method="svd"))
+
+
 @case("lib-rank-out-of-range")
 def _(ctx):
     return _raises(ctx, ValueError, "rank 7 for layer of shape (6, 8) is out of range",

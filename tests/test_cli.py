@@ -12,7 +12,9 @@ import pytest
 
 from fwsvd import cli
 from fwsvd.cli import main
+from fwsvd.config import FisherConfig
 from fwsvd.io.persistence import INFO_FILE, read_compressed_info
+from fwsvd.view.trained_length import recorded_max_length
 from tiny_task import save_tiny_classifier, write_reviews
 
 DATA = ["--text-column", "review", "--label-column", "sentiment"]
@@ -108,6 +110,22 @@ def test_finetune_a_dense_model(model_dir, csv, tmp_path, cache_dir):
                    "--epochs", "1", "--limit", "16", "--output", str(tmp_path / "tuned")], tmp_path)
     assert not result["compressed"] and (tmp_path / "tuned" / "config.json").is_file()
     assert not (tmp_path / "tuned" / INFO_FILE).exists()
+
+
+def test_finetuning_records_its_length_and_fisher_defaults_to_it(model_dir, csv, tmp_path, cache_dir):
+    _run(["finetune", "--model", str(model_dir), "--data-files", str(csv), *DATA, *FAST, "--epochs", "1",
+          "--limit", "8", "--max-length", "24", "--output", str(tmp_path / "tuned")], tmp_path)
+    assert json.loads((tmp_path / "tuned" / "config.json").read_text())["fwsvd_max_length"] == 24
+    assert recorded_max_length(tmp_path / "tuned") == 24
+    result = _run(["compress", "--model", str(tmp_path / "tuned"), "--method", "svd", "--rank", "4",
+                   "--output", str(tmp_path / "small")], tmp_path)
+    assert result["config"]["fisher"]["max_length"] == 24
+    given = _run(["compress", "--model", str(tmp_path / "tuned"), "--method", "svd", "--rank", "4",
+                  "--max-length", "100", "--output", str(tmp_path / "given")], tmp_path)
+    assert given["config"]["fisher"]["max_length"] == 100
+    untuned = _run(["compress", "--model", str(model_dir), "--method", "svd", "--rank", "4",
+                    "--output", str(tmp_path / "untuned")], tmp_path)
+    assert untuned["config"]["fisher"]["max_length"] == FisherConfig().max_length
 
 
 def test_demo_json_gives_an_absolute_model_dir(monkeypatch, tmp_path):
@@ -237,6 +255,20 @@ def test_python_dash_m_help():
 def _compress(model_dir: Path, tmp_path: Path, name: str, *flags: str) -> dict:
     return _run(["compress", "--model", str(model_dir), "--method", "svd", "--output", str(tmp_path / name),
                  *flags], tmp_path)
+
+
+def test_compress_keeps_layers_at_break_even_dense_unless_asked(model_dir, tmp_path, cache_dir):
+    # Rank 16: the 32x32 attention layers' break-even (16·64 = 32·32), below the 48x32 FFN layers' 19.2.
+    kept = _compress(model_dir, tmp_path, "kept", "--rank", "16")
+    assert kept["kept_dense"] and set(kept["kept_dense"].values()) == {16}
+    assert kept["ranks"] and all("attention" not in name for name in kept["ranks"])
+    assert "keep_dense_past_break_even" not in kept["config"]
+    info = read_compressed_info(tmp_path / "kept")
+    assert info["kept_dense"] == kept["kept_dense"] and set(info["layers"]) == set(kept["ranks"])
+    asked = _compress(model_dir, tmp_path, "asked", "--rank", "16", "--factorize-past-break-even")
+    assert asked["kept_dense"] == {} and set(asked["ranks"]) == set(kept["ranks"]) | set(kept["kept_dense"])
+    assert asked["config"]["keep_dense_past_break_even"] is False
+    assert asked["params_after"] == kept["params_after"]  # exactly at break-even: as many factor weights
 
 
 def test_compress_json_output_is_a_rank_document(model_dir, tmp_path, cache_dir):

@@ -6,6 +6,7 @@ import logging
 
 import pytest
 import torch
+from torch import nn
 from transformers import AutoModelForSequenceClassification
 from transformers.pytorch_utils import Conv1D
 
@@ -64,7 +65,9 @@ def test_full_rank_reproduces_the_dense_logits(family, method, store):
     batch = random_batch(ragged=family != "gpt2")
     expected = _logits(model, batch)
     fisher = _random_fisher(model)
-    report = compress_(model, 1.0, method=method, fisher=fisher, store=store)
+    # Factors at full rank hold more weights than their layers: asked for explicitly.
+    config = CompressionConfig(method=method, rank_ratio=1.0, keep_dense_past_break_even=False)
+    report = compress_(model, config, fisher=fisher, store=store)
     assert all(isinstance(module, LowRankLinear) for module in _low_rank_layers(model))
     assert len(_low_rank_layers(model)) == len(report.layers) == 2 * LAYERS_PER_BLOCK[family]
     torch.testing.assert_close(_logits(model, batch), expected, rtol=1e-4, atol=1e-4)
@@ -106,16 +109,54 @@ def test_report_errors_equal_the_explicit_reconstruction_errors(store):
 
 def test_break_even_flag():
     model = tiny_bert()  # query: 32x32 → break-even 16; FFN 48x32 → 19.2
-    report = compress_(model, {"bert.encoder.layer.0.attention.self.query": 16,
-                               "bert.encoder.layer.0.intermediate.dense": 19,
-                               "bert.encoder.layer.1.intermediate.dense": 20},
-                       method="svd", store=DecompositionStore(use_disk=False))
+    pins = {"bert.encoder.layer.0.attention.self.query": 16, "bert.encoder.layer.0.intermediate.dense": 19,
+            "bert.encoder.layer.1.intermediate.dense": 20}
+    config = CompressionConfig(method="svd", keep_dense_past_break_even=False).with_ranks(pins)
+    report = compress_(model, config, store=DecompositionStore(use_disk=False))
     flags = {layer.name.split("layer.")[1]: layer.above_break_even for layer in report.layers}
     assert flags == {"0.attention.self.query": True, "0.intermediate.dense": False, "1.intermediate.dense": True}
     assert report.above_break_even == ["bert.encoder.layer.0.attention.self.query",
                                        "bert.encoder.layer.1.intermediate.dense"]
     query = next(layer for layer in report.layers if "query" in layer.name)
     assert query.params_after >= query.params_before
+    assert report.kept_dense == {}
+
+
+def test_layers_at_break_even_stay_dense_by_default():
+    model = tiny_bert()  # query: 32x32 → break-even 16; FFN 48x32 → 19.2
+    before = sum(p.numel() for p in model.parameters())
+    query, ffn0, ffn1 = ("bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.0.intermediate.dense",
+                         "bert.encoder.layer.1.intermediate.dense")
+    report = compress_(model, {query: 16, ffn0: 19, ffn1: 20}, method="svd", store=DecompositionStore(use_disk=False))
+    modules = dict(model.named_modules())
+    assert type(modules[query]) is nn.Linear and type(modules[ffn1]) is nn.Linear
+    assert isinstance(modules[ffn0], LowRankLinear)
+    assert report.ranks == {ffn0: 19} and report.kept_dense == {query: 16, ffn1: 20}
+    assert report.above_break_even == [] and report.to_dict()["kept_dense"] == {query: 16, ffn1: 20}
+    assert report.config.rank_pattern == {ffn0: 19}  # the pinned config reproduces what the model holds
+    after = sum(p.numel() for p in model.parameters())
+    assert report.model_params_before == before and report.model_params_after == after
+    assert after == before - 48 * 32 + 19 * (48 + 32)
+
+
+def test_only_layers_at_break_even_is_refused_with_the_way_out():
+    with pytest.raises(ValueError, match="at or past break-even.*keep_dense_past_break_even=False"):
+        compress_(tiny_bert(), 1.0, method="svd", store=DecompositionStore(use_disk=False))
+
+
+def test_set_ranks_keeps_a_layer_dense_past_break_even_and_cuts_it_again():
+    model = tiny_bert()
+    batch = random_batch()
+    expected = _logits(model, batch)
+    query = "bert.encoder.layer.0.attention.self.query"
+    compress_(model, 4, method="svd", store=DecompositionStore(use_disk=False))
+    report = set_ranks_(model, {query: 32})
+    assert type(dict(model.named_modules())[query]) is nn.Linear and report.kept_dense == {query: 32}
+    assert query not in report.ranks and report.model_params_after == sum(p.numel() for p in model.parameters())
+    report = set_ranks_(model, CompressionConfig(method="svd", rank_ratio=1.0, keep_dense_past_break_even=False))
+    assert all(isinstance(m, LowRankLinear) for m in _low_rank_layers(model)) and report.kept_dense == {}
+    assert isinstance(dict(model.named_modules())[query], LowRankLinear)
+    torch.testing.assert_close(_logits(model, batch), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_rank_forms(store):
@@ -127,7 +168,8 @@ def test_rank_forms(store):
 
     assert set(ranks(3).values()) == {3}
     assert set(ranks(0.33).values()) == {round(0.33 * 32)}
-    assert ranks(1.0) == {name: 32 for name in targets}
+    full = CompressionConfig(method="svd", rank_ratio=1.0, keep_dense_past_break_even=False)
+    assert compressed_copy(model, full, store=store)[1].ranks == {name: 32 for name in targets}
     name = next(iter(targets))
     assert ranks({name: 2}) == {name: 2}
     by_budget = CompressionConfig(param_budget=0.5).resolve_ranks(target_shapes(targets))

@@ -226,7 +226,7 @@ def test_check_accepts_ranks_up_to_the_full_rank_and_refuses_no_layers():
     ({"target_modules": [Q1, K0], "rank_pattern": {Q1: 5, K0: 2}}, {K0: 2, Q1: 5}),
 ])
 def test_resolve_ranks_rules(kwargs, expected):
-    ranks = CompressionConfig(**kwargs).resolve_ranks(SHAPES)
+    ranks = CompressionConfig(**kwargs, keep_dense_past_break_even=False).resolve_ranks(SHAPES)
     assert ranks == expected
     assert list(ranks) == [name for name in SHAPES if name in expected]  # the model's order, not the pattern's
 
@@ -453,14 +453,29 @@ def test_as_config_int_is_that_rank_everywhere():
 def test_as_config_float_is_a_rank_ratio():
     config = as_config(0.5, SHAPES)
     assert config == CompressionConfig(rank_ratio=0.5)
-    assert config.resolve_ranks(SHAPES) == {Q0: 6, K0: 6, I0: 5, O0: 5, Q1: 6}
+    # 12x12 layers break even at rank 6 (6·24 = 144 weights): kept dense unless asked otherwise
+    assert config.resolve_ranks(SHAPES) == {I0: 5, O0: 5}
+    assert config.plan_ranks(SHAPES) == ({I0: 5, O0: 5}, {Q0: 6, K0: 6, Q1: 6})
+    asked = dataclasses.replace(config, keep_dense_past_break_even=False)
+    assert asked.plan_ranks(SHAPES) == ({Q0: 6, K0: 6, I0: 5, O0: 5, Q1: 6}, {})
     refused(lambda: as_config(1.5, SHAPES), "CompressionConfig.rank_ratio must be a number in (0, 1]")
 
 
 def test_as_config_dict_pins_those_layers_and_leaves_the_others_dense():
     config = as_config({I0: 2, Q1: 7}, SHAPES, method="asvd")
     assert config.method == "asvd"
-    assert config.resolve_ranks(SHAPES) == {I0: 2, Q1: 7}
+    assert config.resolve_ranks(SHAPES) == {I0: 2}  # Q1 at 7 is past its break-even 6: kept dense
+    assert dataclasses.replace(config, keep_dense_past_break_even=False).resolve_ranks(SHAPES) == {I0: 2, Q1: 7}
+
+
+def test_keep_dense_past_break_even_is_written_only_when_false_and_round_trips():
+    assert "keep_dense_past_break_even" not in CompressionConfig().to_dict()
+    asked = CompressionConfig(keep_dense_past_break_even=False)
+    assert asked.to_dict()["keep_dense_past_break_even"] is False
+    assert CompressionConfig.from_json(asked.to_json()) == asked
+    assert CompressionConfig.from_json(CompressionConfig().to_json()) == CompressionConfig()
+    refused(lambda: CompressionConfig(keep_dense_past_break_even="no"),
+            "CompressionConfig.keep_dense_past_break_even must be true or false, got 'no'")
 
 
 def test_as_config_passes_a_config_through_without_method():

@@ -27,7 +27,9 @@ from fwsvd.surgery.targets import target_shapes
 
 
 def _global_ranks(model: torch.nn.Module, mode: str, value: float) -> dict[str, int]:
-    return CompressionConfig(**{mode: value}).resolve_ranks(target_shapes(find_targets(model)))
+    # Every layer's rule rank, as the explorer holds them (layers past break-even included).
+    config = CompressionConfig(**{mode: value}, keep_dense_past_break_even=False)
+    return config.resolve_ranks(target_shapes(find_targets(model)))
 
 
 def _fisher(model: torch.nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -74,8 +74,8 @@ def test_full_rank_reproduces_the_model_for_every_method(inputs, store, method):
     model = copy.deepcopy(inputs.model)
     batch = random_batch(batch_size=4, length=12, seed=9)
     expected = _logits(model, batch)
-    report = compress_(model, CompressionConfig(method=method, rank_ratio=1.0), fisher=inputs.fisher,
-                       statistics=inputs.statistics, store=store)
+    full = CompressionConfig(method=method, rank_ratio=1.0, keep_dense_past_break_even=False)  # asked for
+    report = compress_(model, full, fisher=inputs.fisher, statistics=inputs.statistics, store=store)
     layers = [module for module in model.modules() if isinstance(module, LowRankLinear)]
     assert len(layers) == len(report.layers) == 12 and report.method == method
     assert all(layer.method == method for layer in report.layers)
@@ -284,8 +284,9 @@ def test_evaluate_methods_and_sweep_with_statistics_methods(task, cache_dir):
                                limit=8, batch_size=4, max_length=32, store=store)
     assert set(results) == {"dense", *STATISTICS_METHODS}
     assert all(results[method]["params"] < results["dense"]["params"] for method in STATISTICS_METHODS)
+    factorize_all = CompressionConfig(keep_dense_past_break_even=False)  # full rank is factorized on request
     result = run_sweep(model, tokenizer, task, methods=STATISTICS_METHODS, rank_ratios=(1.0, 0.25), fisher=fisher,
-                       limit=8, max_length=32, store=store)
+                       config=factorize_all, limit=8, max_length=32, store=store)
     assert [(run.method, run.rank_ratio) for run in result.runs] == [
         (method, ratio) for method in STATISTICS_METHODS for ratio in (1.0, 0.25)]
     for run in result.runs:  # full rank reproduces the dense model's predictions

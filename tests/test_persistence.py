@@ -86,6 +86,21 @@ def test_info_records_structure_method_and_provenance(tmp_path):
     assert (tmp_path / "config.json").is_file() and (tmp_path / WEIGHTS_FILE).is_file()
 
 
+def test_layers_kept_dense_at_break_even_are_recorded_and_load_dense(tmp_path):
+    model = tiny_models()["bert"]  # rank ratio 0.5: 32x32 layers at rank 16, their break-even; FFN below
+    report = compress_(model, 0.5, method="svd", store=DecompositionStore(use_disk=False))
+    assert report.kept_dense and all(rank == 16 for rank in report.kept_dense.values())
+    save_compressed(model, tmp_path, config=report.config, kept_dense=report.kept_dense)
+    info = read_compressed_info(tmp_path)
+    assert info["kept_dense"] == report.kept_dense and not set(info["kept_dense"]) & set(info["layers"])
+    loaded = load_compressed(tmp_path)
+    modules = dict(loaded.named_modules())
+    assert all(type(modules[name]) is torch.nn.Linear for name in report.kept_dense)
+    assert sum(p.numel() for p in loaded.parameters()) == report.model_params_after == info["params"]
+    batch = random_batch()
+    assert torch.equal(_logits(loaded, batch), _logits(model, batch))
+
+
 def test_tied_weights_are_stored_once_and_reloaded(tmp_path):
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64)).eval()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fwsvd.view import rank_plan
+from fwsvd.view import analysis, rank_plan
 from fwsvd.view.analysis import ErrorCurves, LayerAnalysis
 
 #: name: (out, in, Fisher-weighted scale). "late" loses almost nothing Fisher-weighted at any rank.
@@ -39,6 +39,17 @@ def test_full_rank_means_dense_and_is_left_out_of_what_is_compressed():
     # dense layers keep m·n, factorized ones r·(m+n)
     assert rank_plan.kept_params(ranks, ANALYSES) == 32 * 32 + 8 * 96 + 5 * 64 + 32 * 32
     assert rank_plan.total_error(ranks, ANALYSES, "fwsvd") == pytest.approx(4.0 * (1 - 8 / 32) + (1 - 5 / 32))
+
+
+def test_a_rank_at_or_past_break_even_is_dense_as_compress_keeps_it():
+    # b0.q and b1.q are 32x32: break-even at rank 16 (16·64 = 32²), so 16 and 20 keep the layer dense.
+    ranks = {"b0.q": 16, "b0.ffn": 8, "b1.q": 20, "b1.late": 15}
+    assert rank_plan.compressed_ranks(ranks, ANALYSES) == {"b0.ffn": 8, "b1.late": 15}
+    assert rank_plan.kept_params(ranks, ANALYSES) == 32 * 32 + 8 * 96 + 32 * 32 + 15 * 64
+    frame = rank_plan.mark_dense(analysis.layer_frame(ANALYSES, ranks)).set_index("layer")
+    assert list(frame["dense"]) == [True, False, True, False]
+    assert not frame["above_break_even"].any() and (frame["removed_params"] >= 0).all()
+    assert frame["kept_params"].sum() == rank_plan.kept_params(ranks, ANALYSES)
 
 
 def test_optimize_keeps_the_budget_the_floor_and_lowers_the_error():

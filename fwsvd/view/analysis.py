@@ -156,8 +156,8 @@ def layer_frame(analyses: Mapping[str, LayerAnalysis], ranks: Mapping[str, int],
             "break_even_rank": analysis.break_even_rank,
             "above_break_even": rank >= analysis.break_even_rank,
             "dense_params": dense,
-            # At or above break-even the pair is larger than the layer; compress_ still builds it, so the
-            # saving is reported as negative rather than hidden.
+            # At or above break-even the pair would be larger than the layer: the raw figure is negative here,
+            # and rank_plan.mark_dense counts such a layer as kept dense, as compress_ keeps it by default.
             "kept_params": kept,
             "removed_params": dense - kept,
         }

@@ -21,6 +21,17 @@ def break_even_rank(out_features: int, in_features: int) -> float:
     return out_features * in_features / (out_features + in_features)
 
 
+def is_past_break_even(rank: int, out_features: int, in_features: int) -> bool:
+    """Whether a rank-``rank`` factorization holds at least the layer's m·n weights: such a layer is kept dense
+    (it would save nothing and lose accuracy), unless a configuration asks otherwise."""
+    return rank * (out_features + in_features) >= out_features * in_features
+
+
+def past_break_even(ranks: Mapping[str, int], shapes: Shapes) -> list[str]:
+    """The layers of ``ranks`` whose rank is at or past break-even for their ``shapes``, in order."""
+    return [name for name, rank in ranks.items() if is_past_break_even(int(rank), *shapes[name])]
+
+
 def rank_for_ratio(ratio: float, full_rank: int) -> int:
     """A share of the full rank, rounded, at least 1."""
     return max(1, min(full_rank, round(ratio * full_rank)))

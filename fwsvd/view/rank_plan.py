@@ -1,12 +1,13 @@
 """Rank plans as the explorer holds them: dense layers among its ranks, the ranks the "Optimize" button sets and
 what they gain, and the allocated-vs-uniform error curves of the Compare page (the dashboard's and bench_app's).
 
-The explorer keeps one rank per target layer, and a layer at its full rank min(m, n) is *kept dense*: a
-factorization at full rank holds more weights than the layer and loses nothing, so nobody wants it, and
-:func:`fwsvd.view.allocation.allocate_ranks` shows the layers it leaves dense the same way
+The explorer keeps one rank per target layer, and a layer at or past break-even (r·(m+n) ≥ m·n; its full
+rank min(m, n) among them) is *kept dense*, as :func:`fwsvd.compress_` keeps it by default: its factors would
+hold at least as many weights as the layer, so nobody wants them, and
+:func:`fwsvd.view.allocation.allocate_ranks` shows the layers it leaves dense at full rank
 (:meth:`~fwsvd.view.allocation.Allocation.rank_or_full`). Only the other layers are compressed: evaluations
 and the Export page's config get :func:`compressed_ranks`, so ``fwsvd compress --config`` builds the model
-the explorer shows.
+the explorer shows, and every count here is of what that model holds.
 
 Errors are compared as ``Σ_l e_l(r_l)²`` over the layers, each ``e_l`` the layer's Fisher-weighted error
 ``‖(W − Ŵ)·D‖`` (the plain one without Fisher): the allocation's own objective, in loss units comparable
@@ -23,7 +24,7 @@ import pandas as pd
 
 from fwsvd.view.allocation import allocate_ranks, floor_rank
 from fwsvd.view.analysis import LayerAnalysis, shapes_of
-from fwsvd.view.rank_config import GLOBAL_RULES, rule_ranks
+from fwsvd.view.rank_config import GLOBAL_RULES, is_past_break_even, rule_ranks
 
 
 def has_weighted(method: str, analyses: Mapping[str, LayerAnalysis]) -> bool:
@@ -38,11 +39,12 @@ def objective_for(method: str, analyses: Mapping[str, LayerAnalysis]) -> str:
 
 
 def is_dense(rank: int, layer: LayerAnalysis) -> bool:
-    return rank >= layer.full_rank
+    """Whether the layer is kept dense at ``rank``: at or past break-even."""
+    return is_past_break_even(int(rank), layer.out_features, layer.in_features)
 
 
 def compressed_ranks(ranks: Mapping[str, int], analyses: Mapping[str, LayerAnalysis]) -> dict[str, int]:
-    """The ranks of the layers to factorize: every layer but those kept dense (at full rank)."""
+    """The ranks of the layers to factorize: every layer but those kept dense (at or past break-even)."""
     return {name: int(rank) for name, rank in ranks.items() if not is_dense(rank, analyses[name])}
 
 
@@ -132,10 +134,11 @@ def allocation_curves(analyses: Mapping[str, LayerAnalysis], ratios: Sequence[fl
 
 
 def mark_dense(frame: pd.DataFrame) -> pd.DataFrame:
-    """A :func:`fwsvd.view.analysis.layer_frame` with a ``dense`` column, and the layers kept dense counted as
-    such: all their weights kept, none removed, no break-even warning (their errors are already 0)."""
+    """A :func:`fwsvd.view.analysis.layer_frame` with a ``dense`` column, and the layers kept dense (at or past
+    break-even, as :func:`is_dense`) counted as such: all their weights kept, none removed, no break-even
+    warning. Their errors are those of the rank set; the model holds the layer itself, which loses nothing."""
     frame = frame.copy()
-    dense = frame["rank"] >= frame["full_rank"]
+    dense = frame["kept_params"] >= frame["dense_params"]  # r·(m+n) ≥ m·n, as is_dense
     frame["dense"] = dense
     frame.loc[dense, "kept_params"] = frame.loc[dense, "dense_params"]
     frame.loc[dense, "removed_params"] = 0

@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from fwsvd.view.rank_config import is_past_break_even
+
 
 @dataclass(frozen=True)
 class SizeAt:
@@ -29,7 +31,7 @@ class SizeAt:
 
     @property
     def removed(self) -> int:
-        """Parameters removed (negative when factors above break-even hold more than their layers)."""
+        """Parameters removed (never negative: layers at or past break-even are counted dense)."""
         return self.target_weights - self.kept_weights
 
     @property
@@ -59,12 +61,13 @@ def target_weights(shapes: Mapping[str, tuple[int, int]]) -> int:
 
 
 def kept_weights(ranks: Mapping[str, int], shapes: Mapping[str, tuple[int, int]]) -> int:
-    """The weights the layers of ``shapes`` keep at ``ranks``: r·(m+n) for each layer ranked below its full rank
-    min(m, n), m·n for a layer without a rank or at full rank (kept dense, as the explorer and evaluations do)."""
+    """The weights the layers of ``shapes`` keep at ``ranks``: r·(m+n) for each layer ranked below break-even,
+    m·n for a layer without a rank or at or past break-even (kept dense, as compress_, the explorer and
+    evaluations do by default)."""
     total = 0
     for name, (out_features, in_features) in shapes.items():
         rank = ranks.get(name)
-        dense = rank is None or rank >= min(out_features, in_features)
+        dense = rank is None or is_past_break_even(int(rank), out_features, in_features)
         total += out_features * in_features if dense else int(rank) * (out_features + in_features)
     return total
 
