@@ -8,9 +8,10 @@ from collections.abc import Callable
 from typing import Any
 
 import streamlit as st
-from ui_session import PAGES, Loaded
+from ui_session import PAGES, Loaded, source
 
 from fwsvd.config import FisherConfig
+from fwsvd.storage.locations import is_demo_model
 from fwsvd.view.explorer import Source, fisher_identity
 
 FISHER_CONFIG = "fisher_config"
@@ -19,30 +20,48 @@ FISHER_RESULTS = "fisher_results"
 MODES = {"per_example": "Exact (per example)", "batch": "Batch shortcut"}
 
 
+def default_config(current: Source) -> FisherConfig:
+    """The default settings for ``current``'s model: a demo's are the defaults it is prebuilt with (the demo
+    picker sets its own when it opens one); a model directory's max length is the one it was fine-tuned with,
+    where that is recorded (torch-free: read from its files)."""
+    return FisherConfig() if is_demo_model(current.model) else FisherConfig.for_model(current.model)
+
+
+def _owned(key: str) -> FisherConfig | None:
+    """The settings stored under ``key`` for the session's model; None when none are, or for another model."""
+    owner, config = st.session_state.get(key, (None, None))
+    return config if owner == source().model else None
+
+
 def fisher_config() -> FisherConfig:
-    """The settings of the Fisher in use by the rank explorer and Compare: the defaults until another Fisher is
-    computed (or found cached) on the Fisher page. Choosing settings there without computing keeps this one."""
-    return st.session_state.setdefault(FISHER_CONFIG, FisherConfig())
+    """The settings of the Fisher in use by the rank explorer and Compare: the model's defaults until another
+    Fisher is computed (or found cached) on the Fisher page. Choosing settings there without computing keeps
+    this one; another model starts again from its own defaults."""
+    config = _owned(FISHER_CONFIG)
+    if config is None:
+        config = default_config(source())
+        set_fisher_config(config)
+    return config
 
 
 def set_fisher_config(config: FisherConfig) -> None:
     """Use the Fisher of ``config`` from now on (it is computed or cached)."""
-    st.session_state[FISHER_CONFIG] = config
+    st.session_state[FISHER_CONFIG] = (source().model, config)
 
 
 def fisher_choice() -> FisherConfig:
-    """The settings shown on the Fisher page: the last chosen there, else those in use."""
-    return st.session_state.get(FISHER_CHOICE) or fisher_config()
+    """The settings shown on the Fisher page: the last chosen there for this model, else those in use."""
+    return _owned(FISHER_CHOICE) or fisher_config()
 
 
 def choose_fisher(config: FisherConfig) -> None:
-    st.session_state[FISHER_CHOICE] = config
+    st.session_state[FISHER_CHOICE] = (source().model, config)
 
 
 def describe(config: FisherConfig) -> str:
     """E.g. "exact (per example) Fisher over 1024 training examples, seed 0" (plus "default settings")."""
     text = f"{MODES[config.mode].lower()} Fisher over {config.num_examples} training examples, seed {config.seed}"
-    return text + (" (the default settings)" if config.key() == FisherConfig().key() else "")
+    return text + (" (the default settings)" if config.key() == default_config(source()).key() else "")
 
 
 def _results_key(current: Source, config: FisherConfig, statistics: bool) -> tuple[str, str, bool]:

@@ -155,7 +155,7 @@ def for_engineers(summary: dict, methods: Sequence[str], dense: int) -> None:
     st.subheader("For engineers")
     st.caption("Each target layer W is replaced by two thin factors of rank r. SVD keeps what matters to ‖W − Ŵ‖; "
                "FWSVD keeps what matters to the task, ‖(W − Ŵ)·D‖ with D from the Fisher importance. A layer at "
-               "its full rank is kept dense. Errors are relative: ‖(W − Ŵ)·D‖ / ‖W·D‖, averaged over the layers. "
+               "or past break-even (its two factors would hold as many weights as W) is kept dense. Errors are relative: ‖(W − Ŵ)·D‖ / ‖W·D‖, averaged over the layers. "
                f"D from the {ui_fisher.describe(ui_fisher.fisher_config())}.")
     for row in card_rows(["kept", "removed", *methods]):
         for column, card in zip(st.columns(CARDS_PER_ROW), row):
@@ -175,9 +175,3 @@ def for_engineers(summary: dict, methods: Sequence[str], dense: int) -> None:
                 column.metric(f"{method_label(card)} weighted error", f"{value:.3f}", delta, delta_color="inverse",
                               help=f"Mean relative Fisher-weighted error of {method_label(card)} over the "
                                    "target layers.")
-    if summary["above_break_even"]:
-        names = ", ".join(f"`{name}`" for name in summary["above_break_even"][:6])
-        more = len(summary["above_break_even"]) - 6
-        st.warning(f"{len(summary['above_break_even'])} layer(s) at or past break-even — their two factors hold "
-                   f"at least as many weights as the layer itself: {names}" + (f" and {more} more" if more > 0
-                                                                              else ""), icon=":material/warning:")

@@ -21,6 +21,9 @@ from fwsvd.view.analysis import LayerAnalysis
 from fwsvd.view.rank_plan import compressed_ranks, uniform_ranks
 
 RANK_STATE = "rank_state"
+NOTHING_TO_COMPRESS = ("every layer is kept dense at the current ranks (each at or past its break-even rank, where "
+                       "its two factors would hold as many weights as the layer): there is nothing to compress; "
+                       "lower a rank on the Rank explorer")
 #: The global control's rules: CompressionConfig fields, each with its own value.
 RULES = ("rank_ratio", "param_budget")
 
@@ -114,6 +117,5 @@ def compression_config(method: str, analyses: dict[str, LayerAnalysis], fisher: 
     What the Export page downloads and records in the model it builds."""
     pinned = compressed_ranks(_state().ranks, analyses)
     if not pinned:
-        raise ValueError("every layer is kept dense at the current ranks (each at its full rank): there is nothing "
-                         "to compress; lower a rank on the Rank explorer")
+        raise ValueError(NOTHING_TO_COMPRESS)
     return CompressionConfig(method=method, fisher=fisher).with_ranks(pinned)

@@ -96,7 +96,7 @@ def test_the_build_button_builds_with_progress_then_opens_the_demo(demo_app, mon
     source = Source(model="demo-ner", task="demo-ner")
     assert calls == [("ensure", True), ("prepare", source, ner.fisher, True)]
     assert at.session_state["source"] == source
-    assert at.session_state["fisher_config"] == ner.fisher
+    assert at.session_state["fisher_config"] == ("demo-ner", ner.fisher)
     # The page now shows the demo as built and open: its button has nothing left to do.
     assert at.radio(key="demo_name").value == "ner" and at.button(key="open_demo").disabled
 

@@ -73,9 +73,15 @@ def _view():
 
 
 def _summed_weighted_error(view, ranks: dict[str, int], method: str) -> float:
-    """Σ over the factorized layers of the squared Fisher-weighted error at their rank (dense layers: 0)."""
+    """Σ over the factorized layers of the squared Fisher-weighted error at their rank (layers at or past
+    break-even stay dense: 0)."""
     return sum(float(view.analyses[name].curves[method].weighted[rank]) ** 2 for name, rank in ranks.items()
-               if rank < view.analyses[name].full_rank)
+               if not _past_break_even(view.analyses[name], rank))
+
+
+def _past_break_even(layer, rank: int) -> bool:
+    """Its two factors would hold at least the layer's weights: kept dense."""
+    return rank * (layer.out_features + layer.in_features) >= layer.out_features * layer.in_features
 
 
 def _decoded(values) -> list[float]:
@@ -113,7 +119,7 @@ def test_rank_explorer_is_the_default_page_and_reacts_to_ranks(app):
     assert not at.exception
     assert _metric(at, "Target weights kept") != kept
     assert _chart(at, "error_chart")["data"][0]["y"] != errors
-    assert any("break-even" in warning.value for warning in at.warning)
+    assert _removed_delta(at) == "1 layer(s) kept dense"  # past break-even the layer stays dense
     at.button_group(key="rank_editor").set_value("table").run()
     table = at.data_editor[0].value.set_index("layer")
     assert table.loc["bert.encoder.layer.0.attention.self.query", "rank"] == 24
@@ -126,12 +132,17 @@ def test_rank_explorer_is_the_default_page_and_reacts_to_ranks(app):
     at.button_group(key="slider_block").set_value("bert.encoder.layer.1").run()
     assert rank_slider(at, "bert.encoder.layer.1.intermediate.dense").value == 13
     assert QUERY not in drawn_rank_sliders(at)
-    assert not any("break-even" in warning.value for warning in at.warning)
+    assert _removed_delta(at) is None  # rank 13 < 16 everywhere: every layer factorized
     at.button_group(key="slider_block").set_value("bert.encoder.layer.0").run()
 
     keyed(at.radio, "global_mode").set_value("param_budget").run()
     keyed(at.slider, "global_param_budget").set_value(0.5).run()
     assert rank_slider(at, QUERY).value == 8  # half of break-even
+
+
+def _removed_delta(at: AppTest):
+    card = next(metric for metric in at.metric if metric.label == "Target weights removed")
+    return card.proto.delta or None
 
 
 @pytest.mark.parametrize("method, objective", [("fwsvd", "fisher"), ("svd", "plain")])
@@ -496,9 +507,10 @@ def test_compare_page_plots_allocated_against_uniform_and_sweeps_the_chosen_meth
         method = "svd" if trace["name"].startswith("SVD") else "fwsvd"
         whole = sum(float(a.curves[method].weighted_norm) ** 2 for a in view.analyses.values())
         for ratio, params, error in zip(trace["customdata"], trace["x"], trace["y"]):
-            if trace["name"].endswith("uniform"):  # every layer at round(ratio · 32); none of them dense
+            if trace["name"].endswith("uniform"):  # every layer at round(ratio · 32), dense past break-even
                 ranks = {name: round(ratio * 32) for name in view.analyses}
-                kept = sum(rank * (a.out_features + a.in_features)
+                kept = sum(a.out_features * a.in_features if _past_break_even(a, rank)
+                           else rank * (a.out_features + a.in_features)
                            for (name, rank), a in zip(ranks.items(), view.analyses.values()))
                 assert params * 1e6 == pytest.approx(view.model_params - target + kept)  # the whole model's
                 # relative: sqrt(Σ‖(W − Ŵ)·D‖² / Σ‖W·D‖²), not a sum in the hundred thousands
@@ -629,3 +641,24 @@ def test_a_difference_inside_the_noise_says_so():
         "+0.200 (+0.100 to +0.300)", "—", "+0.100 (+0.050 to +0.150)", "+0.010 (-0.020 to +0.040), inside the noise"]
     assert list(table["accuracy (95% interval)"])[1] == "0.700 (0.600–0.950)"
     assert list(table["speed-up over dense"]) == ["—", "1.50× (1.40–1.60)", "1.60× (1.50–1.70)", "1.40× (1.30–1.50)"]
+
+
+def test_the_fisher_defaults_follow_the_model_and_its_recorded_length(tmp_path):
+    import json
+
+    sys.path.insert(0, str(APP.parent))
+    try:
+        import ui_fisher
+    finally:
+        sys.path.remove(str(APP.parent))
+    from fwsvd.config import FisherConfig
+    from fwsvd.view.explorer import Source
+
+    from app_support import save_tiny_classifier
+
+    directory = save_tiny_classifier(tmp_path / "model")
+    assert ui_fisher.default_config(Source(model=str(directory), task="demo")) == FisherConfig()  # nothing recorded
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "fwsvd_max_length": 48}))
+    assert ui_fisher.default_config(Source(model=str(directory), task="demo")) == FisherConfig(max_length=48)
+    assert ui_fisher.default_config(Source(model="demo", task="demo")) == FisherConfig()  # the prebuilt demo's

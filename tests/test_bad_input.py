@@ -110,7 +110,7 @@ def world(tmp_path_factory, one_torch_thread) -> World:
     compressed = root / "compressed"
     with _quiet():
         assert main(["compress", "--model", str(model), "--data-files", str(data), "--text-column", "review",
-                     "--label-column", "sentiment", "--method", "svd", "--rank-ratio", "0.5",
+                     "--label-column", "sentiment", "--method", "svd", "--rank-ratio", "0.4",
                      "--output", str(compressed)]) == 0
     task = local_task(data, text_column="review", label_column="sentiment")
     loaded, tokenizer = load_model(model, task)

@@ -4,6 +4,7 @@ or let the optimizer spread the global control's parameters where they lose leas
 import streamlit as st
 import ui_charts as charts
 import ui_evaluation
+import ui_fisher
 import ui_headline
 import ui_ranks
 import ui_session
@@ -11,7 +12,6 @@ import ui_views
 from ui_format import count, error_box, progress_bar
 from ui_methods import chosen_methods, method_label
 
-from fwsvd.config import FisherConfig
 from fwsvd.view import analysis, rank_config
 from fwsvd.view import rank_plan as allocation
 from fwsvd.view.explorer import ExplorerView
@@ -126,8 +126,8 @@ def sliders(frame) -> None:
         columns[position % 3].slider(
             f"{row['name_in_block']} ({row['shape']})", min_value=1, max_value=int(row["full_rank"]),
             value=int(row["rank"]), key=widget, on_change=apply_slider, args=(name, widget),
-            help=f"{name}: break-even at rank {row['break_even_rank']:.0f}; the full rank "
-                 f"{int(row['full_rank'])} keeps the layer dense")
+            help=f"{name}: break-even at rank {row['break_even_rank']:.0f}; at or past it the layer is kept "
+                 "dense (its two factors would hold as many weights as the layer)")
 
 
 def rank_editor(frame, methods: tuple[str, ...]) -> None:
@@ -191,7 +191,7 @@ def fisher_prompt() -> None:
                icon=":material/warning:")
     if st.button("Compute Fisher now (default settings)", type="primary", key="explorer_compute_fisher"):
         bar, progress = progress_bar("Estimating the Fisher importances")
-        ui_views.compute_fisher(ui_session.require_model(), FisherConfig(), progress)
+        ui_views.compute_fisher(ui_session.require_model(), ui_fisher.default_config(ui_session.source()), progress)
         st.rerun()
     st.page_link(ui_session.PAGES["fisher"], label="Or choose the settings on the Fisher page",
                  icon=":material/arrow_forward:")

@@ -37,9 +37,19 @@ def recorded(config: CompressionConfig, loaded: Loaded) -> CompressionConfig:
                                data=data_of_task(loaded.task), label_map=dict(loaded.source.label_map))
 
 
-def compression_config(config: CompressionConfig, analyses: dict) -> None:
+def compression_config(config: CompressionConfig | None, analyses: dict) -> None:
+    """The config to download and a rank document to load; with nothing to compress (``config`` None), only
+    the upload, so that a document can still bring ranks that compress."""
     st.subheader("Compression config")
     left, right = st.columns(2, gap="large")
+    if config is None:
+        left.error(ui_ranks.NOTHING_TO_COMPRESS, icon=":material/error:")
+    else:
+        current_config(left, config, analyses)
+    load_document(right, config, analyses)
+
+
+def current_config(left, config: CompressionConfig, analyses: dict) -> None:
     left.download_button("Download ranks (JSON)", config.to_json(), file_name=CONFIG_FILE,
                          mime="application/json", key="download_ranks", icon=":material/download:")
     dense = len(analyses) - len(config.rank_pattern)
@@ -50,6 +60,9 @@ def compression_config(config: CompressionConfig, analyses: dict) -> None:
                  "from it.")
     left.expander("The config").code(config.to_json(), language="json")
     left.code(COMMAND, language="bash")
+
+
+def load_document(right, config: CompressionConfig | None, analyses: dict) -> None:
     upload = right.file_uploader("Load a rank document", type=["json"], key="upload_ranks",
                                  help="This page's download, 'fwsvd compress --json' output, a saved model's "
                                       "fwsvd_compressed.json, an older rank file or {layer: rank}.")
@@ -58,7 +71,7 @@ def compression_config(config: CompressionConfig, analyses: dict) -> None:
     shapes = analysis.shapes_of(analyses)
     uploaded = read_rank_document(upload.getvalue(), shapes)
     ranks = uploaded.resolve_ranks(shapes, analyses)
-    if ranks == config.rank_pattern and uploaded.method == config.method:
+    if config is not None and ranks == config.rank_pattern and uploaded.method == config.method:
         right.success("These ranks are the current ranks.", icon=":material/check_circle:")
     else:
         dense = len(shapes) - len(ranks)
@@ -67,7 +80,7 @@ def compression_config(config: CompressionConfig, analyses: dict) -> None:
                    icon=":material/info:")
         right.button("Use these ranks", type="primary", key="apply_uploaded_ranks", on_click=use_ranks,
                      args=(allocation.with_dense(ranks, analyses), uploaded.method))
-    if uploaded.fisher.key() != config.fisher.key():
+    if config is not None and uploaded.fisher.key() != config.fisher.key():
         right.caption(f"Its Fisher settings ({uploaded.fisher.key()}) differ from the explorer's: choose them on the "
                       "Fisher page to match.")
 
@@ -133,9 +146,11 @@ with error_box():
     method = st.radio("Method", methods, format_func=method_label, horizontal=True, key="export_method",
                       persist_state="session", help="Of both the config and the model below, and recorded in both: "
                                                     "one of the methods chosen in the sidebar, or an uploaded one.")
-    config = recorded(ui_ranks.compression_config(method, analyses, ui_fisher.fisher_config()), loaded)
+    config = (recorded(ui_ranks.compression_config(method, analyses, ui_fisher.fisher_config()), loaded)
+              if allocation.compressed_ranks(ranks, analyses) else None)
     with error_box():
         compression_config(config, analyses)
-    model_archive(loaded, ui_views.fisher_for_methods(loaded, (method,), "Exports need the Fisher importances."),
-                  config)
+    if config is not None:
+        model_archive(loaded, ui_views.fisher_for_methods(loaded, (method,), "Exports need the Fisher importances."),
+                      config)
     results(loaded, analyses, ranks)
