@@ -20,7 +20,7 @@ from fwsvd.data.language_modeling import LM_TASKS, pack_blocks, text_task
 from fwsvd.data.shakespeare import strip_gutenberg
 from fwsvd.data.tasks import TASK_NAMES, get_task
 from fwsvd.evaluate.evaluation import evaluate_model
-from fwsvd.evaluate.perplexity import perplexity, perplexity_difference, perplexity_interval
+from fwsvd.evaluate.perplexity import perplexity, perplexity_difference, perplexity_interval, perplexity_ratio
 from fwsvd.factorize.layers import dense_weight
 from fwsvd.fisher.estimate import estimate_fisher
 from fwsvd.surgery.compress import compress_
@@ -242,6 +242,16 @@ def test_perplexity_difference_is_paired_over_the_same_blocks():
     assert shift.verdict == "higher" and shift.interval.low > 0  # paired: the shared spread cancels
     with pytest.raises(ValueError, match="same blocks"):
         perplexity_difference(blocks[:10], blocks)
+
+
+def test_paired_ratio_of_two_models_on_the_same_blocks():
+    rng = np.random.default_rng(0)
+    reference = [(float(loss), 10) for loss in rng.uniform(20, 40, size=30)]
+    shifted = [(loss + 10 * 0.1, tokens) for loss, tokens in reference]  # every token 0.1 nats worse
+    ratio, low, high = perplexity_ratio(shifted, reference)
+    assert ratio == pytest.approx(math.exp(0.1)) and (low, high) == pytest.approx((math.exp(0.1),) * 2)
+    with pytest.raises(ValueError, match="same blocks"):
+        perplexity_ratio(reference[:5], reference)
 
 
 def test_pairing_removes_the_blocks_shared_difficulty():

@@ -60,13 +60,23 @@ def perplexity_difference(blocks: Sequence[BlockLoss], baseline: Sequence[BlockL
                           seed: int = BOOTSTRAP_SEED) -> Difference:
     """perplexity(blocks) − perplexity(baseline) on the same blocks, with the paired bootstrap interval: each
     resample draws the same blocks for both models, so what they share (hard passages) cancels."""
-    ours, theirs = _blocks(blocks), _blocks(baseline)
-    if len(ours) != len(theirs) or not np.array_equal(ours[:, 1], theirs[:, 1]):
-        raise ValueError(f"a paired comparison needs the same blocks: these evaluations were scored on different "
-                         f"ones ({len(ours)} and {len(theirs)} blocks)")
+    ours, theirs = _paired(blocks, baseline)
     draws = _draws(len(ours), resamples, seed)
     values = _resampled_perplexities(ours, draws) - _resampled_perplexities(theirs, draws)
     return Difference(perplexity(blocks) - perplexity(baseline), _percentile_interval(values, confidence))
+
+
+def perplexity_ratio(blocks: Sequence[BlockLoss], reference: Sequence[BlockLoss], *,
+                     confidence: float = CONFIDENCE, resamples: int = BOOTSTRAP_RESAMPLES,
+                     seed: int = BOOTSTRAP_SEED) -> tuple[float, float, float]:
+    """(ratio, low, high): ``perplexity(blocks) / perplexity(reference)`` for two models scored on the same
+    blocks, with the paired bootstrap interval. Perplexities of compressed models span orders of magnitude, so
+    reports compare them by ratio; an interval that excludes 1 is a difference outside the noise."""
+    ours, theirs = _paired(blocks, reference)
+    draws = _draws(len(ours), resamples, seed)
+    interval = _percentile_interval(_resampled_perplexities(ours, draws) / _resampled_perplexities(theirs, draws),
+                                    confidence)
+    return perplexity(blocks) / perplexity(reference), interval.low, interval.high
 
 
 def perplexity_metrics(blocks: Sequence[BlockLoss]) -> tuple[dict[str, float], dict[str, Interval]]:
@@ -79,6 +89,14 @@ def _blocks(blocks: Sequence[BlockLoss]) -> np.ndarray:
     if len(array) == 0:
         raise ValueError("no blocks to compute a perplexity interval over")
     return array
+
+
+def _paired(blocks: Sequence[BlockLoss], baseline: Sequence[BlockLoss]) -> tuple[np.ndarray, np.ndarray]:
+    ours, theirs = _blocks(blocks), _blocks(baseline)
+    if len(ours) != len(theirs) or not np.array_equal(ours[:, 1], theirs[:, 1]):
+        raise ValueError(f"a paired comparison needs the same blocks: these evaluations were scored on different "
+                         f"ones ({len(ours)} and {len(theirs)} blocks)")
+    return ours, theirs
 
 
 def _draws(count: int, resamples: int, seed: int) -> np.ndarray:
