@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -40,11 +41,22 @@ def count(value: float) -> str:
 
 
 def progress_bar(text: str) -> tuple[Any, Callable[[int, int], None]]:
-    """An st.progress bar and a ``progress(done, total)`` callback that moves it."""
+    """An st.progress bar and a ``progress(done, total)`` callback that moves it, saying from the first step
+    on about how long the rest will take (the steps so far, timed, times those left)."""
     bar = st.progress(0.0, text=text)
+    started = time.monotonic()
 
     def update(done: int, total: int) -> None:
         fraction = min(1.0, done / total) if total else 0.0
-        bar.progress(fraction, text=f"{text} ({done}/{total})" if total else text)
+        shown = f"{text} ({done}/{total}{time_left(time.monotonic() - started, done, total)})" if total else text
+        bar.progress(fraction, text=shown)
 
     return bar, update
+
+
+def time_left(elapsed: float, done: int, total: int) -> str:
+    """", about 3 min left" after ``done`` of ``total`` steps took ``elapsed`` seconds; "" before the first."""
+    if done <= 0 or done >= total:
+        return ""
+    seconds = elapsed / done * (total - done)
+    return f", about {seconds / 60:.0f} min left" if seconds >= 90 else f", about {max(5, round(seconds, -1)):.0f} s left"

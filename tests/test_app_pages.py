@@ -662,3 +662,15 @@ def test_the_fisher_defaults_follow_the_model_and_its_recorded_length(tmp_path):
     (directory / "config.json").write_text(json.dumps({**config, "fwsvd_max_length": 48}))
     assert ui_fisher.default_config(Source(model=str(directory), task="demo")) == FisherConfig(max_length=48)
     assert ui_fisher.default_config(Source(model="demo", task="demo")) == FisherConfig()  # the prebuilt demo's
+
+
+def test_long_work_says_how_long_is_left_from_its_first_step():
+    sys.path.insert(0, str(APP.parent))
+    try:
+        from ui_format import time_left
+    finally:
+        sys.path.remove(str(APP.parent))
+    assert time_left(0.0, 0, 32) == ""  # nothing timed yet
+    assert time_left(10.0, 1, 32) == ", about 5 min left"  # 31 steps of 10 s
+    assert time_left(2.0, 4, 16) == ", about 10 s left"  # 12 steps of 0.5 s: 6 s, said as about 10
+    assert time_left(20.0, 32, 32) == ""  # done
