@@ -23,7 +23,8 @@ HEAVY_MODULES = (
     "fwsvd.data.files", "fwsvd.data.labels", "fwsvd.data.language_modeling", "fwsvd.data.sources", "fwsvd.data.tasks",
     "fwsvd.evaluate.metrics", "fwsvd.io.models", "fwsvd.io.demo", "fwsvd.io.demos", "fwsvd.io.explorer",
     "fwsvd.io.archive", "fwsvd.surgery.architecture", "fwsvd.surgery.targets", "fwsvd.surgery.analyze",
-    "fwsvd.fisher.task", "fwsvd.fisher.summary", "fwsvd.evaluate.methods", "fwsvd",
+    "fwsvd.fisher.task", "fwsvd.fisher.summary", "fwsvd.evaluate.methods", "fwsvd.evaluate.latency",
+    "fwsvd.io.persistence", "fwsvd",
 )
 
 _lock = threading.Lock()
