@@ -98,20 +98,29 @@ def _speedup(value: float, low: float, high: float) -> str:
 
 def results_table(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
     """The evaluations as people read them: the model by name, the metric with its 95% interval, the paired
-    difference from SVD, parameters and the speed-up over dense (median, interquartile range)."""
-    name = metric_name(metric)
-    return pd.DataFrame({
+    difference from SVD, parameters and the speed-up over dense (median, interquartile range). An NER model's
+    F1 is named for what it is (seqeval's entity-level F1), with its precision and recall beside it, and a note
+    where it found no entity at all."""
+    ner = metric == "f1" and {"precision", "recall"} <= set(frame.columns)  # only NER reports both with F1
+    name = "entity-level F1 (seqeval)" if ner else metric_name(metric)
+    table = pd.DataFrame({
         "model": [method_label(method) for method in frame["method"]],
-        f"{name}{direction_note(metric)} (95% interval)": [_interval(*row) for row in zip(frame[metric], frame[f"{metric}_low"],
-                                                                    frame[f"{metric}_high"])],
-        "vs SVD (95% paired interval)": [_versus(*row) for row in zip(
-            frame[f"{metric}_vs_svd"], frame[f"{metric}_vs_svd_low"], frame[f"{metric}_vs_svd_high"],
-            frame[f"{metric}_vs_svd_verdict"])],
-        "parameters": [f"{int(params):,}" for params in frame["params"]],
-        "speed-up over dense": [_speedup(*row) for row in zip(frame["speedup"], frame["speedup_low"],
-                                                              frame["speedup_high"])],
-        "examples": frame["num_examples"],
+        f"{name}{direction_note(metric)} (95% interval)": [
+            _interval(*row) for row in zip(frame[metric], frame[f"{metric}_low"], frame[f"{metric}_high"])],
     })
+    if ner:
+        table["precision"] = [f"{value:.3f}" for value in frame["precision"]]
+        table["recall"] = [f"{value:.3f}" for value in frame["recall"]]
+        table["note"] = ["no entities found" if f1 == 0 and precision == 0 else ""
+                         for f1, precision in zip(frame["f1"], frame["precision"])]
+    table["vs SVD (95% paired interval)"] = [_versus(*row) for row in zip(
+        frame[f"{metric}_vs_svd"], frame[f"{metric}_vs_svd_low"], frame[f"{metric}_vs_svd_high"],
+        frame[f"{metric}_vs_svd_verdict"])]
+    table["parameters"] = [f"{int(params):,}" for params in frame["params"]]
+    table["speed-up over dense"] = [_speedup(*row) for row in zip(frame["speedup"], frame["speedup_low"],
+                                                                  frame["speedup_high"])]
+    table["examples"] = frame["num_examples"]
+    return table
 
 
 def evaluate(view: ExplorerView, ranks: dict[str, int], methods: list[str], limit: int, key: tuple) -> None:

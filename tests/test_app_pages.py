@@ -674,3 +674,27 @@ def test_long_work_says_how_long_is_left_from_its_first_step():
     assert time_left(10.0, 1, 32) == ", about 5 min left"  # 31 steps of 10 s
     assert time_left(2.0, 4, 16) == ", about 10 s left"  # 12 steps of 0.5 s: 6 s, said as about 10
     assert time_left(20.0, 32, 32) == ""  # done
+
+
+def test_an_ner_evaluation_names_entity_level_f1_with_precision_and_recall():
+    import pandas as pd
+
+    sys.path.insert(0, str(APP.parent))
+    try:
+        import ui_evaluation
+    finally:
+        sys.path.remove(str(APP.parent))
+    nan = float("nan")
+    frame = pd.DataFrame({
+        "method": ["dense", "svd", "fwsvd"], "params": [100, 60, 60], "num_examples": [239] * 3,
+        "f1": [0.463, 0.0, 0.373], "f1_low": [0.39, 0.0, 0.29], "f1_high": [0.54, 0.0, 0.45],
+        "precision": [0.438, 0.0, 0.40], "recall": [0.492, 0.0, 0.35],
+        "f1_vs_svd": [0.463, nan, 0.373], "f1_vs_svd_low": [0.39, nan, 0.29], "f1_vs_svd_high": [0.54, nan, 0.45],
+        "f1_vs_svd_verdict": ["higher", None, "higher"],
+        "speedup": [nan, 1.3, 1.3], "speedup_low": [nan, 1.2, 1.2], "speedup_high": [nan, 1.4, 1.4]})
+    table = ui_evaluation.results_table(frame, "f1")
+    assert "entity-level F1 (seqeval) (95% interval)" in table.columns
+    assert list(table["precision"]) == ["0.438", "0.000", "0.400"] and list(table["recall"])[0] == "0.492"
+    assert list(table["note"]) == ["", "no entities found", ""]  # F1 0 with precision 0: nothing found
+    classification = ui_evaluation.results_table(frame.drop(columns=["precision", "recall"]), "f1")
+    assert "f1 (95% interval)" in classification.columns and "precision" not in classification.columns
