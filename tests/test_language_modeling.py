@@ -15,6 +15,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 from conftest import VOCAB
 from tiny_text import WORDS, tiny_tokenizer
 from fwsvd.cli import main
+from fwsvd.config import CompressionConfig
 from fwsvd.data.batches import IGNORE_INDEX, make_batches
 from fwsvd.data.language_modeling import LM_TASKS, pack_blocks, text_task
 from fwsvd.data.shakespeare import strip_gutenberg
@@ -24,6 +25,7 @@ from fwsvd.evaluate.perplexity import perplexity, perplexity_difference, perplex
 from fwsvd.factorize.layers import dense_weight
 from fwsvd.fisher.estimate import estimate_fisher
 from fwsvd.surgery.compress import compress_
+from fwsvd.surgery.lowrank import LowRankLinear
 from fwsvd.surgery.targets import find_targets
 from fwsvd.view.metrics import is_better, metric_label
 
@@ -269,7 +271,8 @@ def test_full_rank_compression_reproduces_perplexity(causal_lm, text_file):
     batches = make_batches(task, tiny_tokenizer(), "test", batch_size=4, max_length=BLOCK)
     dense = evaluate_model(causal_lm, None, task, "test", batches=batches).metrics["perplexity"]
     full = {name: min(dense_weight(module).shape) for name, module in find_targets(causal_lm).items()}
-    compress_(causal_lm, full, method="svd")
+    compress_(causal_lm, CompressionConfig(method="svd", keep_dense_past_break_even=False).with_ranks(full))
+    assert sum(isinstance(module, LowRankLinear) for module in causal_lm.modules()) == len(full)  # all factorized
     compressed = evaluate_model(causal_lm, None, task, "test", batches=batches).metrics["perplexity"]
     assert compressed == pytest.approx(dense, rel=1e-4)
 

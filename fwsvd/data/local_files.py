@@ -4,8 +4,6 @@ train / validation / test out of one file with a seed, and the content digest th
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -139,16 +137,3 @@ def _split(dataset: datasets.Dataset, role: str, validation_fraction: float, tes
     return dataset.select(np.sort(order[start:stop]))
 
 
-def _file_digest(path: Path) -> str:
-    """A content hash of a file, recomputed only when its size or modification time changes."""
-    stat = path.stat()
-    return _file_digest_of(str(path), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=16)
-def _file_digest_of(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.blake2b(digest_size=8)
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

