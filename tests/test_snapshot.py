@@ -51,7 +51,8 @@ def test_snapshot_round_trip_draws_the_same_tables(analysed, tmp_path):
     assert all(isinstance(value, np.ndarray) for value in loaded.analyses[name].singular_values.values())
     assert loaded.analyses[name].curves["svd"].weighted is None and "fwsvd" not in loaded.analyses[name].curves
     for ratio in (0.1, 0.33, 1.0):
-        ranks = CompressionConfig(rank_ratio=ratio).resolve_ranks(target_shapes(find_targets(model)))
+        ranks = CompressionConfig(rank_ratio=ratio, keep_dense_past_break_even=False).resolve_ranks(
+            target_shapes(find_targets(model)))  # every layer's rank, dense ones included
         expected, actual = layer_frame(analyses, ranks, find_blocks(model)), layer_frame(loaded.analyses, ranks,
                                                                                           loaded.blocks)
         assert expected.equals(actual)

@@ -33,7 +33,8 @@ def tokenizer():
 
 def test_full_rank_svd_equals_the_dense_model(model, tokenizer, task):
     result = run_sweep(model, tokenizer, task, methods=["svd"], rank_ratios=[1.0], max_length=32,
-                       store=DecompositionStore(use_disk=False))
+                       store=DecompositionStore(use_disk=False),
+                       config=CompressionConfig(keep_dense_past_break_even=False))  # factorized, not kept dense
     (run,) = result.runs
     assert run.method == "svd" and run.rank_ratio == 1.0 and not run.finetuned
     assert run.metrics == result.dense.metrics
