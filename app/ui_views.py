@@ -94,7 +94,8 @@ def view_from_model(loaded: Loaded, fisher: Any, config: FisherConfig) -> Explor
     the model is a local directory. Built as ``fwsvd demo`` builds it ahead of time."""
     from fwsvd.io.explorer import explorer_view_of
 
-    view = explorer_view_of(loaded.source, loaded.model, loaded.task, fisher, analyses=analyses_for(loaded, fisher))
+    view = explorer_view_of(loaded.source, loaded.model, loaded.task, fisher, tokenizer=loaded.tokenizer,
+                            analyses=analyses_for(loaded, fisher))
     key = snapshot_key(loaded.source, config)
     if key is not None:
         _save_snapshot(json.dumps(key, sort_keys=True), view)

@@ -141,7 +141,8 @@ def sweep(view: ExplorerView, ratios: list[float], methods: tuple[str, ...]) -> 
     left, middle, right = st.columns([3, 1, 1], vertical_alignment="bottom")
     rules = left.multiselect("Rank rules", list(RULES), default=list(RULES), format_func=RULES.get,
                              key="sweep_rules", persist_state="session")
-    limit = middle.number_input("Validation examples", min_value=8, max_value=view.validation_size,
+    limit = middle.number_input("Validation examples", min_value=min(8, view.validation_size),
+                                max_value=view.validation_size,
                                 value=min(512, view.validation_size), step=64, key="sweep_limit",
                                 persist_state="session")
     key = (view.source_key, view.fisher_key, tuple(sorted(ratios)), int(limit), methods,

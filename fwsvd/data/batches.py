@@ -91,6 +91,12 @@ def make_batches(
     return batches
 
 
+def example_count(task: Task, tokenizer: PreTrainedTokenizerBase, role: Role, max_length: int) -> int:
+    """How many examples :func:`make_batches` makes of ``role`` (what its ``limit`` counts): the split's rows,
+    or for language modelling its blocks of ``max_length`` tokens."""
+    return len(_encode_split(task, tokenizer, role, max_length)["input_ids"])
+
+
 def _group_by_length(order: np.ndarray, lengths: list[int], batch_size: int, seed: int) -> list[np.ndarray]:
     """Batches of similar length: sort within windows of 50 batches (so batches still mix the data),
     cut into batches, then shuffle the batches — the same scheme as transformers' group_by_length."""

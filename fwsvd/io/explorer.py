@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from fwsvd.config import FisherConfig
+from fwsvd.data.batches import example_count
+from fwsvd.data.language_modeling import is_language_modeling
 from fwsvd.data.tasks import Task, task_of
 from fwsvd.factorize.store import DecompositionStore
 from fwsvd.fisher.task import task_fisher
@@ -33,16 +35,24 @@ def default_fisher(model: str) -> FisherConfig:
     return demo.fisher if demo is not None else FisherConfig.for_model(model)
 
 
-def explorer_view_of(source: Source, model: Any, task: Task, fisher: Any, *,
+def explorer_view_of(source: Source, model: Any, task: Task, fisher: Any, *, tokenizer: Any = None,
                      analyses: Mapping[str, LayerAnalysis] | None = None,
                      store: DecompositionStore | None = None) -> ExplorerView:
     """The rank explorer's view of ``model`` on ``task`` with ``fisher`` (a FisherResult): every target layer's
     analyses (``analyses`` when the caller has them already, else from the analysis cache) and the facts the
-    page shows (blocks, Fisher identity, validation size, headline metric)."""
+    page shows (blocks, Fisher identity, validation size, headline metric). The validation size is what an
+    evaluation's limit counts: for language modelling the blocks at the Fisher's length (``tokenizer`` needed),
+    not the split's texts."""
     if analyses is None:
         analyses = cached_analyses(model, fisher.importances, store=store)
+    if is_language_modeling(task):
+        if tokenizer is None:
+            raise ValueError("the rank explorer's view of a language model needs its tokenizer to count its blocks")
+        validation_size = example_count(task, tokenizer, "validation", fisher.provenance["max_length"])
+    else:
+        validation_size = len(task.load_split("validation"))
     return ExplorerView(source.key, dict(analyses), find_blocks(model), fisher_identity(fisher.provenance),
-                        len(task.load_split("validation")), task.metric_names[0], count_parameters(model))
+                        validation_size, task.metric_names[0], count_parameters(model))
 
 
 def prepare_explorer(source: Source | None = None, config: FisherConfig | None = None,
@@ -66,5 +76,5 @@ def prepare_explorer(source: Source | None = None, config: FisherConfig | None =
         model, tokenizer, task, _ = load_for_task(source.model, task, label_map=dict(source.label_map))
         fisher = task_fisher(model, tokenizer, task, config, progress=progress, statistics=statistics)
         if missing:
-            save_view(key, explorer_view_of(source, model, task, fisher))
+            save_view(key, explorer_view_of(source, model, task, fisher, tokenizer=tokenizer))
     return snapshot_path(key)
