@@ -29,10 +29,9 @@ import datasets
 import numpy as np
 
 from fwsvd.data.files import file_digest
+from fwsvd.data.local_files import ROLES, Role, _resolve_files
 from fwsvd.data.shakespeare import shakespeare_corpus, text_files
 
-Role = Literal["train", "validation", "test"]
-ROLES: tuple[str, ...] = ("train", "validation", "test")
 KIND = "language_modeling"
 PERPLEXITY = "perplexity"
 Joining = Literal["lines", "documents"]
@@ -132,7 +131,7 @@ def text_task(
     cut from the **end** of the train file's rows, in order ([train | validation | test]): neighbouring lines
     of a text share their context, so a shuffled split would leak it into the held-out part.
     """
-    files = _resolve_files(data_files)
+    files = _resolve_files(data_files, TEXT_FORMATS, "text file")
     for fraction_name, fraction in (("validation_fraction", validation_fraction), ("test_fraction", test_fraction)):
         if not 0.0 <= fraction < 1.0:
             raise ValueError(f"{fraction_name} must be in [0, 1), got {fraction}")
@@ -261,23 +260,6 @@ def _load_hub_split(task: LanguageModelingTask, role: str) -> datasets.Dataset:
         ) from error
     _check_text_column(dataset, task.text_column, f"{task.hub_path} {split}")
     return dataset
-
-
-def _resolve_files(data_files: str | os.PathLike[str] | Mapping[str, str | os.PathLike[str]]) -> dict[str, str]:
-    files = dict(data_files) if isinstance(data_files, Mapping) else {"train": data_files}
-    unknown = set(files) - set(ROLES)
-    if unknown or "train" not in files:
-        raise ValueError(f"data_files roles must include 'train' and be among {', '.join(ROLES)}; "
-                         f"got {', '.join(map(str, files))}")
-    resolved = {}
-    for role, file in files.items():
-        path = Path(file).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"data file not found: {path}")
-        if path.suffix.lower() not in TEXT_FORMATS:
-            raise ValueError(f"unsupported text file {path}: expected one of {', '.join(TEXT_FORMATS)}")
-        resolved[role] = str(path.resolve())
-    return resolved
 
 
 def _read_text_file(path: Path, text_column: str) -> datasets.Dataset:

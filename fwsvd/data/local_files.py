@@ -20,7 +20,9 @@ ROLES: tuple[str, ...] = ("train", "validation", "test")
 _LOCAL_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
-def _resolve_files(data_files: str | os.PathLike[str] | Mapping[str, str | os.PathLike[str]]) -> dict[str, str]:
+def _resolve_files(data_files: str | os.PathLike[str] | Mapping[str, str | os.PathLike[str]],
+                   formats: tuple[str, ...] = tuple(_LOCAL_FORMATS), what: str = "data file") -> dict[str, str]:
+    """{role: absolute path} of existing files with a suffix among ``formats`` (one file: the train role)."""
     files = dict(data_files) if isinstance(data_files, Mapping) else {"train": data_files}
     unknown = set(files) - set(ROLES)
     if unknown or "train" not in files:
@@ -31,8 +33,8 @@ def _resolve_files(data_files: str | os.PathLike[str] | Mapping[str, str | os.Pa
         path = Path(file).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"data file not found: {path}")
-        if _format_of(path) is None:
-            raise ValueError(f"unsupported data file {path}: expected one of {', '.join(_LOCAL_FORMATS)}")
+        if path.suffix.lower() not in formats:
+            raise ValueError(f"unsupported {what} {path}: expected one of {', '.join(formats)}")
         resolved[role] = str(path.resolve())
     return resolved
 
