@@ -33,6 +33,7 @@ from fwsvd.config import CompressionConfig, FisherConfig
 from fwsvd.data.batches import make_batches
 from fwsvd.data.tasks import get_task
 from fwsvd.evaluate.evaluation import evaluate_model
+from fwsvd.evaluate.uncertainty import Interval
 from fwsvd.factorize.store import DecompositionStore
 from fwsvd.fisher.task import task_fisher
 from fwsvd.io.models import load_any_model
@@ -96,9 +97,9 @@ def main() -> None:
     started = time.perf_counter()
     dense = evaluate_model(model, tokenizer, task, "test", batches=batches)
     rows = [{"method": "dense", rule: None, "allocation": None, "params": dense.params,
-             metric: dense.metrics[metric], "interval": dense.intervals.get(metric),
+             metric: dense.metrics[metric], "interval": _bounds(dense.intervals.get(metric)),
              "seconds": time.perf_counter() - started, "block_losses": dense.block_losses}]
-    print(f"dense: {metric} {dense.metrics[metric]:.4f}{_interval_text(dense.intervals.get(metric))}, "
+    print(f"dense: {metric} {dense.metrics[metric]:.4f}{_interval_text(rows[0]['interval'])}, "
           f"{dense.params:,} parameters", flush=True)
     store = DecompositionStore()
     targets = find_targets(model)
@@ -111,7 +112,7 @@ def main() -> None:
         result = evaluate_model(compressed, tokenizer, task, "test", batches=batches)
         row = {"method": method, rule: value, "allocation": allocation,
                "allocation_floor": args.allocation_floor if allocation else None, "params": result.params,
-               metric: result.metrics[metric], "interval": result.intervals.get(metric),
+               metric: result.metrics[metric], "interval": _bounds(result.intervals.get(metric)),
                "dense_layers": len(targets) - len(report.layers), "seconds": time.perf_counter() - started,
                "block_losses": result.block_losses}
         rows.append(row)
@@ -123,6 +124,11 @@ def main() -> None:
                     "torch_threads": torch.get_num_threads()}
             args.json.write_text(json.dumps({"model": args.model, "task": task.name, "metric": metric,
                                              "fisher": fisher.provenance, "cost": cost, "rows": rows}, indent=2))
+
+
+def _bounds(interval: Interval | None) -> tuple[float, float] | None:
+    """[low, high] for the JSON rows (their format since the first results)."""
+    return None if interval is None else (interval.low, interval.high)
 
 
 def _interval_text(interval: tuple[float, float] | None) -> str:
