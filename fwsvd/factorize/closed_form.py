@@ -43,6 +43,19 @@ class Decomposition:
     method: Method
     left_orthogonal: bool
 
+    def __post_init__(self) -> None:
+        # Every in-place write to a tensor or to any view of it bumps its version: what `unchanged` reads.
+        object.__setattr__(self, "_versions", self._current_versions())
+
+    def _current_versions(self) -> tuple[int, int, int]:
+        return self.left._version, self.s._version, self.right._version
+
+    @property
+    def unchanged(self) -> bool:
+        """False once anything wrote into this decomposition in place — e.g. a layer's factor that views it
+        edited by hand without ``own_factors_()`` — so that it is not cut again."""
+        return self._current_versions() == self._versions
+
     @property
     def shape(self) -> tuple[int, int]:
         return (self.left.shape[0], self.right.shape[1])
@@ -58,6 +71,16 @@ class Decomposition:
         """
         validate_rank(rank, self.shape)
         return self.right[:rank].clone(), self.left[:, :rank].clone(memory_format=torch.contiguous_format)
+
+    def factor_views(self, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`factors` as views of this decomposition: no copy, so a new rank costs no memory traffic.
+
+        ``first`` is contiguous; ``second`` keeps left's row stride k. Never write to them: the decomposition
+        is shared (the store, other layers); :class:`~fwsvd.surgery.lowrank.LowRankLinear` copies them before
+        any write of its own (training, ``load_state_dict``).
+        """
+        validate_rank(rank, self.shape)
+        return self.right[:rank], self.left[:, :rank]
 
     def reconstruct(self, rank: int) -> torch.Tensor:
         first, second = self.factors(rank)

@@ -17,6 +17,7 @@ rank-r weight of about 3e-4 in float16 (2e-3 in bfloat16), far below any truncat
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -139,22 +140,31 @@ class _CacheWriter:
         self._executor: ThreadPoolExecutor | None = None
         self._submitted: list[Future] = []
 
-    def put(self, key: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    def put(self, key: dict[str, Any], tensors: dict[str, torch.Tensor],
+            unchanged: Callable[[], bool] = lambda: True) -> None:
+        """Write ``tensors`` in the background, unless ``unchanged()`` says they were edited in the meantime."""
         path = str(self._cache.path_for(key))
         with self._lock:
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fwsvd-cache-writer")
-            future = self._executor.submit(self._write, key, tensors, path)
+            future = self._executor.submit(self._write, key, tensors, path, unchanged)
             self._pending[path] = future
             self._submitted = [done for done in self._submitted if not done.done()] + [future]
         future.add_done_callback(lambda done: self._forget(path, done))
 
-    def _write(self, key: dict[str, Any], tensors: dict[str, torch.Tensor], path: str) -> None:
+    def _write(self, key: dict[str, Any], tensors: dict[str, torch.Tensor], path: str,
+               unchanged: Callable[[], bool]) -> None:
+        if not unchanged():
+            return
         try:
             self._cache.put(key, tensors)
         except Exception as error:  # noqa: BLE001 - disk full, permissions, a serialisation error: cache only
             logger.warning("could not write the cache file %s (%s); the decomposition stays in memory only",
                            path, error)
+            return
+        if not unchanged():  # edited while being written: the file would serve the edit as the decomposition
+            with contextlib.suppress(OSError):
+                os.remove(path)
 
     @classmethod
     def _forget(cls, path: str, done: Future) -> None:
@@ -214,11 +224,17 @@ class DecompositionStore:
         """Bytes of the decompositions and curves held in memory now (at most ``max_bytes``)."""
         return self._memory_bytes
 
-    def _memoized(self, key: tuple[Any, ...], compute: Callable[[], _T], size: Callable[[_T], int]) -> _T:
+    def _memoized(self, key: tuple[Any, ...], compute: Callable[[], _T], size: Callable[[_T], int],
+                  usable: Callable[[_T], bool] = lambda value: True) -> _T:
         """The value of ``key`` from memory, else from ``compute()`` — run by one thread while any other
-        asking for the same key waits for its result, outside the lock so that other keys go on meanwhile."""
+        asking for the same key waits for its result, outside the lock so that other keys go on meanwhile.
+        A remembered value that is no longer ``usable`` is forgotten and computed again."""
         with self._lock:
             entry = self._memory.get(key)
+            if entry is not None and not usable(entry[0]):
+                del self._memory[key]
+                self._memory_bytes -= entry[1]
+                entry = None
             if entry is not None:
                 self._memory.move_to_end(key)
                 return entry[0]
@@ -283,7 +299,10 @@ class DecompositionStore:
             return compact(self._load_or_decompose(module, method, importance, statistics, key, name),
                            self.factor_dtype)
 
-        return self._memoized(("decomposition", name), compute, _decomposition_bytes)
+        # Layers' factors view the decompositions held here (fwsvd.surgery.lowrank); one edited in place by
+        # hand is read again from the disk cache, or recomputed.
+        return self._memoized(("decomposition", name), compute, _decomposition_bytes,
+                              usable=lambda decomposition: decomposition.unchanged)
 
     def _load_or_decompose(self, module: nn.Module, method: str, importance: torch.Tensor | None,
                            statistics: LayerStatistics | None, key: dict[str, Any], name: str) -> Decomposition:
@@ -301,7 +320,7 @@ class DecompositionStore:
             with self._lock:
                 self.computed += 1
             if self._writer is not None:
-                self._writer.put(key, decomposition.to_tensors())
+                self._writer.put(key, decomposition.to_tensors(), lambda: decomposition.unchanged)
         return decomposition
 
     def curves(self, module: nn.Module, importance: torch.Tensor | None = None,

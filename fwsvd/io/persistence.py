@@ -132,6 +132,11 @@ def save_compressed(
         config = copy.deepcopy(model.config)
         config.architectures = [type(model).__name__]
         config.save_pretrained(directory)
+        # Factors viewing a kept decomposition share its storage with other layers' views, which safetensors
+        # cannot write: each layer gets its own copy (its function and set_ranks_ are unchanged).
+        for module in model.modules():
+            if isinstance(module, LowRankLinear):
+                module.own_factors_()
         save_model(model, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)

@@ -259,7 +259,7 @@ def _compress_targets(model: nn.Module, targets: Mapping[str, nn.Module], config
         report.layers.append(_layer_report(name, method, module, rank, curves))
         weight = dense_weight(module)
         low_rank = LowRankLinear.from_decomposition(decomposition, rank, module.bias, source_kind_of(module),
-                                                    device=weight.device, dtype=weight.dtype)
+                                                    device=weight.device, dtype=weight.dtype, views=True)
         _origins[low_rank] = _Origin(decomposition, curves, method)
         replace_module(model, name, low_rank)
     report.model_params_after = count_parameters(model)
@@ -270,7 +270,8 @@ def set_ranks_(model: nn.Module, config: CompressionConfig | Ranks) -> Compressi
     """Change the ranks of a model compressed by :func:`compress_` / :func:`compressed_copy`, in place.
 
     Each LowRankLinear whose rank changes is cut again from the decomposition it was built from: no SVD, and
-    no copy of the rest of the model — the fast way to try rank after rank. ``config`` as for compress_, applied
+    no copy of the rest of the model — the fast way to try rank after rank (the new factors are views of the
+    decomposition where its dtype is the model's, see :mod:`fwsvd.surgery.lowrank`). ``config`` as for compress_, applied
     to the layers compress_ built (its method must be theirs); layers it does not set keep their rank (a dict
     may name only some layers; an allocation cannot make a layer dense again). A layer set at or past
     break-even becomes dense (its full-rank factors multiplied back) unless ``keep_dense_past_break_even`` is
@@ -293,6 +294,13 @@ def set_ranks_(model: nn.Module, config: CompressionConfig | Ranks) -> Compressi
               if isinstance(module, LowRankLinear) or module in _dense_origins}
     origins = {name: _origins[layer] if isinstance(layer, LowRankLinear) else _dense_origins[layer]
                for name, layer in layers.items()}
+    edited = [name for name, origin in origins.items() if not origin.decomposition.unchanged]
+    if edited:
+        raise ValueError(
+            f"the decomposition behind {edited[0]!r} was changed in place (its factors edited by hand without "
+            "LowRankLinear.own_factors_() first), so it can no longer be cut at other ranks; compress the dense "
+            "model again"
+        )
     methods = sorted({origin.method for origin in origins.values()})
     if isinstance(config, CompressionConfig) and methods != [config.method]:
         raise ValueError(f"config.method is {config.method!r}, but the low-rank layers were built with "
@@ -327,11 +335,11 @@ def set_ranks_(model: nn.Module, config: CompressionConfig | Ranks) -> Compressi
         if not isinstance(layer, LowRankLinear):
             weight = dense_weight(layer)
             rebuilt = LowRankLinear.from_decomposition(origin.decomposition, rank, bias, source_kind_of(layer),
-                                                       device=weight.device, dtype=weight.dtype)
+                                                       device=weight.device, dtype=weight.dtype, views=True)
             _origins[rebuilt] = origin
             replace_module(model, name, rebuilt)
         elif rank != layer.rank:
-            layer.set_factors_(*origin.decomposition.factors(rank))
+            layer.set_factors_from_(origin.decomposition, rank)
         report.layers.append(_report_for(name, origin.method, out_features, in_features,
                                          0 if bias is None else bias.numel(), rank, origin.curves))
     report.model_params_before = before

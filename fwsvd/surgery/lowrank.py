@@ -7,6 +7,14 @@ the second, reading those rows, about 1.6x (docs/BENCH_INFERENCE.md). So without
 inference) an unaligned pair multiplies zero-padded copies of its factors, rank rounded up to the next
 multiple: the same function (the padding adds zeros), a little more arithmetic, aligned rows. The copies are
 made once and kept until a factor changes; the parameters and their count stay those of the rank.
+
+Rank changes: a layer cut by compress_ / set_ranks_ holds *views* of its kept decomposition (the first rows of
+``right``, the first columns of ``left``), so a new rank is a slice — on a 1B model, all 112 layers in
+milliseconds instead of seconds of copying (docs/BENCH_SCALE.md). The decomposition is shared (the store,
+other layers, other models), so the layer copies its factors before it writes to them itself: the first
+forward pass that records gradients (training) and ``load_state_dict`` both call :meth:`own_factors_` first.
+Such a layer's unaligned rank needs no padded copy either: the views extend to the aligned rank inside the
+decomposition, and the extra components' activations are zeroed between the two products.
 """
 
 from __future__ import annotations
@@ -42,6 +50,8 @@ class LowRankLinear(nn.Module):
         self.source_kind = source_kind
         self.first = nn.Linear(in_features, rank, bias=False, device=device, dtype=dtype)
         self.second = nn.Linear(rank, out_features, bias=bias, device=device, dtype=dtype)
+        #: True while the factors are views of a kept decomposition (never written to; see own_factors_)
+        self.views_decomposition = False
 
     @property
     def in_features(self) -> int:
@@ -59,9 +69,57 @@ class LowRankLinear(nn.Module):
         # The products are taken here rather than through first/second's __call__: two fewer module calls per
         # layer (they show at batch 1). Hooks belong on this module; its halves are never targets of their own.
         first, second = self.first.weight, self.second.weight
-        if self.rank % ALIGNMENT and not (torch.is_grad_enabled() and (first.requires_grad or second.requires_grad)):
+        if torch.is_grad_enabled() and (first.requires_grad or second.requires_grad):
+            if self.views_decomposition:  # about to be trained: an optimizer step must not write the decomposition
+                self.own_factors_()
+                first, second = self.first.weight, self.second.weight
+        elif self.rank % ALIGNMENT:
+            extended = self._extended_views()
+            if extended is not None:
+                hidden = F.linear(x, extended[0])
+                hidden[..., self.rank:] = 0  # the components past the rank take no part
+                return F.linear(hidden, extended[1], self.second.bias)
             first, second = self._aligned_factors()
         return F.linear(F.linear(x, first), second, self.second.bias)
+
+    def own_factors_(self) -> None:
+        """Give the layer its own copies of factors that view a kept decomposition (same parameters, new
+        data), so that writing to them cannot change the decomposition. Call it before editing the factors
+        in place by hand; training and ``load_state_dict`` call it themselves."""
+        if self.views_decomposition:
+            for linear in (self.first, self.second):
+                with torch.no_grad():
+                    owned = nn.Parameter(linear.weight.detach().clone(memory_format=torch.contiguous_format),
+                                         requires_grad=linear.weight.requires_grad)
+                try:
+                    # The same Parameter object (an optimizer built already keeps training it) with new data
+                    # *and its own version counter*: later writes no longer count as writes to the decomposition.
+                    torch.utils.swap_tensors(linear.weight, owned)
+                except RuntimeError:  # referenced where a swap is not allowed: new data, shared counter
+                    linear.weight.data = owned.data
+            self.views_decomposition = False
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        # Runs before the halves load theirs (in place, into the current tensors).
+        self.own_factors_()
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _extended_views(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The factors extended to the aligned rank inside the decomposition they view, (rank', in) and
+        (out, rank'), or None where they do not view one or it has no room (rank' past its full rank)."""
+        if not self.views_decomposition:
+            return None
+        first, second = self.first.weight.detach(), self.second.weight.detach()
+        aligned = self.rank + (-self.rank % ALIGNMENT)
+        if first.stride() != (self.in_features, 1) or second.stride(1) != 1 or second.stride(0) < aligned:
+            return None
+        first_end = first.storage_offset() + aligned * self.in_features
+        second_end = second.storage_offset() + (self.out_features - 1) * second.stride(0) + aligned
+        if (first_end * first.element_size() > first.untyped_storage().nbytes()
+                or second_end * second.element_size() > second.untyped_storage().nbytes()):
+            return None
+        return (first.as_strided((aligned, self.in_features), first.stride()),
+                second.as_strided((self.out_features, aligned), second.stride()))
 
     def _aligned_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The factors zero-padded to a rank that is a multiple of ALIGNMENT: (rank', in) and (out, rank').
@@ -116,11 +174,22 @@ class LowRankLinear(nn.Module):
         layer.source_kind = source_kind
         layer.first = _linear_around(first, None)
         layer.second = _linear_around(second, bias)
+        layer.views_decomposition = False
         return layer
 
     def set_factors_(self, first: torch.Tensor, second: torch.Tensor) -> None:
         """Replace the two factors (new rank allowed; the bias stays), in place, by new parameters on this
         layer's device and dtype. The tensors are taken, not copied: pass tensors nothing else holds."""
+        self._set_factors(first, second, views=False)
+
+    def set_factors_from_(self, decomposition: Decomposition, rank: int) -> None:
+        """Cut the factors of ``rank`` from ``decomposition`` (new parameters; the bias stays): views of it
+        where its device and dtype are this layer's — no copy — else copies converted to them."""
+        options = dict(device=self.second.weight.device, dtype=self.second.weight.dtype)
+        views = _can_view(decomposition, **options)
+        self._set_factors(*(decomposition.factor_views(rank) if views else decomposition.factors(rank)), views=views)
+
+    def _set_factors(self, first: torch.Tensor, second: torch.Tensor, *, views: bool) -> None:
         rank, in_features = first.shape
         if in_features != self.in_features or second.shape != (self.out_features, rank):
             raise ValueError(f"factors {tuple(first.shape)} and {tuple(second.shape)} do not fit a layer "
@@ -129,22 +198,27 @@ class LowRankLinear(nn.Module):
         self.first.weight = nn.Parameter(first.to(**options))
         self.second.weight = nn.Parameter(second.to(**options))
         self.first.out_features = self.second.in_features = rank
+        self.views_decomposition = views
 
     @classmethod
     def from_decomposition(cls, decomposition: Decomposition, rank: int, bias: torch.Tensor | None,
                            source_kind: str = "linear", *, device: torch.device | str | None = None,
-                           dtype: torch.dtype | None = None) -> "LowRankLinear":
+                           dtype: torch.dtype | None = None, views: bool = False) -> "LowRankLinear":
         """Truncate a kept decomposition: no SVD is computed.
 
         Device and dtype are ``device`` / ``dtype`` when given, else those of ``bias``, else the
-        decomposition's (CPU, float32 or float64).
+        decomposition's (CPU, float32 or float64). With ``views`` the factors are views of the decomposition
+        where it has that device and dtype (see the module's docstring), else fresh copies.
         """
-        first, second = decomposition.factors(rank)  # fresh tensors, not views of the decomposition
-        reference = bias if bias is not None else second
+        reference = bias if bias is not None else decomposition.left
         options = dict(device=device if device is not None else reference.device,
                        dtype=dtype if dtype is not None else reference.dtype)
-        return cls._from_owned(first.to(**options), second.to(**options),
-                               None if bias is None else bias.detach().to(**options, copy=True), source_kind)
+        views = views and _can_view(decomposition, **options)
+        first, second = decomposition.factor_views(rank) if views else decomposition.factors(rank)
+        layer = cls._from_owned(first.to(**options), second.to(**options),
+                                None if bias is None else bias.detach().to(**options, copy=True), source_kind)
+        layer.views_decomposition = views
+        return layer
 
     @classmethod
     def from_linear(cls, module: nn.Module, rank: int, importance: torch.Tensor | None = None, *,
@@ -182,6 +256,12 @@ class LowRankLinear(nn.Module):
             else:
                 conv.bias.zero_()
         return conv
+
+
+def _can_view(decomposition: Decomposition, *, device: torch.device | str, dtype: torch.dtype) -> bool:
+    """True when ``decomposition``'s factors can serve as a layer's parameters as they are."""
+    left, right = decomposition.left, decomposition.right
+    return left.dtype == right.dtype == dtype and left.device == right.device == torch.device(device)
 
 
 def _check_source_kind(source_kind: str) -> None:

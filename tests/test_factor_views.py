@@ -1,0 +1,160 @@
+"""Layers cut by compress_ / set_ranks_ hold views of their kept decomposition: a rank change copies nothing,
+and nothing a user does through the library (inference, training, load_state_dict, saving) writes into it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import random_batch, tiny_bert
+from fwsvd import LowRankLinear
+from fwsvd.factorize.closed_form import decompose
+from fwsvd.factorize.store import DecompositionStore
+from fwsvd.io.persistence import load_compressed, save_compressed
+from fwsvd.surgery.compress import compress_, compressed_copy, set_ranks_
+
+
+def _low_rank_layers(model: nn.Module) -> dict[str, LowRankLinear]:
+    return {name: module for name, module in model.named_modules() if isinstance(module, LowRankLinear)}
+
+
+def _logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+def _reference(model: nn.Module, store: DecompositionStore) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each low-rank layer's decomposition factors, copied: what must never change."""
+    return {name: (layer.first.weight.detach().clone(), layer.second.weight.detach().clone())
+            for name, layer in _low_rank_layers(model).items()}
+
+
+def test_compressed_layers_view_the_store_and_a_rank_change_copies_nothing():
+    store = DecompositionStore(use_disk=False)
+    model = tiny_bert()
+    compressed, _ = compressed_copy(model, 6, method="svd", store=store)
+    layer = compressed.bert.encoder.layer[0].attention.self.query
+    kept = store.get(model.bert.encoder.layer[0].attention.self.query, method="svd")
+    assert layer.views_decomposition
+    assert layer.first.weight.data_ptr() == kept.right.data_ptr()
+    assert layer.second.weight.data_ptr() == kept.left.data_ptr()
+    set_ranks_(compressed, 11)
+    assert layer.rank == 11 and layer.views_decomposition
+    assert layer.first.weight.data_ptr() == kept.right.data_ptr()
+    torch.testing.assert_close(layer.second.weight @ layer.first.weight, kept.reconstruct(11))
+    # the same model as one built from copies
+    copies, _ = compressed_copy(model, 11, method="svd", store=DecompositionStore(use_disk=False))
+    for copied in _low_rank_layers(copies).values():
+        copied.own_factors_()
+    batch = random_batch()
+    torch.testing.assert_close(_logits(compressed, batch), _logits(copies, batch))
+
+
+@pytest.mark.parametrize("rank", [3, 5, 8, 13, 31, 32])
+def test_unaligned_views_extend_inside_the_decomposition_and_give_the_exact_product(rank):
+    torch.manual_seed(0)
+    dense = nn.Linear(40, 32)
+    decomposition = decompose(dense.weight.detach(), torch.rand(40) + 0.1, method="fwsvd")
+    viewing = LowRankLinear.from_decomposition(decomposition, rank, dense.bias, views=True)
+    owning = LowRankLinear.from_decomposition(decomposition, rank, dense.bias)
+    assert viewing.views_decomposition and not owning.views_decomposition
+    x = torch.randn(3, 7, 40)
+    expected = x @ owning.first.weight.T @ owning.second.weight.T + owning.second.bias
+    for context in (torch.no_grad, torch.inference_mode):
+        with context():
+            torch.testing.assert_close(viewing(x), expected, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(owning(x), expected, rtol=1e-5, atol=1e-5)
+    extended = viewing._extended_views()
+    if rank % 8:
+        aligned = rank + (-rank % 8)
+        assert extended[0].shape == (aligned, 40) and extended[1].shape == (32, aligned)
+        assert "_aligned" not in viewing.__dict__  # no padded copy was made
+    # past the full rank (32) there is no room: the padded copies serve instead
+    assert owning._extended_views() is None
+
+
+def test_training_copies_the_factors_first_and_leaves_the_decomposition_alone():
+    store = DecompositionStore(use_disk=False)
+    model = tiny_bert()
+    compressed, _ = compressed_copy(model, 5, method="svd", store=store)
+    decompositions = {name: store.get(model.get_submodule(name), method="svd")
+                      for name in _low_rank_layers(compressed)}
+    before = {name: (d.left.clone(), d.right.clone()) for name, d in decompositions.items()}
+    compressed.train()
+    factors = [layer.weight for low_rank in _low_rank_layers(compressed).values()
+               for layer in (low_rank.first, low_rank.second)]
+    optimizer = torch.optim.Adam(factors, lr=0.1)  # built before the first forward pass, as usual
+    for _ in range(2):
+        loss = compressed(**random_batch()).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    for name, layer in _low_rank_layers(compressed).items():
+        assert not layer.views_decomposition
+        assert decompositions[name].unchanged
+        assert torch.equal(decompositions[name].left, before[name][0])
+        assert torch.equal(decompositions[name].right, before[name][1])
+        assert not torch.equal(layer.first.weight, before[name][1][:5])  # the layer itself was trained
+    # a rank change after training cuts the untouched decomposition again
+    compressed.eval()
+    set_ranks_(compressed, 6)
+    fresh, _ = compressed_copy(model, 6, method="svd", store=DecompositionStore(use_disk=False))
+    batch = random_batch()
+    torch.testing.assert_close(_logits(compressed, batch), _logits(fresh, batch))
+
+
+def test_load_state_dict_writes_into_the_layer_not_the_decomposition():
+    store = DecompositionStore(use_disk=False)
+    model = tiny_bert()
+    compressed, _ = compressed_copy(model, 4, method="svd", store=store)
+    other, _ = compressed_copy(tiny_bert(seed=1), 4, method="svd", store=DecompositionStore(use_disk=False))
+    decomposition = store.get(model.bert.encoder.layer[1].output.dense, method="svd")
+    right = decomposition.right.clone()
+    compressed.load_state_dict(other.state_dict())
+    assert decomposition.unchanged and torch.equal(decomposition.right, right)
+    batch = random_batch()
+    torch.testing.assert_close(_logits(compressed, batch), _logits(other, batch))
+
+
+def test_a_hand_edit_without_own_factors_is_caught():
+    store = DecompositionStore(use_disk=False)
+    model = tiny_bert()
+    compressed, _ = compressed_copy(model, 4, method="svd", store=store)
+    layer = compressed.bert.encoder.layer[0].output.dense
+    with torch.no_grad():
+        layer.first.weight.mul_(3.0)  # writes into the decomposition the layer views
+    with pytest.raises(ValueError, match="changed in place.*own_factors_"):
+        set_ranks_(compressed, 6)
+    # the store serves a fresh decomposition, not the edited one
+    again, _ = compressed_copy(model, 4, method="svd", store=store)
+    reference, _ = compressed_copy(model, 4, method="svd", store=DecompositionStore(use_disk=False))
+    batch = random_batch()
+    torch.testing.assert_close(_logits(again, batch), _logits(reference, batch))
+    # own_factors_ first: the edit stays in the layer
+    fine, _ = compressed_copy(model, 4, method="svd", store=store)
+    edited = fine.bert.encoder.layer[0].output.dense
+    edited.own_factors_()
+    with torch.no_grad():
+        edited.first.weight.mul_(3.0)
+    set_ranks_(fine, 6)
+    torch.testing.assert_close(_logits(fine, batch), _logits(compressed_copy(model, 6, method="svd", store=store)[0],
+                                                              batch))
+
+
+def test_layers_viewing_one_shared_decomposition_save_and_reload(tmp_path):
+    model = tiny_bert()
+    with torch.no_grad():  # two layers with the same weight share one decomposition in the store
+        model.bert.encoder.layer[1].attention.self.query.weight.copy_(model.bert.encoder.layer[0].attention.self.query.weight)
+    store = DecompositionStore(use_disk=False)
+    report = compress_(model, 4, method="svd", store=store)
+    first = model.bert.encoder.layer[0].attention.self.query
+    second = model.bert.encoder.layer[1].attention.self.query
+    assert first.first.weight.data_ptr() == second.first.weight.data_ptr()
+    batch = random_batch()
+    expected = _logits(model, batch)
+    save_compressed(model, tmp_path / "saved", config=report.config)
+    reloaded = load_compressed(tmp_path / "saved")
+    torch.testing.assert_close(_logits(reloaded, batch), expected)
+    set_ranks_(model, 6)  # still cut from the decompositions after saving
+    assert first.rank == 6 and first.views_decomposition
