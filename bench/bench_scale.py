@@ -12,10 +12,11 @@ Builds a randomly initialised LlamaForCausalLM of the Llama-3.2-1B-like shape (h
 2. **store**: the bytes every layer's decomposition takes in float32, float16 and bfloat16, with all factors
    or only those up to each layer's break-even rank, and the relative Frobenius error of a rank-r weight
    rebuilt from 16-bit factors against float32 ones (next to the truncation error itself);
-3. **rank change**: the model compressed in place at rank ratio 0.33 from a second store over the same disk
-   cache holding factors in ``--store-dtype`` (no SVD: all read back from disk), then ``set_ranks_`` to another
-   ratio plus the explorer's per-layer curves (``layer_frame`` and ``totals``) — median of repeats, with the
-   count of SVDs run meanwhile (must stay 0);
+3. **rank change**: for each of ``--store-dtypes``, a compressed copy at rank ratio 0.33 cut from a fresh
+   store over the same disk cache holding factors in that dtype (no SVD: all read back from disk), then
+   ``set_ranks_`` to another ratio plus the explorer's per-layer curves (``layer_frame`` and ``totals``) —
+   median of repeats, with the count of SVDs run meanwhile (must stay 0). Factors held in the model's dtype
+   (float32) are sliced as views; 16-bit ones are converted, i.e. copied;
 4. **allocation**: ``allocate_ranks`` over the 112 layers' analyses at half the weights — median of repeats;
 5. **explorer**: the rank explorer's three figures for the 16 blocks (errors and parameters of every layer,
    the spectra of one block), built and serialised as ``st.plotly_chart`` sends them — median of repeats.
@@ -51,7 +52,7 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 import ui_charts as charts  # noqa: E402
 from fwsvd.factorize.layers import dense_weight  # noqa: E402
 from fwsvd.factorize.store import DecompositionStore, factor_bytes  # noqa: E402
-from fwsvd.surgery.compress import compress_, set_ranks_  # noqa: E402
+from fwsvd.surgery.compress import compressed_copy, set_ranks_  # noqa: E402
 from fwsvd.surgery.targets import find_blocks, find_targets  # noqa: E402
 from fwsvd.view import analysis  # noqa: E402
 from fwsvd.view.analysis import LayerAnalysis  # noqa: E402
@@ -109,8 +110,9 @@ def main() -> None:
                         "take their weights (block i those of block i mod N), so the store finds their "
                         "decompositions by content and the full model's decomposition time is extrapolated from "
                         "the per-shape SVD times (default 1; 16: every SVD run)")
-    parser.add_argument("--store-dtype", choices=list(DTYPES), default="float16",
-                        help="the dtype the store holds factors in for the rank changes (default float16)")
+    parser.add_argument("--store-dtypes", default="float32,float16",
+                        help=f"the dtypes the store holds factors in for the rank changes, one run each "
+                             f"(of {', '.join(DTYPES)}; default float32,float16)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cache-dir", help="disk cache for the decompositions (default: a temporary folder)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -199,36 +201,39 @@ def main() -> None:
             f"{row['float16']:.1e} | {row['bfloat16']:.1e} |")
 
     # 3. A rank change: the model re-cut from the kept decompositions, and the explorer's curves.
-    # From a second store over the same disk cache, holding factors in --store-dtype: every decomposition is
-    # read back from disk (none recomputed), and the model compressed in place pins what it was cut from.
-    # ``targets`` keeps the dense layers alive, as the dashboard keeps its dense model beside the compressed one.
-    store = DecompositionStore(cache_dir, factor_dtype=DTYPES[args.store_dtype])
+    # From a fresh store over the same disk cache per dtype: every decomposition is read back from disk (none
+    # recomputed), and the compressed copy pins what it was cut from. The dense model stays alive beside the
+    # copy, as the dashboard keeps it.
     blocks = find_blocks(model)
-    begin = time.perf_counter()
-    compress_(model, 0.33, method="svd", store=store)
-    say(f"\ncompress_ at rank ratio 0.33 from the disk cache ({args.store_dtype} factors): "
-        f"{time.perf_counter() - begin:.1f} s, SVDs run: {store.computed}; the store holds "
-        f"{store.memory_bytes / GiB:.2f} GiB (cap {store.max_bytes / GiB:.2f} GiB); RSS {memory()['VmRSS']:.2f} GiB")
-    computed = store.computed
-    # Each repeat moves every layer to a new ratio (none repeats the one before), timing the model's re-cut
-    # and the explorer's curves apart, wall and CPU.
-    ratios = [0.25, 0.5, 0.1, 0.4, 0.2]
-    model_s, curves_s, model_cpu = [], [], []
-    for repeat in range(args.repeats):
-        begin, begin_cpu = time.perf_counter(), time.process_time()
-        report = set_ranks_(model, ratios[repeat % len(ratios)])
-        middle = time.perf_counter()
-        model_s.append(middle - begin)
-        model_cpu.append(time.process_time() - begin_cpu)
-        frame = rank_plan.mark_dense(analysis.layer_frame(analyses, report.ranks, blocks))
-        analysis.totals(frame)
-        curves_s.append(time.perf_counter() - middle)
-    assert store.computed == computed, "a rank change ran an SVD"
-    say(f"\nrank change of all {len(analyses)} layers, {args.repeats} repeats: set_ranks_ median "
-        f"{statistics.median(model_s):.2f} s wall (min {min(model_s):.2f}, max {max(model_s):.2f}), "
-        f"{statistics.median(model_cpu):.2f} s CPU; curves (layer_frame + totals) median "
-        f"{statistics.median(curves_s):.3f} s (min {min(curves_s):.3f}, max {max(curves_s):.3f}); SVDs run: 0; "
-        f"RSS {memory()['VmRSS']:.2f} GiB, peak {memory()['VmHWM']:.2f} GiB")
+    for store_dtype in args.store_dtypes.split(","):
+        store = DecompositionStore(cache_dir, factor_dtype=DTYPES[store_dtype])
+        begin = time.perf_counter()
+        compressed, _ = compressed_copy(model, 0.33, method="svd", store=store)
+        say(f"\ncompressed_copy at rank ratio 0.33 from the disk cache ({store_dtype} factors): "
+            f"{time.perf_counter() - begin:.1f} s, SVDs run: {store.computed}; the store holds "
+            f"{store.memory_bytes / GiB:.2f} GiB (cap {store.max_bytes / GiB:.2f} GiB); RSS {memory()['VmRSS']:.2f} GiB")
+        computed = store.computed
+        # Each repeat moves every layer to a new ratio (none repeats the one before), timing the model's re-cut
+        # and the explorer's curves apart, wall and CPU.
+        ratios = [0.25, 0.5, 0.1, 0.4, 0.2]
+        model_s, curves_s, model_cpu = [], [], []
+        for repeat in range(args.repeats):
+            begin, begin_cpu = time.perf_counter(), time.process_time()
+            report = set_ranks_(compressed, ratios[repeat % len(ratios)])
+            middle = time.perf_counter()
+            model_s.append(middle - begin)
+            model_cpu.append(time.process_time() - begin_cpu)
+            # every layer's rank, those kept dense at break-even included (mark_dense shows them dense)
+            frame = rank_plan.mark_dense(analysis.layer_frame(analyses, {**report.kept_dense, **report.ranks}, blocks))
+            analysis.totals(frame)
+            curves_s.append(time.perf_counter() - middle)
+        assert store.computed == computed, "a rank change ran an SVD"
+        say(f"rank change of all {len(analyses)} layers ({store_dtype} factors), {args.repeats} repeats: "
+            f"set_ranks_ median {statistics.median(model_s):.3f} s wall (min {min(model_s):.3f}, max "
+            f"{max(model_s):.3f}), {statistics.median(model_cpu):.3f} s CPU; curves (layer_frame + totals) median "
+            f"{statistics.median(curves_s):.3f} s (min {min(curves_s):.3f}, max {max(curves_s):.3f}); SVDs run: 0; "
+            f"RSS {memory()['VmRSS']:.2f} GiB, peak {memory()['VmHWM']:.2f} GiB")
+        del compressed, store, report
 
     # 4. The rank allocation at half the target weights.
     allocation = []

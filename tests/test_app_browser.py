@@ -162,7 +162,7 @@ def test_walk_through_every_page(browser_page):
     assert _trace_names(page, "Error against size") == {"FWSVD, uniform", "FWSVD, allocated"}
 
     _go(page, "Model & task")
-    assert _metric(page, "Target layers") == "12 in 2 blocks"
+    assert _metric(page, "Blocks · target layers") == "2 · 12"
     page.screenshot(path=str(shots / "model_and_task.png"))
 
     # Export: download the ranks, change one, upload them back, apply.

@@ -416,7 +416,7 @@ def test_rank_explorer_first_draw_imports_no_torch(app_env):
 def test_model_page_shows_the_architecture_and_reports_bad_input(app):
     at = _open(app, "1_model_and_task.py")
     assert at.title[0].value == "Model & task"
-    assert _metric(at, "Target layers") == "12 in 2 blocks"
+    assert _metric(at, "Blocks · target layers") == "2 · 12"
     table = _table(at, "out_features")
     assert len(table) == 12 and set(table["out_features"]) == {32, 48}
     assert at.radio(key="start_from").value == "own" and at.radio(key="data_kind").value == "file"
@@ -439,7 +439,7 @@ def test_model_page_shows_the_architecture_and_reports_bad_input(app):
     at.button(key="apply_source").click().run()
     assert not at.exception
     assert any("not found" in error.value for error in at.error)
-    assert _metric(at, "Target layers") == "12 in 2 blocks"  # the working model stays in use
+    assert _metric(at, "Blocks · target layers") == "2 · 12"  # the working model stays in use
 
 
 def test_model_page_hub_box_is_not_a_path_and_the_task_follows_the_model(app, tmp_path):

@@ -158,3 +158,30 @@ def test_layers_viewing_one_shared_decomposition_save_and_reload(tmp_path):
     torch.testing.assert_close(_logits(reloaded, batch), expected)
     set_ranks_(model, 6)  # still cut from the decompositions after saving
     assert first.rank == 6 and first.views_decomposition
+
+
+def test_a_layer_set_dense_again_is_a_copy_of_the_live_dense_layer():
+    model = tiny_bert()
+    compressed, _ = compressed_copy(model, 4, method="svd", store=DecompositionStore(use_disk=False))
+    name = "bert.encoder.layer.0.attention.self.query"  # 32×32: break-even at rank 16
+    report = set_ranks_(compressed, {name: 16})
+    assert name in report.kept_dense
+    layer, original = compressed.get_submodule(name), model.get_submodule(name)
+    assert isinstance(layer, nn.Linear) and layer is not original
+    assert torch.equal(layer.weight, original.weight) and torch.equal(layer.bias, original.bias)  # exact
+    assert layer.weight.data_ptr() != original.weight.data_ptr()  # the two models never share a layer
+    set_ranks_(compressed, {name: 5})  # and it is cut again from its decomposition
+    assert compressed.get_submodule(name).rank == 5
+
+
+def test_a_dense_layer_changed_since_compression_is_not_copied_back():
+    model = tiny_bert()
+    compressed, _ = compressed_copy(model, 4, method="svd", store=DecompositionStore(use_disk=False))
+    name = "bert.encoder.layer.1.output.dense"
+    original = model.get_submodule(name)
+    weight = original.weight.detach().clone()
+    with torch.no_grad():
+        original.weight.mul_(2.0)  # the dense model trained on: no longer what the decomposition was made of
+    set_ranks_(compressed, {name: min(original.weight.shape)})
+    rebuilt = compressed.get_submodule(name)
+    torch.testing.assert_close(rebuilt.weight, weight, rtol=1e-4, atol=1e-5)  # from the full-rank factors

@@ -9,7 +9,7 @@ import torch
 
 from conftest import random_batch, tiny_bert
 from fwsvd import DecompositionStore, compress_, compressed_copy, find_targets, set_ranks_
-from fwsvd.factorize.closed_form import decompose
+from fwsvd.factorize.closed_form import Decomposition, decompose
 from fwsvd.factorize.store import FACTOR_DTYPE_ENV, compact, default_factor_dtype, factor_bytes
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -100,3 +100,11 @@ def test_the_factor_dtype_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv(FACTOR_DTYPE_ENV, "half")
     with pytest.raises(ValueError, match="FWSVD_STORE_DTYPE must be one of float32, float16, bfloat16, got 'half'"):
         DecompositionStore(use_disk=False)
+
+
+def test_singular_values_read_from_a_cache_file_do_not_keep_the_file_alive():
+    # analyses keep s long after the factors are gone; a tensor loaded from a file may map all of the file
+    tensors = decompose(torch.randn(12, 8)).to_tensors()
+    loaded = Decomposition.from_tensors(tensors, "svd")
+    assert torch.equal(loaded.s, tensors["s"])
+    assert loaded.s.untyped_storage().data_ptr() != tensors["s"].untyped_storage().data_ptr()

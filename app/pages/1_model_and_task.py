@@ -163,7 +163,9 @@ def show_summary(loaded: Loaded) -> None:
     cols = st.columns(4)
     cols[0].metric("Parameters", count(summary["parameters"]))
     cols[1].metric("Target weights", count(summary["target_parameters"]))
-    cols[2].metric("Target layers", f"{summary['target_layers']} in {summary['blocks']} blocks")
+    # Short values: a metric's value is cut with an ellipsis past its column ("210 in 3…" on the LM demo).
+    cols[2].metric("Blocks · target layers", f"{summary['blocks']} · {summary['target_layers']}",
+                   help="Target layers: the Linear layers inside the transformer blocks, the ones compressed.")
     cols[3].metric("Held by target layers", f"{summary['target_share']:.0%}",
                    help="Embeddings and the task head are not compressed, as in the paper.")
     frame = architecture_frame(loaded.model)

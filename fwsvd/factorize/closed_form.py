@@ -108,7 +108,9 @@ class Decomposition:
                 f"decomposition tensors do not fit together: left {tuple(left.shape)}, s {tuple(s.shape)}, "
                 f"right {tuple(right.shape)}, left_orthogonal {tuple(orthogonal.shape)}"
             )
-        return cls(left=left, s=s, right=right, method=method, left_orthogonal=bool(orthogonal.item()))
+        # s outlives the factors (analyses keep it for curves and allocations), and a tensor loaded from a
+        # cache file may map the whole file: a copy of s keeps 8 KB alive, not the file (5 GiB on a 1B model).
+        return cls(left=left, s=s.clone(), right=right, method=method, left_orthogonal=bool(orthogonal.item()))
 
 
 def resolve_method(method: str | None, importance: torch.Tensor | None) -> Method:

@@ -40,6 +40,17 @@ class _Origin:
     decomposition: Decomposition
     curves: ErrorCurves
     method: str
+    #: the dense layer it replaced, while it lives (a compressed copy's dense model keeps it), with the version
+    #: of its weight then: set_ranks_ copies it back rather than multiply full-rank factors (seconds on 1B)
+    dense: weakref.ref | None = None
+    dense_version: int = -1
+
+    def dense_layer(self) -> nn.Module | None:
+        """A copy of the dense layer this was cut from, if it still lives unchanged since, else None."""
+        layer = None if self.dense is None else self.dense()
+        if layer is None or dense_weight(layer)._version != self.dense_version:
+            return None
+        return copy.deepcopy(layer)
 
 
 # Kept beside the layers rather than on them: a copy, a pickle or a saved model carries no decomposition
@@ -260,7 +271,7 @@ def _compress_targets(model: nn.Module, targets: Mapping[str, nn.Module], config
         weight = dense_weight(module)
         low_rank = LowRankLinear.from_decomposition(decomposition, rank, module.bias, source_kind_of(module),
                                                     device=weight.device, dtype=weight.dtype, views=True)
-        _origins[low_rank] = _Origin(decomposition, curves, method)
+        _origins[low_rank] = _Origin(decomposition, curves, method, weakref.ref(module), dense_weight(module)._version)
         replace_module(model, name, low_rank)
     report.model_params_after = count_parameters(model)
     return report
@@ -325,10 +336,12 @@ def set_ranks_(model: nn.Module, config: CompressionConfig | Ranks) -> Compressi
         dense = name in kept_dense or (name not in requested and not isinstance(layer, LowRankLinear))
         if dense:
             if isinstance(layer, LowRankLinear):
-                layer.set_factors_(*origin.decomposition.factors(min(out_features, in_features)))
-                layer = layer.to_original()
-                _dense_origins[layer] = origin
-                replace_module(model, name, layer)
+                dense_layer = origin.dense_layer()
+                if dense_layer is None:
+                    layer.set_factors_(*origin.decomposition.factors(min(out_features, in_features)))
+                    dense_layer = layer.to_original()
+                _dense_origins[dense_layer] = origin
+                replace_module(model, name, dense_layer)
             report.kept_dense[name] = kept_dense.get(name, min(out_features, in_features))
             continue
         rank = requested.get(name, getattr(layer, "rank", None))
