@@ -9,15 +9,17 @@ multiple: the same function (the padding adds zeros), a little more arithmetic, 
 made once and kept until a factor changes; the parameters and their count stay those of the rank.
 
 Rank changes: a layer cut by compress_ / set_ranks_ holds *views* of its kept decomposition (the first rows of
-``right``, the first columns of ``left``), so a new rank is a slice — on a 1B model, all 112 layers in
-milliseconds instead of seconds of copying (docs/BENCH_SCALE.md). The decomposition is shared (the store,
-other layers, other models), so the layer copies its factors before it writes to them itself: the first
-forward pass that records gradients (training) and ``load_state_dict`` both call :meth:`own_factors_` first.
-Such a layer's unaligned rank needs no padded copy either: the views extend to the aligned rank inside the
-decomposition, and the extra components' activations are zeroed between the two products.
+``right``, the first columns of ``left``), so a new rank is a slice — on a 1B model all 112 layers in
+milliseconds instead of seconds of copying (docs/BENCH_SCALE.md); trying rank after rank, most settings are
+never run. The layer takes its own copies (:meth:`own_factors_`) when it first runs — contiguous factors, as
+a saved and reloaded model has them, so what is timed is what is deployed (a view of ``left``'s first
+columns multiplied measurably slower at small batches) — and before ``load_state_dict`` writes into them:
+the decomposition is shared (the store, other layers, other models) and is never written to.
 """
 
 from __future__ import annotations
+
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +33,7 @@ from fwsvd.factorize.weighted import LayerStatistics
 SOURCE_KINDS = ("linear", "conv1d")
 #: Inner sizes the CPU's (AVX2) and GPUs' GEMM kernels take at full speed: ranks are padded up to a multiple.
 ALIGNMENT = 8
+_OWNING = threading.Lock()
 
 
 class LowRankLinear(nn.Module):
@@ -68,27 +71,23 @@ class LowRankLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The products are taken here rather than through first/second's __call__: two fewer module calls per
         # layer (they show at batch 1). Hooks belong on this module; its halves are never targets of their own.
+        if self.views_decomposition:
+            self.own_factors_()
         first, second = self.first.weight, self.second.weight
-        if torch.is_grad_enabled() and (first.requires_grad or second.requires_grad):
-            if self.views_decomposition:  # about to be trained: an optimizer step must not write the decomposition
-                self.own_factors_()
-                first, second = self.first.weight, self.second.weight
-        elif self.rank % ALIGNMENT:
-            extended = self._extended_views()
-            if extended is not None:
-                hidden = F.linear(x, extended[0])
-                hidden[..., self.rank:] = 0  # the components past the rank take no part
-                return F.linear(hidden, extended[1], self.second.bias)
+        if self.rank % ALIGNMENT and not (torch.is_grad_enabled() and (first.requires_grad or second.requires_grad)):
             first, second = self._aligned_factors()
         return F.linear(F.linear(x, first), second, self.second.bias)
 
     def own_factors_(self) -> None:
         """Give the layer its own copies of factors that view a kept decomposition (same parameters, new
         data), so that writing to them cannot change the decomposition. Call it before editing the factors
-        in place by hand; training and ``load_state_dict`` call it themselves."""
-        if self.views_decomposition:
+        in place by hand; a forward pass and ``load_state_dict`` call it themselves."""
+        with _OWNING:  # two threads running one model: one copies, the other finds it done
+            if not self.views_decomposition:
+                return
             for linear in (self.first, self.second):
-                with torch.no_grad():
+                # Ordinary tensors even when called under inference_mode: they are the parameters from now on.
+                with torch.inference_mode(False), torch.no_grad():
                     owned = nn.Parameter(linear.weight.detach().clone(memory_format=torch.contiguous_format),
                                          requires_grad=linear.weight.requires_grad)
                 try:
@@ -103,23 +102,6 @@ class LowRankLinear(nn.Module):
         # Runs before the halves load theirs (in place, into the current tensors).
         self.own_factors_()
         super()._load_from_state_dict(*args, **kwargs)
-
-    def _extended_views(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The factors extended to the aligned rank inside the decomposition they view, (rank', in) and
-        (out, rank'), or None where they do not view one or it has no room (rank' past its full rank)."""
-        if not self.views_decomposition:
-            return None
-        first, second = self.first.weight.detach(), self.second.weight.detach()
-        aligned = self.rank + (-self.rank % ALIGNMENT)
-        if first.stride() != (self.in_features, 1) or second.stride(1) != 1 or second.stride(0) < aligned:
-            return None
-        first_end = first.storage_offset() + aligned * self.in_features
-        second_end = second.storage_offset() + (self.out_features - 1) * second.stride(0) + aligned
-        if (first_end * first.element_size() > first.untyped_storage().nbytes()
-                or second_end * second.element_size() > second.untyped_storage().nbytes()):
-            return None
-        return (first.as_strided((aligned, self.in_features), first.stride()),
-                second.as_strided((self.out_features, aligned), second.stride()))
 
     def _aligned_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The factors zero-padded to a rank that is a multiple of ALIGNMENT: (rank', in) and (out, rank').
