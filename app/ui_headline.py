@@ -22,7 +22,7 @@ from ui_methods import method_label, methods_text
 from fwsvd.view.explorer import ExplorerView, snapshot_key
 from fwsvd.view.metrics import direction_note, lower_is_better
 from fwsvd.view.headline import Figures, Headline, evaluation_limit, headline_key, headline_of, load_headline, \
-    task_title
+    model_title, task_title
 from fwsvd.view.rank_config import ranks_digest
 
 #: Cards per row: at 1280 px (sidebar open) four keep a label like "Whitened SVD accuracy" whole; five cut it.
@@ -115,9 +115,10 @@ def _speedup_card(column, methods: Sequence[str], figures: dict[str, Figures]) -
 def sentence(view: ExplorerView, methods: Sequence[str], layers: int) -> str:
     """What is compared, in one plain sentence."""
     current = ui_session.source()
-    model = "The demo model (MiniLM-L6)" if current.model == "demo" else f"`{current.model}`"
-    return (f"{model}, fine-tuned for **{task_title(current.task, current.task_label)}**, with its {layers} "
-            f"weight matrices compressed by {methods_text(methods)}: how much smaller it is, and what "
+    # A language model is scored on a text, not fine-tuned for it.
+    purpose = "on" if view.metric == "perplexity" else "fine-tuned for"
+    return (f"{model_title(current.model)}, {purpose} **{task_title(current.task, current.task_label)}**, with its "
+            f"{layers} weight matrices compressed by {methods_text(methods)}: how much smaller it is, and what "
             f"{metric_name(view.metric)} it keeps against the uncompressed model.")
 
 
@@ -136,8 +137,10 @@ def headline(view: ExplorerView, summary: dict, ranks: dict[str, int], methods: 
                 _method_card(column, card, view.metric, figures.get(card))
     st.caption(f"{metric_name(view.metric).capitalize()}{direction_note(view.metric)} {origin}; each with its 95% interval (hover a card), "
                "each method's difference from SVD on the same examples." if origin else
-               "Not evaluated at these ranks yet — press **Evaluate** below (about a minute on the CPU); the "
-               "size is live.")
+               f"Not evaluated at these ranks yet — press **Evaluate** below: it scores "
+               f"{evaluation_limit(view.validation_size):,} validation "
+               f"{'blocks' if view.metric == 'perplexity' else 'examples'} with each model and says how long is "
+               "left as it goes; the size is live.")
 
 
 def _size_card(column, summary: dict) -> None:

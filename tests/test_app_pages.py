@@ -662,6 +662,10 @@ def test_the_fisher_defaults_follow_the_model_and_its_recorded_length(tmp_path):
     (directory / "config.json").write_text(json.dumps({**config, "fwsvd_max_length": 48}))
     assert ui_fisher.default_config(Source(model=str(directory), task="demo")) == FisherConfig(max_length=48)
     assert ui_fisher.default_config(Source(model="demo", task="demo")) == FisherConfig()  # the prebuilt demo's
+    # each demo's own prebuilt settings, also when FWSVD_APP_MODEL names it rather than the picker opening it
+    from fwsvd.io.demo_lm import LM_DEMO_FISHER
+
+    assert ui_fisher.default_config(Source(model="demo-lm", task="demo-lm")) == LM_DEMO_FISHER != FisherConfig()
 
 
 def test_long_work_says_how_long_is_left_from_its_first_step():

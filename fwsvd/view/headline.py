@@ -29,12 +29,22 @@ HEADLINE_FORMAT = 1
 EVALUATION_LIMIT = 512
 
 #: Tasks named for what they are, for people (a task's own name elsewhere).
-TASK_TITLES = {"demo": "Rotten Tomatoes review sentiment (positive or negative)"}
+TASK_TITLES = {"demo": "Rotten Tomatoes review sentiment (positive or negative)",
+               "demo-ner": "named entities in tweets (10 entity types)",
+               "demo-lm": "next-word prediction on Shakespeare's plays"}
+#: The demo models, for people.
+MODEL_TITLES = {"demo": "The demo model (MiniLM-L6)", "demo-ner": "The NER demo model (MiniLM-L6)",
+                "demo-lm": "SmolLM2-135M (the language-model demo)"}
 
 
 def task_title(task: str, label: str | None = None) -> str:
     """What ``task`` is, in words: "Rotten Tomatoes review sentiment …" for the demo, else ``label`` or the name."""
     return TASK_TITLES.get(task, label or task)
+
+
+def model_title(model: str) -> str:
+    """What ``model`` is, in words: the demos by name, any other as its path or hub id (in code style)."""
+    return MODEL_TITLES.get(model, f"`{model}`")
 
 
 def evaluation_limit(validation_size: int) -> int:
