@@ -24,10 +24,9 @@ def _logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
 
-def _reference(model: nn.Module, store: DecompositionStore) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Each low-rank layer's decomposition factors, copied: what must never change."""
-    return {name: (layer.first.weight.detach().clone(), layer.second.weight.detach().clone())
-            for name, layer in _low_rank_layers(model).items()}
+def _assert_same_outputs(model: nn.Module, other: nn.Module) -> None:
+    batch = random_batch()
+    torch.testing.assert_close(_logits(model, batch), _logits(other, batch))
 
 
 def test_compressed_layers_view_the_store_and_a_rank_change_copies_nothing():
@@ -47,8 +46,7 @@ def test_compressed_layers_view_the_store_and_a_rank_change_copies_nothing():
     copies, _ = compressed_copy(model, 11, method="svd", store=DecompositionStore(use_disk=False))
     for copied in _low_rank_layers(copies).values():
         copied.own_factors_()
-    batch = random_batch()
-    torch.testing.assert_close(_logits(compressed, batch), _logits(copies, batch))
+    _assert_same_outputs(compressed, copies)
 
 
 @pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode, torch.enable_grad])
@@ -96,8 +94,7 @@ def test_training_copies_the_factors_first_and_leaves_the_decomposition_alone():
     compressed.eval()
     set_ranks_(compressed, 6)
     fresh, _ = compressed_copy(model, 6, method="svd", store=DecompositionStore(use_disk=False))
-    batch = random_batch()
-    torch.testing.assert_close(_logits(compressed, batch), _logits(fresh, batch))
+    _assert_same_outputs(compressed, fresh)
 
 
 def test_load_state_dict_writes_into_the_layer_not_the_decomposition():
@@ -109,8 +106,7 @@ def test_load_state_dict_writes_into_the_layer_not_the_decomposition():
     right = decomposition.right.clone()
     compressed.load_state_dict(other.state_dict())
     assert decomposition.unchanged and torch.equal(decomposition.right, right)
-    batch = random_batch()
-    torch.testing.assert_close(_logits(compressed, batch), _logits(other, batch))
+    _assert_same_outputs(compressed, other)
 
 
 def test_a_hand_edit_without_own_factors_is_caught():
@@ -125,8 +121,7 @@ def test_a_hand_edit_without_own_factors_is_caught():
     # the store serves a fresh decomposition, not the edited one
     again, _ = compressed_copy(model, 4, method="svd", store=store)
     reference, _ = compressed_copy(model, 4, method="svd", store=DecompositionStore(use_disk=False))
-    batch = random_batch()
-    torch.testing.assert_close(_logits(again, batch), _logits(reference, batch))
+    _assert_same_outputs(again, reference)
     # own_factors_ first: the edit stays in the layer
     fine, _ = compressed_copy(model, 4, method="svd", store=store)
     edited = fine.bert.encoder.layer[0].output.dense
@@ -134,8 +129,7 @@ def test_a_hand_edit_without_own_factors_is_caught():
     with torch.no_grad():
         edited.first.weight.mul_(3.0)
     set_ranks_(fine, 6)
-    torch.testing.assert_close(_logits(fine, batch), _logits(compressed_copy(model, 6, method="svd", store=store)[0],
-                                                              batch))
+    _assert_same_outputs(fine, compressed_copy(model, 6, method="svd", store=store)[0])
 
 
 def test_layers_viewing_one_shared_decomposition_save_and_reload(tmp_path):
