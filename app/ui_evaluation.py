@@ -34,7 +34,7 @@ def evaluation(view: ExplorerView, ranks: dict[str, int], methods: tuple[str, ..
     compared_note(ranks, methods)
     left, right = st.columns([1, 2])
     limit = left.number_input("Validation examples", min_value=min(8, view.validation_size),
-                              max_value=view.validation_size, value=evaluation_limit(view.validation_size),
+                              max_value=view.validation_size, value=evaluation_limit(view.validation_size, view.metric),
                               step=64, key="eval_limit", persist_state="session")
     digest = rank_config.ranks_digest(ranks)
     key = (view.source_key, view.fisher_key, digest, int(limit))

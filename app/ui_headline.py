@@ -51,7 +51,7 @@ def stored_figures(view: ExplorerView, digest: str) -> Headline | None:
     key = snapshot_key(ui_session.source(), ui_fisher.fisher_config())
     if key is None:
         return None
-    stored = load_headline(headline_key(key, digest, evaluation_limit(view.validation_size)))
+    stored = load_headline(headline_key(key, digest, evaluation_limit(view.validation_size, view.metric)))
     return stored if stored is not None and stored.metric == view.metric else None
 
 
@@ -138,7 +138,7 @@ def headline(view: ExplorerView, summary: dict, ranks: dict[str, int], methods: 
     st.caption(f"{metric_name(view.metric).capitalize()}{direction_note(view.metric)} {origin}; each with its 95% interval (hover a card), "
                "each method's difference from SVD on the same examples." if origin else
                f"Not evaluated at these ranks yet — press **Evaluate** below: it scores "
-               f"{evaluation_limit(view.validation_size):,} validation "
+               f"{evaluation_limit(view.validation_size, view.metric):,} validation "
                f"{'blocks' if view.metric == 'perplexity' else 'examples'} with each model and says how long is "
                "left as it goes; the size is live.")
 

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 HEAVY_MODULES = (
     "torch", "transformers", "datasets",
     "fwsvd.data.files", "fwsvd.data.labels", "fwsvd.data.language_modeling", "fwsvd.data.sources", "fwsvd.data.tasks",
-    "fwsvd.evaluate.metrics", "fwsvd.io.models", "fwsvd.io.demo", "fwsvd.io.demos", "fwsvd.io.explorer",
+    "fwsvd.evaluate.metrics", "fwsvd.io.models", "fwsvd.io.demo", "fwsvd.io.demos", "fwsvd.io.explorer", "fwsvd.io.headline",
     "fwsvd.io.archive", "fwsvd.surgery.architecture", "fwsvd.surgery.targets", "fwsvd.surgery.analyze",
     "fwsvd.fisher.task", "fwsvd.fisher.summary", "fwsvd.evaluate.methods", "fwsvd.evaluate.latency",
     "fwsvd.io.persistence", "fwsvd",

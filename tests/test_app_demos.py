@@ -85,16 +85,22 @@ def test_the_build_button_builds_with_progress_then_opens_the_demo(demo_app, mon
         calls.append(("prepare", source, config, statistics))
         return Path("unused")
 
+    def prepare_headline(source=None, config=None, *, statistics_progress=None, progress=None):
+        progress(1, 1)
+        calls.append(("headline", source, config))
+        return Path("unused")
+
     ner = dataclasses.replace(demos.DEMOS["ner"], ensure=ensure, is_built=lambda cache_dir=None: bool(built))
     monkeypatch.setitem(demos.DEMOS, "ner", ner)
     monkeypatch.setattr("fwsvd.io.explorer.prepare_explorer", prepare_explorer)
+    monkeypatch.setattr("fwsvd.io.headline.prepare_headline", prepare_headline)
     at = demo_app
     at.radio(key="demo_name").set_value("ner").run()
     assert at.button(key="open_demo").label == f"Build (about {ner.build_minutes} minutes, once) and open"
     at.button(key="open_demo").click().run()
     assert not at.exception, at.exception
     source = Source(model="demo-ner", task="demo-ner")
-    assert calls == [("ensure", True), ("prepare", source, ner.fisher, True)]
+    assert calls == [("ensure", True), ("prepare", source, ner.fisher, True), ("headline", source, ner.fisher)]
     assert at.session_state["source"] == source
     assert at.session_state["fisher_config"] == ("demo-ner", ner.fisher)
     # The page now shows the demo as built and open: its button has nothing left to do.

@@ -333,3 +333,12 @@ def test_cli_refuses_a_classifier_for_text(tmp_path, text_file, cache_dir, capsy
     assert main(["evaluate", "--model", str(model_dir), "--data-files", str(text_file)]) == 2
     assert ("task 'local-text' (language_modeling) needs a *ForCausalLM model"
             in capsys.readouterr().err)
+
+
+def test_the_explorer_evaluates_fewer_blocks_than_sentences_by_default():
+    # a 256-token block costs what a few hundred sentences do: the default evaluation caps blocks lower
+    from fwsvd.view.headline import EVALUATION_BLOCKS, EVALUATION_LIMIT, evaluation_limit
+
+    assert evaluation_limit(214, "perplexity") == EVALUATION_BLOCKS == 64
+    assert evaluation_limit(30, "perplexity") == 30
+    assert evaluation_limit(1066, "accuracy") == EVALUATION_LIMIT == 512

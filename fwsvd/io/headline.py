@@ -61,7 +61,7 @@ def prepare_headline(source: Source | None = None, config: FisherConfig | None =
         raise ValueError("the headline is measured at the rank explorer's snapshot: prepare the explorer first "
                          "(a local model directory)")
     ranks = default_ranks(view.analyses)
-    limit = evaluation_limit(view.validation_size)
+    limit = evaluation_limit(view.validation_size, view.metric)
     stored = headline_key(key, ranks_digest(ranks), limit)
     model, tokenizer, task, _ = load_for_task(source.model, task_of(source), label_map=dict(source.label_map))
     if load_headline(stored) is None:  # the default methods need the Fisher alone: the headline comes first
