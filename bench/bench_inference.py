@@ -2,7 +2,9 @@
 
 A compressed model keeps w = (kept target weights) / (dense target weights) of the factorized Linears' work,
 so if nothing but the Linears changed its time would be ``rest + Linear × w``, with the dense model's time
-split into Linear and the rest by the torch profiler. This script measures, for each model, shape and rank
+split into the target Linears and the rest by timing, in the same rounds, a copy whose target Linears return
+zeros without a product (the torch profiler's Linear share is printed beside it: it also counts the
+profiler's overhead per call and the untargeted pooler and head). This script measures, for each model, shape and rank
 setting, the time ratio compressed / dense (median of per-round ratios, dense and compressed timed
 interleaved on the same batch by fwsvd.evaluate.latency, the dashboard's own code) and divides it by that
 ideal: measured / ideal = 1 means the factorization costs nothing beyond its arithmetic (goal: <= 1.05).
@@ -18,6 +20,7 @@ Run:  python bench/bench_inference.py [--rounds 5] [--threads 1] [--batches 1 8 
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import statistics
 import time
@@ -33,6 +36,7 @@ from fwsvd.evaluate.latency import measure_latency
 from fwsvd.factorize.store import DecompositionStore
 from fwsvd.surgery.compress import compressed_copy
 from fwsvd.surgery.lowrank import LowRankLinear
+from fwsvd.surgery.modules import replace_module
 from fwsvd.surgery.targets import find_targets, target_shapes
 from fwsvd.view.rank_config import rank_for_ratio
 from fwsvd.view.sizes import size_at
@@ -79,6 +83,26 @@ def _inside_linear(event) -> bool:
             return True
         parent = parent.cpu_parent
     return False
+
+
+class _Zeros(nn.Module):
+    """A target Linear's output, shape and dtype, without its product: what the rest of the model costs."""
+
+    def __init__(self, out_features: int) -> None:
+        super().__init__()
+        self.out_features = out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(*x.shape[:-1], self.out_features)
+
+
+def without_targets(dense: nn.Module) -> nn.Module:
+    """A copy of ``dense`` whose target Linears cost nothing: timed beside it, the rest of the model's share.
+    (Attention, softmax, norms and activations do the same work on zeros as on anything else on a CPU.)"""
+    stub = copy.deepcopy(dense)
+    for name, module in find_targets(stub).items():
+        replace_module(stub, name, _Zeros(module.out_features))
+    return stub
 
 
 class TwoCalls(LowRankLinear):
@@ -177,19 +201,23 @@ def main() -> None:
         layer_table(dense, targets, args.ratios, args.layer_tokens, args.layer_rounds)
     if args.skip_model:
         return
-    print("\n| batch × length | dense s / batch | Linear share | model | measured × | spread (IQR) | ideal × | "
-          "measured / ideal |")
+    models["rest"] = without_targets(dense)
+    print("\n| batch × length | dense s / batch | target Linear share: timed (profiler) | model | measured × | "
+          "spread (IQR) | ideal × | measured / ideal |")
     print("|---|---|---|---|---|---|---|---|")
     for batch_size in args.batches:
         for length in args.lengths:
             batch = inputs(dense, batch_size, length)
-            share = linear_share(dense, batch, args.profile_repeats)
+            profiled = linear_share(dense, batch, args.profile_repeats)
             report = measure_latency(models, [batch], rounds=args.rounds, reference="dense")
             dense_time = report.latency("dense").median
+            # The target Linears' share, timed: dense minus the model without them, in the same rounds (the
+            # profiler's share also counts its own overhead per call and the untargeted pooler and head).
+            share = 1 - report.time_ratio("rest").median
             for label in weight_ratio:
                 measured = report.time_ratio(label)
                 ideal = (1 - share) + share * weight_ratio[label]
-                print(f"| {batch_size} × {length} | {dense_time:.4f} | {share:.2f} | {label} | "
+                print(f"| {batch_size} × {length} | {dense_time:.4f} | {share:.2f} ({profiled:.2f}) | {label} | "
                       f"{measured.median:.3f} | {measured.low:.3f}–{measured.high:.3f} | {ideal:.3f} | "
                       f"{measured.median / ideal:.3f} |", flush=True)
 
