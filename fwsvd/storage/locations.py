@@ -5,6 +5,7 @@ No torch here, so the dashboard can find what is already built or cached before 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from collections.abc import Mapping
@@ -57,3 +58,12 @@ def demo_model_dir(cache_dir: str | Path | None = None, model: str = "demo") -> 
 def demo_is_built(cache_dir: str | Path | None = None, model: str = "demo") -> bool:
     """True when the demo model ``model`` is built, so that loading it takes seconds rather than minutes."""
     return (demo_model_dir(cache_dir, model) / DEMO_INFO_FILE).is_file()
+
+
+def installed_package_dir(module: str, missing: str) -> Path:
+    """The folder of the installed package ``module``, found without importing it (the demos' data packages
+    import heavy or absent dependencies); ModuleNotFoundError(``missing``) when it is not installed."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(missing)
+    return Path(spec.submodule_search_locations[0])
