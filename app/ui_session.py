@@ -127,16 +127,17 @@ def sweeps() -> dict:
     return st.session_state.setdefault(SWEEPS, {})
 
 
-def expected_duration(models: int, examples: int, source_key: str, batch_size: int = 32) -> str:
+def expected_duration(models: int, examples: int, source_key: str) -> str:
     """", about 2 min" for evaluating ``models`` models on ``examples`` examples, from the dense model's time per
-    batch in this session's last evaluation of ``source_key`` (each model: its batches, then the latency rounds
-    timed beside the dense model, about two batches each); "" before anything was timed."""
+    batch (and its batch size: a language model's are capped by its logits' memory) in this session's last
+    evaluation of ``source_key`` (each model: its batches, then the latency rounds timed beside the dense model,
+    about two batches each); "" before anything was timed."""
     from fwsvd.evaluate.latency import ROUNDS, WARMUP
 
-    timed = [entry["results"]["dense"]["latency_s_per_batch"] for (source, *_), entry in evaluations().items()
+    timed = [entry["results"]["dense"] for (source, *_), entry in evaluations().items()
              if source == source_key and "dense" in entry["results"]]
     if not timed:
         return ""
-    batches = -(-examples // batch_size) + 2 * (ROUNDS + WARMUP)
-    seconds = models * batches * timed[-1]
+    batches = -(-examples // timed[-1]["evaluation"].batch_size) + 2 * (ROUNDS + WARMUP)
+    seconds = models * batches * timed[-1]["latency_s_per_batch"]
     return f", about {seconds / 60:.0f} min" if seconds >= 90 else f", about {max(5, round(seconds, -1)):.0f} s"

@@ -680,6 +680,27 @@ def test_long_work_says_how_long_is_left_from_its_first_step():
     assert time_left(20.0, 32, 32) == ""  # done
 
 
+def test_an_evaluations_expected_duration_counts_the_batches_it_will_run(monkeypatch):
+    from types import SimpleNamespace
+
+    sys.path.insert(0, str(APP.parent))
+    try:
+        import ui_session
+    finally:
+        sys.path.remove(str(APP.parent))
+
+    def timed(batch_size: int) -> dict:
+        dense = {"latency_s_per_batch": 2.0, "evaluation": SimpleNamespace(batch_size=batch_size)}
+        return {("model", "fisher", "ranks", 64): {"results": {"dense": dense}}, ("other", "f", "r", 64): {"results": {}}}
+
+    monkeypatch.setattr(ui_session, "evaluations", lambda: timed(32))
+    assert ui_session.expected_duration(3, 64, "model") == ", about 80 s"  # 3 × (2 batches + 12 timed) × 2 s
+    # a language model's batches are capped by its logits' memory: 4 blocks a batch is 16 batches, not 2
+    monkeypatch.setattr(ui_session, "evaluations", lambda: timed(4))
+    assert ui_session.expected_duration(3, 64, "model") == ", about 3 min"  # 3 × (16 + 12) × 2 s = 168 s
+    assert ui_session.expected_duration(3, 64, "other") == ""  # nothing timed for this model yet
+
+
 def test_an_ner_evaluation_names_entity_level_f1_with_precision_and_recall():
     import pandas as pd
 

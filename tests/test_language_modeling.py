@@ -342,3 +342,40 @@ def test_the_explorer_evaluates_fewer_blocks_than_sentences_by_default():
     assert evaluation_limit(214, "perplexity") == EVALUATION_BLOCKS == 64
     assert evaluation_limit(30, "perplexity") == 30
     assert evaluation_limit(1066, "accuracy") == EVALUATION_LIMIT == 512
+
+
+def test_language_model_evaluation_batches_keep_their_logits_within_the_budget(causal_lm, text_file, monkeypatch):
+    import fwsvd.data.batches as batches_module
+    from fwsvd.data.batches import evaluation_batch_size
+
+    task, tokenizer = text_task(text_file), tiny_tokenizer()
+    whole = evaluate_model(causal_lm, tokenizer, task, "train", batch_size=8, max_length=BLOCK)
+    block_bytes = BLOCK * len(tokenizer) * 4
+    monkeypatch.setattr(batches_module, "EVALUATION_LOGITS_BYTES", 2 * block_bytes + 1)
+    assert evaluation_batch_size(task, tokenizer, 8, BLOCK) == 2
+    assert evaluation_batch_size(task, tokenizer, 1, BLOCK) == 1
+    capped = evaluate_model(causal_lm, tokenizer, task, "train", batch_size=8, max_length=BLOCK)
+    assert (whole.batch_size, capped.batch_size) == (8, 2)
+    assert capped.num_examples == whole.num_examples
+    assert capped.metrics["perplexity"] == pytest.approx(whole.metrics["perplexity"], rel=1e-6)
+    # below one block's logits: one block at a time, never none
+    monkeypatch.setattr(batches_module, "EVALUATION_LOGITS_BYTES", block_bytes // 2)
+    assert evaluation_batch_size(task, tokenizer, 8, BLOCK) == 1
+    # other tasks are batched as asked; a batch size below 1 is refused
+    assert evaluation_batch_size(get_task("sst2"), tokenizer, 8, BLOCK) == 8
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        evaluation_batch_size(task, tokenizer, 0, BLOCK)
+
+
+def test_block_losses_are_those_of_a_float64_log_softmax():
+    from fwsvd.evaluate.perplexity import block_losses
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 16, 50_000) * 8  # a large vocabulary, confident logits: where float32 rounds most
+    labels = torch.randint(0, 50_000, (2, 16))
+    labels[1, 10:] = IGNORE_INDEX
+    reference = [(-torch.log_softmax(block.double(), -1)[row_labels != IGNORE_INDEX, row_labels[row_labels != IGNORE_INDEX]]
+                  ).sum().item() for block, row_labels in zip(logits, labels)]
+    found = block_losses(logits, {"labels": labels})
+    assert [count for _, count in found] == [16, 10]
+    assert [loss for loss, _ in found] == pytest.approx(reference, rel=1e-12)

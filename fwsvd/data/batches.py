@@ -31,6 +31,10 @@ from fwsvd.storage.sharing import exclusive
 
 #: Label value ignored by the cross-entropy loss and by the NER metrics.
 IGNORE_INDEX = -100
+#: The most a language model's logits may take in one evaluation pass (blocks × length × vocabulary floats):
+#: SmolLM2's 49,152-token vocabulary at 256 tokens is 48 MiB a block, so 32 blocks would hold 1.5 GiB of
+#: logits, and their loss as much again — the difference between a 135 M model evaluating in 2 GiB or in 6.
+EVALUATION_LOGITS_BYTES = 256 * 2**20
 
 _Encoded = dict[str, list[Any]]
 # Tokenised splits, per tokenizer; a weak key so a discarded tokenizer frees its entries.
@@ -89,6 +93,26 @@ def make_batches(
             batch["labels"] = torch.tensor(labels, dtype=label_dtype)
         batches.append(batch)
     return batches
+
+
+def evaluation_batch_size(task: Task, tokenizer: PreTrainedTokenizerBase, batch_size: int, max_length: int) -> int:
+    """How many examples an evaluation pass takes at once: ``batch_size``, but for a language model no more
+    blocks than keep their logits within :data:`EVALUATION_LOGITS_BYTES` (at least one). Perplexity does not
+    depend on the grouping (every block is full length: no padding); the memory does."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if task.kind != LANGUAGE_MODELING:
+        return batch_size
+    block_bytes = max_length * len(tokenizer) * torch.finfo(torch.float32).bits // 8
+    return max(1, min(batch_size, EVALUATION_LOGITS_BYTES // block_bytes))
+
+
+def evaluation_batches(task: Task, tokenizer: PreTrainedTokenizerBase, role: Role, *, batch_size: int = 32,
+                       max_length: int = 128, limit: int | None = None) -> list[dict[str, torch.Tensor]]:
+    """The batches an evaluation scores: the first ``limit`` examples of ``role`` in order,
+    :func:`evaluation_batch_size` at a time."""
+    return make_batches(task, tokenizer, role, max_length=max_length, limit=limit,
+                        batch_size=evaluation_batch_size(task, tokenizer, batch_size, max_length))
 
 
 def example_count(task: Task, tokenizer: PreTrainedTokenizerBase, role: Role, max_length: int) -> int:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from fwsvd.data.batches import IGNORE_INDEX, make_batches
+from fwsvd.data.batches import IGNORE_INDEX, evaluation_batches
 from fwsvd.data.language_modeling import PERPLEXITY, is_language_modeling
 from fwsvd.evaluate.metrics import compute_metrics
 from fwsvd.evaluate.perplexity import block_losses, perplexity_difference, perplexity_metrics
@@ -111,12 +111,14 @@ def evaluate_model(
     """Score ``model`` on the ``role`` split of ``task`` (or on ready-made ``batches``, which makes the
     tokenizer unnecessary and lets a sweep tokenise once for many models).
 
-    Latency is the median over batches, robust to the first (warm-up) batch and to a shorter last one.
+    Latency is the median over batches, robust to the first (warm-up) batch and to a shorter last one. A
+    language model takes fewer blocks than ``batch_size`` at once where their logits would pass a memory budget
+    (:func:`fwsvd.data.batches.evaluation_batch_size`).
     """
     if batches is None:
         if tokenizer is None:
             raise ValueError("evaluate_model needs a tokenizer, or ready-made batches")
-        batches = make_batches(task, tokenizer, role, batch_size=batch_size, max_length=max_length, limit=limit)
+        batches = evaluation_batches(task, tokenizer, role, batch_size=batch_size, max_length=max_length, limit=limit)
     if not batches:
         raise ValueError(f"no examples to evaluate in the {role} split of task {task.name!r}")
     sizes = {"num_examples": sum(len(batch["labels"]) for batch in batches),

@@ -51,7 +51,7 @@ def evaluate_methods(model: nn.Module, tokenizer: Any, task: Any, ranks: Mapping
 
     ``progress(done, total)`` counts batches over all methods, then one step per latency round.
     """
-    from fwsvd.data.batches import make_batches
+    from fwsvd.data.batches import evaluation_batches
     from fwsvd.evaluate.evaluation import evaluate_model
     from fwsvd.evaluate.latency import WARMUP, measure_latency
 
@@ -62,7 +62,7 @@ def evaluate_methods(model: nn.Module, tokenizer: Any, task: Any, ranks: Mapping
             check_inputs(method, layers, fisher, statistics)
     if latency_rounds < 0:
         raise ValueError(f"latency_rounds must be >= 0, got {latency_rounds}")
-    batches = make_batches(task, tokenizer, role, batch_size=batch_size, max_length=max_length, limit=limit)
+    batches = evaluation_batches(task, tokenizer, role, batch_size=batch_size, max_length=max_length, limit=limit)
     if not batches:
         raise ValueError(f"no examples to evaluate in the {role} split of task {task.name!r}")
     timing = WARMUP + latency_rounds if latency_rounds else 0

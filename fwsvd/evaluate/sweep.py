@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fwsvd.config import CompressionConfig
 from fwsvd.surgery.compress import compressed_copy
-from fwsvd.data.batches import make_batches
+from fwsvd.data.batches import evaluation_batches
 from fwsvd.evaluate.evaluation import EvalResult, difference, evaluate_model
 from fwsvd.evaluate.latency import ROUNDS, Spread, latency_columns, measure_latency
 from fwsvd.evaluate.uncertainty import Difference, Interval, metric_columns
@@ -167,7 +167,7 @@ def run_sweep(
     for method in dict.fromkeys(run.method for run in configs):
         check_inputs(method, layers, importances, statistics)
 
-    batches = make_batches(task, tokenizer, role, batch_size=batch_size, max_length=max_length, limit=limit)
+    batches = evaluation_batches(task, tokenizer, role, batch_size=batch_size, max_length=max_length, limit=limit)
     total = 1 + len(configs)
     result = SweepResult(dense=evaluate_model(model, tokenizer, task, role, batches=batches))
     if progress is not None:
