@@ -228,3 +228,25 @@ def test_real_demo_build_reaches_the_accuracy_and_is_reused():
     model, tokenizer = load_model("demo", get_task("demo"))
     result = evaluate_model(model, tokenizer, get_task("demo"), "test", limit=256, max_length=64)
     assert result.metrics["accuracy"] >= 0.75
+
+
+def test_a_saved_demo_holds_the_model_its_tokenizer_and_then_its_info(tmp_path):
+    from conftest import tiny_bert
+    from tiny_task import minilm_tokenizer
+    from fwsvd.data.tasks import get_task
+    from fwsvd.io.models import load_model
+
+    task = get_task("demo")
+    started = time.perf_counter()
+    demo_build.save_demo(tmp_path, tiny_bert(), minilm_tokenizer(), version="v9", task=task, recipe={"seed": 0},
+                         training={"steps": 3}, started=started, test_metrics={"accuracy": 0.5})
+    info = json.loads((tmp_path / DEMO_INFO_FILE).read_text())
+    assert list(info) == ["version", "base_model", "task", "recipe", "split", "training", "build_seconds",
+                          "test_metrics", "torch_threads"]
+    assert (info["version"], info["task"], info["test_metrics"]) == ("v9", "demo", {"accuracy": 0.5})
+    assert info["split"] == demo_build.split_info(task) and 0 <= info["build_seconds"] < 60
+    # the info file is written last: a model and tokenizer that load are there before it
+    assert (tmp_path / DEMO_INFO_FILE).stat().st_mtime_ns >= max(
+        path.stat().st_mtime_ns for path in tmp_path.iterdir())
+    model, _ = load_model(str(tmp_path), task)
+    assert type(model).__name__ == "BertForSequenceClassification"

