@@ -38,6 +38,7 @@ from fwsvd.fisher.estimate import FisherResult
 from fwsvd.io.persistence import save_compressed
 from fwsvd.fisher.summary import importance_agreement
 from fwsvd.io.models import TaskModel, load_any_model, load_for_task
+from fwsvd.data.batches import EVALUATION_LOGITS_BYTES
 from fwsvd.data.labels import parse_label_map
 from fwsvd.data.sources import data_of_task, task_of_data
 from fwsvd.evaluate.metrics import metric_label, metric_note
@@ -158,11 +159,13 @@ def _add_evaluation(parser: argparse.ArgumentParser, batching: bool = True) -> N
                        help="split to score (default: test)")
     group.add_argument("--limit", type=_positive_int, help="score only the first N examples")
     if batching:
-        _add_batching(group)
+        _add_batching(group, evaluation=True)
 
 
-def _add_batching(group: argparse._ActionsContainer) -> None:
-    group.add_argument("--batch-size", type=_positive_int, default=32, help="default: 32")
+def _add_batching(group: argparse._ActionsContainer, evaluation: bool = False) -> None:
+    capped = (f"; a language model scores fewer blocks at once where their logits would pass "
+              f"{EVALUATION_LOGITS_BYTES // 2**20} MiB" if evaluation else "")
+    group.add_argument("--batch-size", type=_positive_int, default=32, help=f"default: 32{capped}")
     group.add_argument("--max-length", type=_positive_int,
                        help="tokens per example; default: the length the model was fine-tuned with where "
                             "recorded, else 128")
