@@ -358,6 +358,13 @@ def test_language_model_evaluation_batches_keep_their_logits_within_the_budget(c
     assert (whole.batch_size, capped.batch_size) == (8, 2)
     assert capped.num_examples == whole.num_examples
     assert capped.metrics["perplexity"] == pytest.approx(whole.metrics["perplexity"], rel=1e-6)
+    # every method scored, and timed, on the capped batches
+    from fwsvd.evaluate.methods import evaluate_methods
+
+    results = evaluate_methods(causal_lm, tokenizer, task, 0.5, fisher=None, methods=("dense", "svd"), role="train",
+                               batch_size=8, max_length=BLOCK, latency_rounds=1)
+    assert [entry["evaluation"].batch_size for entry in results.values()] == [2, 2]
+    assert results["dense"]["metrics"]["perplexity"] == pytest.approx(whole.metrics["perplexity"], rel=1e-6)
     # below one block's logits: one block at a time, never none
     monkeypatch.setattr(batches_module, "EVALUATION_LOGITS_BYTES", block_bytes // 2)
     assert evaluation_batch_size(task, tokenizer, 8, BLOCK) == 1
