@@ -21,15 +21,10 @@ MODES = {"per_example": "Exact (per example)", "batch": "Batch shortcut"}
 
 
 def default_config(current: Source) -> FisherConfig:
-    """The default settings for ``current``'s model: a demo's are those it is prebuilt with (its Fisher and
-    snapshot are cached under them, whether it was opened from the picker or named by ``FWSVD_APP_MODEL``); a
-    model directory's max length is the one it was fine-tuned with, where that is recorded (torch-free: read
-    from its files)."""
-    if is_demo_model(current.model):
-        from fwsvd.io.demos import demo_of_model  # imported by ui_imports, under its lock
-
-        demo = demo_of_model(current.model)
-        return demo.fisher if demo is not None else FisherConfig()
+    """The default settings for ``current``'s model (torch-free): a demo's are those it is prebuilt with (its
+    Fisher and snapshot are cached under them, whether it was opened from the picker or named by
+    ``FWSVD_APP_MODEL``); a model directory's max length is the one it was fine-tuned with, where that is
+    recorded (read from its files)."""
     return FisherConfig.for_model(current.model)
 
 

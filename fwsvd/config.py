@@ -40,6 +40,13 @@ DATA_ROLES: tuple[str, ...] = ("train", "validation", "test")
 ALLOCATIONS: tuple[str, ...] = OBJECTIVES
 #: The paper's setting: every layer keeps a third of its rank.
 DEFAULT_RANK_RATIO = 0.33
+#: The Fisher settings a demo model (an alias of fwsvd.storage.locations.DEMO_BUILDS) is prebuilt with, where they
+#: are not the defaults: ``fwsvd demo`` caches that Fisher, the rank explorer's snapshot and its headline under
+#: them. Here, torch-free, so that the dashboard finds a demo's snapshot before torch is loaded. The LM demo keeps
+#: its build, statistics and evaluation to a few minutes on 2 CPU cores: blocks of 256 tokens, the Fisher and
+#: token statistics from 32 train blocks (8k tokens), 4 at a time, which bounds the logits (4 × 256 × 49,152
+#: floats) to 200 MB.
+DEMO_FISHER_SETTINGS: dict[str, dict[str, int]] = {"demo-lm": {"num_examples": 32, "max_length": 256, "batch_size": 4}}
 
 CONFIG_FORMAT = "fwsvd-compression-config"
 CONFIG_VERSION = 1
@@ -96,13 +103,16 @@ class FisherConfig:
 
     @classmethod
     def for_model(cls, model_source: str | Path | None, **fields: Any) -> FisherConfig:
-        """The configuration for the model directory ``model_source``: ``max_length`` defaults to the length it
-        was fine-tuned with where that is recorded (:func:`fwsvd.view.trained_length.recorded_max_length`);
+        """The configuration for ``model_source``: a demo model's prebuilt settings
+        (:data:`DEMO_FISHER_SETTINGS`); for a model directory, ``max_length`` defaults to the length it was
+        fine-tuned with where that is recorded (:func:`fwsvd.view.trained_length.recorded_max_length`).
         ``fields`` set any field."""
+        settings = dict(DEMO_FISHER_SETTINGS.get(str(model_source), {}))
         recorded = recorded_max_length(model_source)
-        if recorded is not None and fields.get("max_length") is None:
-            fields["max_length"] = recorded
-        return cls(**{name: value for name, value in fields.items() if value is not None})
+        if recorded is not None:
+            settings["max_length"] = recorded
+        settings.update((name, value) for name, value in fields.items() if value is not None)
+        return cls(**settings)
 
     def key(self) -> dict[str, Any]:
         """The Fisher's part of every cache key (the library's Fisher files, the dashboard's session and its

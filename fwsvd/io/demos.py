@@ -11,13 +11,13 @@ table; a new demo is one entry here and its recipe module.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fwsvd.config import FisherConfig
 from fwsvd.io.demo import demo_info, ensure_demo_model
-from fwsvd.io.demo_lm import LM_DEMO_FISHER, ensure_lm_demo_model, lm_demo_info, lm_demo_is_built
+from fwsvd.io.demo_lm import ensure_lm_demo_model, lm_demo_info, lm_demo_is_built
 from fwsvd.io.demo_ner import ensure_ner_demo_model, ner_demo_is_built
 from fwsvd.storage.locations import demo_is_built
 
@@ -38,11 +38,15 @@ class Demo:
     is_built: Callable[..., bool]
     #: ``info(directory) -> dict``: what the build recorded (recipe, split, ``test_metrics``)
     info: Callable[[Path], dict[str, Any]] = demo_info
-    #: the Fisher settings the demo opens with (``fwsvd demo`` caches that Fisher and the explorer's snapshot)
-    fisher: FisherConfig = field(default_factory=FisherConfig)
     #: about how long the dashboard's build takes on 2 idle CPU cores — the model (fresh-clone CI: sentiment
     #: 402 s, NER 667 s, LM 73 s), then its Fisher, snapshot and headline — what the build button promises
     build_minutes: int = 10
+
+    @property
+    def fisher(self) -> FisherConfig:
+        """The Fisher settings the demo opens with (``fwsvd demo`` caches that Fisher and the explorer's
+        snapshot): :meth:`FisherConfig.for_model` of its alias, which the dashboard reads without torch."""
+        return FisherConfig.for_model(self.model)
 
 
 #: The demos by name, the default first.
@@ -52,7 +56,7 @@ DEMOS: dict[str, Demo] = {
     "ner": Demo("ner", "demo-ner", "demo-ner", "Twitter named entities", ensure_ner_demo_model, ner_demo_is_built,
                 build_minutes=15),
     "lm": Demo("lm", "demo-lm", "demo-lm", "Shakespeare, next-word prediction (SmolLM2-135M)", ensure_lm_demo_model,
-               lm_demo_is_built, info=lm_demo_info, fisher=LM_DEMO_FISHER, build_minutes=15),
+               lm_demo_is_built, info=lm_demo_info, build_minutes=15),
 }
 DEFAULT_DEMO = "sentiment"
 

@@ -17,7 +17,6 @@ from fwsvd.data.language_modeling import is_language_modeling
 from fwsvd.data.tasks import Task, task_of
 from fwsvd.factorize.store import DecompositionStore
 from fwsvd.fisher.task import task_fisher
-from fwsvd.io.demos import demo_of_model
 from fwsvd.io.models import load_for_task
 from fwsvd.surgery.analyze import cached_analyses
 from fwsvd.surgery.modules import count_parameters
@@ -25,14 +24,6 @@ from fwsvd.surgery.targets import find_blocks
 from fwsvd.view.analysis import LayerAnalysis
 from fwsvd.view.explorer import ExplorerView, Source, fisher_identity, load_view, save_view, snapshot_key
 from fwsvd.view.snapshot import snapshot_path
-
-
-def default_fisher(model: str) -> FisherConfig:
-    """The default Fisher settings for ``model``: a demo's registered ones (what ``fwsvd demo`` prebuilds and the
-    dashboard opens on), else the defaults with the max length the model was fine-tuned with where recorded
-    (:meth:`FisherConfig.for_model`)."""
-    demo = demo_of_model(model)
-    return demo.fisher if demo is not None else FisherConfig.for_model(model)
 
 
 def explorer_view_of(source: Source, model: Any, task: Task, fisher: Any, *, tokenizer: Any = None,
@@ -65,7 +56,7 @@ def prepare_explorer(source: Source | None = None, config: FisherConfig | None =
     Raises ValueError for a source whose model is not a local directory (a hub id has no files to key a
     snapshot by until it is downloaded)."""
     source = source if source is not None else Source()
-    config = config if config is not None else default_fisher(source.model)
+    config = config if config is not None else FisherConfig.for_model(source.model)
     key = snapshot_key(source, config)
     if key is None:
         raise ValueError(f"the rank explorer's snapshot needs a local model directory; {source.model!r} is not one")
