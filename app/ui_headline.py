@@ -20,7 +20,7 @@ from ui_format import count
 from ui_methods import method_label, methods_text
 
 from fwsvd.view.explorer import ExplorerView, snapshot_key
-from fwsvd.view.metrics import direction_note, lower_is_better
+from fwsvd.view.metrics import direction_note, is_language_model_metric, lower_is_better
 from fwsvd.view.headline import Figures, Headline, evaluation_limit, headline_key, headline_of, load_headline, \
     model_title, task_title
 from fwsvd.view.rank_config import ranks_digest
@@ -116,7 +116,7 @@ def sentence(view: ExplorerView, methods: Sequence[str], layers: int) -> str:
     """What is compared, in one plain sentence."""
     current = ui_session.source()
     # A language model is scored on a text, not fine-tuned for it.
-    purpose = "on" if view.metric == "perplexity" else "fine-tuned for"
+    purpose = "on" if is_language_model_metric(view.metric) else "fine-tuned for"
     return (f"{model_title(current.model)}, {purpose} **{task_title(current.task, current.task_label)}**, with its "
             f"{layers} weight matrices compressed by {methods_text(methods)}: how much smaller it is, and what "
             f"{metric_name(view.metric)} it keeps against the uncompressed model.")
@@ -139,7 +139,7 @@ def headline(view: ExplorerView, summary: dict, ranks: dict[str, int], methods: 
                "each method's difference from SVD on the same examples." if origin else
                f"Not evaluated at these ranks yet — press **Evaluate** below: it scores "
                f"{evaluation_limit(view.validation_size, view.metric):,} validation "
-               f"{'blocks' if view.metric == 'perplexity' else 'examples'} with each model and says how long is "
+               f"{'blocks' if is_language_model_metric(view.metric) else 'examples'} with each model and says how long is "
                "left as it goes; the size is live.")
 
 

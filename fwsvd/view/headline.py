@@ -20,6 +20,7 @@ from typing import Any
 
 from fwsvd.storage.atomic import write_text_atomic
 from fwsvd.storage.locations import default_cache_dir, key_digest
+from fwsvd.view.metrics import is_language_model_metric
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def model_title(model: str) -> str:
 
 def evaluation_limit(validation_size: int, metric: str) -> int:
     """The validation examples (blocks, for perplexity) an evaluation at the explorer's defaults uses."""
-    return min(EVALUATION_BLOCKS if metric == "perplexity" else EVALUATION_LIMIT, int(validation_size))
+    return min(EVALUATION_BLOCKS if is_language_model_metric(metric) else EVALUATION_LIMIT, int(validation_size))
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,17 @@ from __future__ import annotations
 
 #: Metrics where a smaller value is the better model.
 LOWER_IS_BETTER: frozenset[str] = frozenset({"perplexity"})
+#: Metrics of language models: their examples are blocks of a text, which the model is scored on rather than
+#: fine-tuned for.
+LANGUAGE_MODEL_METRICS: frozenset[str] = frozenset({"perplexity"})
 
 
 def lower_is_better(metric: str) -> bool:
     return metric in LOWER_IS_BETTER
+
+
+def is_language_model_metric(metric: str) -> bool:
+    return metric in LANGUAGE_MODEL_METRICS
 
 
 def direction_note(metric: str) -> str:
