@@ -103,7 +103,7 @@ def evaluation_batch_size(task: Task, tokenizer: PreTrainedTokenizerBase, batch_
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if task.kind != LANGUAGE_MODELING:
         return batch_size
-    block_bytes = max_length * len(tokenizer) * torch.finfo(torch.float32).bits // 8
+    block_bytes = max_length * len(tokenizer) * torch.float32.itemsize
     return max(1, min(batch_size, EVALUATION_LOGITS_BYTES // block_bytes))
 
 
